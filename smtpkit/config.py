@@ -1,0 +1,311 @@
+"""THE configuration loader: ``smtpkit.toml`` -> frozen dataclasses. Every default lives here.
+
+Errors say where: ``server -> max_recipients: must be a positive integer (smtpkit.toml)``.
+Unknown keys are errors, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import tomli_w
+
+from smtpkit.addresses import normalize_address, normalize_domain
+from smtpkit.errors import ConfigError, UserError
+from smtpkit.fsutil import atomic_write
+from smtpkit.limits import Limits
+
+__all__ = [
+    "CONFIG_ENV",
+    "CONFIG_NAME",
+    "Config",
+    "ListenAddress",
+    "ServerConfig",
+    "TlsConfig",
+    "default_config_path",
+    "load_config",
+    "parse_listen",
+    "write_config",
+]
+
+CONFIG_NAME = "smtpkit.toml"
+CONFIG_ENV = "SMTPKIT_CONFIG"
+
+DEFAULT_LISTEN = ("0.0.0.0:25",)
+DEFAULT_MAX_MESSAGE_SIZE = Limits().max_message_size
+DEFAULT_MAX_RECIPIENTS = Limits().max_recipients
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class ListenAddress:
+    host: str
+    port: int
+
+    @property
+    def family(self) -> socket.AddressFamily:
+        return socket.AF_INET6 if ":" in self.host else socket.AF_INET
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    hostname: str
+    listen: tuple[ListenAddress, ...]
+    directory: Path
+    domains: tuple[str, ...]
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    max_recipients: int = DEFAULT_MAX_RECIPIENTS
+    workers: int = 1
+
+    @property
+    def users_dir(self) -> Path:
+        return self.directory / "users"
+
+    @property
+    def journal_dir(self) -> Path:
+        return self.directory / "journal"
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    certificate: Path
+    key: Path
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole loaded configuration; ``path`` is the file it came from."""
+
+    path: Path
+    server: ServerConfig
+    limits: Limits
+    aliases: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    tls: TlsConfig | None = None
+
+
+def default_config_path() -> Path:
+    """``$SMTPKIT_CONFIG`` when set, else ``./smtpkit.toml``."""
+    return Path(os.environ.get(CONFIG_ENV) or CONFIG_NAME)
+
+
+def parse_listen(text: str) -> ListenAddress:
+    """Parse ``HOST:PORT`` or ``[IPv6]:PORT``; raises ``ValueError`` with the reason."""
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        if not sep:
+            raise ValueError(f"{text!r} is not [IPv6]:PORT")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv6 address") from None
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep or not host or ":" in host:
+            raise ValueError(f"{text!r} is not HOST:PORT (write IPv6 as [::1]:25)")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r}: port must be 1-65535")
+    return ListenAddress(host, int(port))
+
+
+def _default_hostname() -> str:
+    return socket.getfqdn() or "localhost"
+
+
+class _Section:
+    """Typed access to one TOML table, reporting errors as ``section -> key: ...``."""
+
+    def __init__(self, data: Mapping[str, Any], name: str, path: Path) -> None:
+        self.data = data
+        self.name = name
+        self.path = path
+        self.seen: set[str] = set()
+
+    def error(self, key: str | None, message: str) -> ConfigError:
+        where = f"{self.name} -> {key}" if key else self.name
+        return ConfigError(message, path=self.path, key=where)
+
+    def get(self, key: str, kind: Callable[[Any], T | None], what: str, default: T) -> T:
+        self.seen.add(key)
+        if key not in self.data:
+            return default
+        value = kind(self.data[key])
+        if value is None:
+            raise self.error(key, f"must be {what}, got {self.data[key]!r}")
+        return value
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.data) - self.seen)
+        if unknown:
+            raise self.error(unknown[0], "unknown key")
+
+
+def _positive_int(value: Any) -> int | None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
+    return value if ok else None
+
+
+def _positive_number(value: Any) -> float | None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+    return float(value) if ok else None
+
+
+def _string(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _string_list(value: Any) -> list[str] | None:
+    if isinstance(value, str) and value:
+        return [value]
+    if isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):
+        return list(value)
+    return None
+
+
+def _table(data: Mapping[str, Any], name: str, path: Path) -> Mapping[str, Any]:
+    value = data.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError("must be a table", path=path, key=name)
+    return value
+
+
+def load_config(path: Path | str | None = None) -> Config:
+    """Read and check ``path`` (default: ``default_config_path()``).
+
+    Raises ``ConfigError`` naming the file and key for every problem.
+    """
+    path = Path(path) if path is not None else default_config_path()
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(
+            "config file not found (create one with `smtpkit init DIR --domain example.org`, "
+            f"or point -c/--config or ${CONFIG_ENV} at it)",
+            path=path,
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", path=path) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", path=path) from None
+    return parse_config(data, path)
+
+
+def parse_config(data: Mapping[str, Any], path: Path) -> Config:
+    """Check an already-parsed TOML document; ``path`` locates errors and relative paths."""
+    unknown = sorted(set(data) - {"server", "limits", "aliases", "tls"})
+    if unknown:
+        raise ConfigError("unknown section", path=path, key=unknown[0])
+    base = path.resolve().parent
+
+    srv = _Section(_table(data, "server", path), "server", path)
+    no_domains: list[str] = []
+    raw_domains = srv.get("domains", _string_list, "a list of domain names", no_domains)
+    if not raw_domains:
+        raise srv.error("domains", "is required: the list of domains this server receives for")
+    domains: list[str] = []
+    for d in raw_domains:
+        try:
+            domains.append(normalize_domain(d))
+        except UserError as exc:
+            raise srv.error("domains", str(exc)) from None
+    listen_texts = srv.get("listen", _string_list, 'a list of "HOST:PORT"', list(DEFAULT_LISTEN))
+    listen: list[ListenAddress] = []
+    for text in listen_texts:
+        try:
+            listen.append(parse_listen(text))
+        except ValueError as exc:
+            raise srv.error("listen", str(exc)) from None
+    hostname = srv.get("hostname", _string, "a host name", "") or _default_hostname()
+    directory = Path(srv.get("directory", _string, "a folder path", "."))
+    directory = directory if directory.is_absolute() else base / directory
+    server = ServerConfig(
+        hostname=hostname,
+        listen=tuple(listen),
+        directory=directory,
+        domains=tuple(dict.fromkeys(domains)),
+        max_message_size=srv.get(
+            "max_message_size", _positive_int, "a positive integer", DEFAULT_MAX_MESSAGE_SIZE
+        ),
+        max_recipients=srv.get(
+            "max_recipients", _positive_int, "a positive integer", DEFAULT_MAX_RECIPIENTS
+        ),
+        workers=srv.get("workers", _positive_int, "a positive integer", os.cpu_count() or 1),
+    )
+    srv.finish()
+
+    lim = _Section(_table(data, "limits", path), "limits", path)
+    base_limits = Limits()
+    limits = Limits(
+        max_message_size=server.max_message_size,
+        max_recipients=server.max_recipients,
+        max_connections=lim.get(
+            "max_connections", _positive_int, "a positive integer", base_limits.max_connections
+        ),
+        max_connections_per_ip=lim.get(
+            "max_connections_per_ip",
+            _positive_int,
+            "a positive integer",
+            base_limits.max_connections_per_ip,
+        ),
+        command_timeout=lim.get(
+            "command_timeout",
+            _positive_number,
+            "a positive number of seconds",
+            base_limits.command_timeout,
+        ),
+        data_timeout=lim.get(
+            "data_timeout",
+            _positive_number,
+            "a positive number of seconds",
+            base_limits.data_timeout,
+        ),
+        max_errors=lim.get(
+            "max_errors", _positive_int, "a positive integer", base_limits.max_errors
+        ),
+    )
+    lim.finish()
+
+    aliases: dict[str, tuple[str, ...]] = {}
+    for key, value in _table(data, "aliases", path).items():
+        where = f"aliases -> {key}"
+        targets = _string_list(value)
+        if targets is None:
+            raise ConfigError("must be an address or a list of addresses", path=path, key=where)
+        try:
+            source = normalize_address(key, server.domains)
+            aliases[source] = tuple(
+                dict.fromkeys(normalize_address(t, server.domains) for t in targets)
+            )
+        except UserError as exc:
+            raise ConfigError(str(exc), path=path, key=where) from None
+
+    tls: TlsConfig | None = None
+    if "tls" in data:
+        sec = _Section(_table(data, "tls", path), "tls", path)
+        cert = sec.get("certificate", _string, "a PEM file path", "")
+        key = sec.get("key", _string, "a PEM file path", "")
+        sec.finish()
+        if bool(cert) != bool(key):
+            raise sec.error("key" if cert else "certificate", "both certificate and key are needed")
+        if cert:
+            tls = TlsConfig(
+                certificate=base / cert if not Path(cert).is_absolute() else Path(cert),
+                key=base / key if not Path(key).is_absolute() else Path(key),
+            )
+    return Config(path=path, server=server, limits=limits, aliases=aliases, tls=tls)
+
+
+def write_config(path: Path, data: Mapping[str, Any]) -> None:
+    """Write a config document with tomli-w, atomically (never a half-written file)."""
+    atomic_write(path, tomli_w.dumps(data).encode("utf-8"), mode=0o644)

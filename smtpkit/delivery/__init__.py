@@ -1,0 +1,1 @@
+"""Getting accepted mail onto disk: Maildir storage and the recipient router."""

@@ -1,0 +1,250 @@
+"""Durable Maildir delivery (DESIGN convention 9 and 10).
+
+A message streams into ``tmp/<unique>`` of its first mailbox while DATA arrives (``Spool``);
+at the final dot, ``commit()`` makes it durable: fsync the file, hard-link it into the ``new/``
+folder of every other mailbox and rename it into the first one's, then fsync each ``new/``
+folder touched. Only then may the server say 250. ``commit_batch`` does the same for many
+messages with one folder fsync per folder (group commit), and ``DeliveryWorker`` runs it off
+the event loop.
+
+Copies for several mailboxes are hard links of one file: the stored bytes are identical
+(the Received header names a recipient only when there is one, RFC 5321 7.2), so links save
+the copies and Maildir readers treat each link as an independent message.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import os
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from smtpkit.errors import DeliveryError
+from smtpkit.fsutil import fsync_dir, unique_name
+
+__all__ = [
+    "DeliveryResult",
+    "DeliveryWorker",
+    "Spool",
+    "clean_tmp",
+    "commit",
+    "commit_batch",
+    "delivery_error",
+]
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def delivery_error(exc: OSError, what: str) -> DeliveryError:
+    """Every OSError on the storage path is temporary (4xx); ENOSPC/EDQUOT say disk full."""
+    return DeliveryError(
+        f"{what}: {exc.strerror or exc}", temporary=True, disk_full=exc.errno in _DISK_FULL
+    )
+
+
+class Spool:
+    """One message being received, streamed into ``tmp/`` of its first mailbox.
+
+    Write errors are recorded, not raised: the data keeps being read and discarded, and the
+    error is reported once at the final dot (DESIGN convention 8).
+    """
+
+    __slots__ = ("error", "fd", "mailboxes", "name", "size", "tmp_path")
+
+    def __init__(self, mailboxes: Sequence[Path], header: bytes) -> None:
+        self.mailboxes = tuple(mailboxes)
+        self.name = unique_name()
+        self.tmp_path = self.mailboxes[0] / "tmp" / self.name
+        self.size = 0
+        self.error: DeliveryError | None = None
+        self.fd = -1
+        try:
+            self.fd = os.open(
+                self.tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
+            )
+        except OSError as exc:
+            self.error = delivery_error(exc, f"cannot create {self.tmp_path}")
+            return
+        self.write(header)
+
+    def write(self, data: bytes | memoryview) -> None:
+        if self.error is not None:
+            return
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self.fd, view) :]
+        except OSError as exc:
+            self.error = delivery_error(exc, f"cannot write {self.tmp_path}")
+            self.abort()
+            return
+        self.size += len(data)
+
+    def abort(self) -> None:
+        """Drop the message: close and remove the tmp file (best effort, never raises)."""
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        try:
+            self.tmp_path.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+@dataclass(slots=True)
+class DeliveryResult:
+    """What happened to one message: the files now in ``new/``, or the error."""
+
+    spool: Spool
+    files: list[Path] = field(default_factory=list)
+    error: DeliveryError | None = None
+
+
+def _link_all(spool: Spool, result: DeliveryResult) -> None:
+    # Other mailboxes first (hard links), the first mailbox last (rename of the tmp file):
+    # if anything fails the tmp file still exists and every link made is undone.
+    first, *others = spool.mailboxes
+    for mailbox in others:
+        target = mailbox / "new" / unique_name()
+        os.link(spool.tmp_path, target)
+        result.files.append(target)
+    target = first / "new" / spool.name
+    os.rename(spool.tmp_path, target)
+    result.files.append(target)
+
+
+def _undo(result: DeliveryResult) -> None:
+    for path in result.files:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:
+            pass
+    result.files.clear()
+
+
+def commit_batch(spools: Sequence[Spool]) -> list[DeliveryResult]:
+    """Make every spooled message durable in its mailboxes; one result per spool, in order.
+
+    Per message: fsync the file, then link/rename it into ``new/``. Then one fsync per
+    distinct ``new/`` folder covers every rename of the batch (group commit). A failure
+    there fails every message that touched the folder, and their files are removed from
+    ``new/`` again, so a 4xx never leaves a file that a retry would duplicate.
+    """
+    results = [DeliveryResult(spool) for spool in spools]
+    for result in results:
+        spool = result.spool
+        if spool.error is not None:
+            result.error = spool.error
+            continue
+        try:
+            os.fsync(spool.fd)
+        except OSError as exc:
+            result.error = delivery_error(exc, f"cannot sync {spool.tmp_path}")
+        finally:
+            os.close(spool.fd)
+            spool.fd = -1
+        if result.error is not None:
+            spool.abort()
+            continue
+        try:
+            _link_all(spool, result)
+        except OSError as exc:
+            result.error = delivery_error(exc, "cannot move message into new/")
+            _undo(result)
+            spool.abort()
+    folders: dict[Path, list[DeliveryResult]] = {}
+    for result in results:
+        for path in result.files:
+            folders.setdefault(path.parent, []).append(result)
+    for folder, touched in folders.items():
+        try:
+            fsync_dir(folder)
+        except OSError as exc:
+            for result in touched:
+                if result.error is None:
+                    result.error = delivery_error(exc, f"cannot sync folder {folder}")
+                    _undo(result)
+    return results
+
+
+def commit(spool: Spool) -> DeliveryResult:
+    """``commit_batch`` for one message."""
+    return commit_batch([spool])[0]
+
+
+def clean_tmp(mailboxes: Sequence[Path]) -> int:
+    """Remove leftovers in each mailbox's ``tmp/`` (messages never acknowledged); returns how
+    many. Run at start-up, before the server accepts connections."""
+    removed = 0
+    for mailbox in mailboxes:
+        try:
+            entries = list(os.scandir(mailbox / "tmp"))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                os.unlink(entry.path)
+                removed += 1
+            except OSError:
+                pass
+    return removed
+
+
+Completion = Callable[[DeliveryResult], None]
+
+
+def _complete(pairs: list[tuple[Completion, DeliveryResult]]) -> None:
+    for done, result in pairs:
+        done(result)
+
+
+class DeliveryWorker:
+    """Commits spools in a background thread, in batches, so fsync never stalls the loop.
+
+    ``submit(spool, done)`` queues a message; ``done(result)`` is handed to ``call_soon``
+    (the event loop's thread-safe scheduler) once the message is durable or has failed.
+    """
+
+    def __init__(self, call_soon: Callable[[Callable[[], None]], None], max_batch: int = 64):
+        self._call_soon = call_soon
+        self._max_batch = max_batch
+        self._queue: queue.SimpleQueue[tuple[Spool, Completion] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="smtpkit-delivery", daemon=True)
+        self._thread.start()
+
+    def submit(self, spool: Spool, done: Completion) -> None:
+        self._queue.put((spool, done))
+
+    def close(self) -> None:
+        """Finish what is queued, then stop the thread."""
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            stop = item is None
+            batch: list[tuple[Spool, Completion]] = [] if item is None else [item]
+            while len(batch) < self._max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            if batch:
+                results = commit_batch([spool for spool, _ in batch])
+                pairs = [(done, result) for (_, done), result in zip(batch, results, strict=True)]
+                # One wake-up of the loop for the whole batch.
+                self._call_soon(functools.partial(_complete, pairs))
+            if stop:
+                return

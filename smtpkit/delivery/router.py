@@ -1,0 +1,53 @@
+"""Which mailboxes a recipient address reaches: aliases, postmaster, then the user store."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from smtpkit.errors import UserError
+from smtpkit.users import UserStore
+
+__all__ = ["Router"]
+
+
+class Router:
+    """Resolves local recipients to Maildir folders.
+
+    ``resolve`` returns the mailboxes of an address (possibly several through an alias), or
+    an empty tuple when nothing local exists for it. It never builds a path from an address
+    that ``UserStore.normalize`` has not validated.
+    """
+
+    def __init__(
+        self, users: UserStore, aliases: Mapping[str, tuple[str, ...]], domains: tuple[str, ...]
+    ) -> None:
+        self.users = users
+        self.aliases = aliases
+        self.domains = domains
+
+    def canonical(self, address: str) -> str:
+        """The lower-cased local address, with bare ``postmaster`` (RFC 5321 4.1.1.3) taken as
+        postmaster of the first domain. Raises ``UserError`` for anything non-local."""
+        if address.lower() == "postmaster":
+            return f"postmaster@{self.domains[0]}"
+        return self.users.normalize(address)
+
+    def resolve(self, address: str) -> tuple[Path, ...]:
+        try:
+            canonical = self.canonical(address)
+        except UserError:
+            return ()
+        targets = self.aliases.get(canonical, (canonical,))
+        boxes: dict[Path, None] = {}
+        for target in targets:
+            if self.users.exists(target):
+                boxes[self.users.mailbox(target)] = None
+        return tuple(boxes)
+
+    def is_local_domain(self, address: str) -> bool:
+        """True when the address's domain (after the last ``@``) is one of ours."""
+        if address.lower() == "postmaster":
+            return True
+        _, sep, domain = address.rpartition("@")
+        return bool(sep) and domain.lower() in self.domains

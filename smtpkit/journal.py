@@ -1,0 +1,210 @@
+"""The journal: one JSON object per line, one file per hour, ``JOURNAL_DIR/YYYY_MM_DD_HH`` (UTC).
+
+Lines are buffered during one turn of the event loop and appended with a single ``write`` on
+an ``O_APPEND`` descriptor at ``flush()``, so lines from several worker processes never
+interleave inside a line. Every line carries the session id (DESIGN convention 13).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+__all__ = ["Journal", "Position", "follow", "hour_name", "position", "render", "tail"]
+
+
+def hour_name(when: datetime) -> str:
+    return when.strftime("%Y_%m_%d_%H")
+
+
+def _is_hour_file(name: str) -> bool:
+    parts = name.split("_")
+    return len(parts) == 4 and all(p.isdigit() for p in parts) and len(name) == 13
+
+
+class Journal:
+    """Appends events to the hour files under ``directory``; optionally echoes them readably."""
+
+    def __init__(self, directory: Path, echo: TextIO | None = None) -> None:
+        self.directory = directory
+        self.echo = echo
+        self._pending: list[str] = []
+        self._fd = -1
+        self._hour = ""
+        self._failed = False
+
+    def write(self, event: str, session: str, peer: str, **fields: Any) -> None:
+        now = datetime.now(UTC)
+        record = {
+            "time": now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "session": session,
+            "peer": peer,
+            "event": event,
+            **fields,
+        }
+        hour = hour_name(now)
+        if hour != self._hour:
+            self.flush()
+            self._open(hour)
+        line = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+        self._pending.append(line)
+        if self.echo is not None:
+            print(render(record), file=self.echo)
+
+    def _open(self, hour: str) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        self._hour = hour
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(
+                self.directory / hour,
+                os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                0o640,
+            )
+        except OSError as exc:
+            self._report(exc)
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        data = ("\n".join(self._pending) + "\n").encode("utf-8", "surrogateescape")
+        self._pending.clear()
+        if self._fd < 0:
+            if self._hour:
+                self._open(self._hour)
+            if self._fd < 0:
+                return
+        try:
+            os.write(self._fd, data)
+            self._failed = False
+        except OSError as exc:
+            # A full disk must not stop mail service; say so once on stderr.
+            self._report(exc)
+
+    def _report(self, exc: OSError) -> None:
+        if not self._failed:
+            print(f"smtpkit: journal write failed: {exc}", file=sys.stderr)
+            self._failed = True
+
+    def close(self) -> None:
+        self.flush()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def render(record: dict[str, Any]) -> str:
+    """One readable line: ``2026-11-26T07:12:00.000Z a1b2c3 127.0.0.1:5012 rcpt to=... 250``."""
+    skip = {"time", "session", "peer", "event"}
+    rest = " ".join(f"{k}={_short(v)}" for k, v in record.items() if k not in skip)
+    head = f"{record.get('time', '?')} {record.get('session', '-')} {record.get('peer', '-')}"
+    return f"{head} {record.get('event', '?')}" + (f" {rest}" if rest else "")
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    text = str(value)
+    return json.dumps(text) if (" " in text or not text) else text
+
+
+def _hour_files(directory: Path) -> list[Path]:
+    try:
+        names = sorted(n for n in os.listdir(directory) if _is_hour_file(n))
+    except FileNotFoundError:
+        return []
+    return [directory / n for n in names]
+
+
+Position = tuple[Path | None, int]
+
+
+def position(directory: Path) -> Position:
+    """The current end of the journal: the newest hour file and its size."""
+    files = _hour_files(directory)
+    if not files:
+        return (None, 0)
+    return (files[-1], files[-1].stat().st_size)
+
+
+def tail(directory: Path, count: int, at: Position | None = None) -> list[str]:
+    """The last ``count`` complete lines up to ``at`` (default: now), oldest first."""
+    if count <= 0:
+        return []
+    newest, end = at if at is not None else position(directory)
+    if newest is None:
+        return []
+    lines: deque[str] = deque(maxlen=count)
+    needed = count
+    chosen: list[Path] = []
+    # Count lines in the newest files first, then read just those files in order.
+    for path in reversed([f for f in _hour_files(directory) if f.name <= newest.name]):
+        chosen.append(path)
+        needed -= _read_upto(path, end if path == newest else None).count(b"\n")
+        if needed <= 0:
+            break
+    for path in reversed(chosen):
+        data = _read_upto(path, end if path == newest else None)
+        for raw in data.split(b"\n")[:-1]:
+            lines.append(raw.decode("utf-8", "replace"))
+    return list(lines)
+
+
+def _read_upto(path: Path, end: int | None) -> bytes:
+    try:
+        with path.open("rb") as fh:
+            return fh.read() if end is None else fh.read(end)
+    except FileNotFoundError:
+        return b""
+
+
+def follow(
+    directory: Path,
+    start: Position | None = None,
+    *,
+    interval: float = 0.25,
+    sleep: Callable[[float], None] = time.sleep,
+    stop: Callable[[], bool] = lambda: False,
+) -> Iterator[str]:
+    """Yield lines appended after ``start`` (default: now), across hour files, until
+    ``stop()`` is true.
+
+    When a newer hour file appears, the rest of the current one is read first, then the new
+    one from its start: the hour's rollover loses nothing.
+    """
+    current, offset = start if start is not None else position(directory)
+    partial = b""
+    while not stop():
+        got = False
+        chunk = b""
+        if current is not None:
+            try:
+                with current.open("rb") as fh:
+                    fh.seek(offset)
+                    chunk = fh.read()
+            except FileNotFoundError:
+                chunk = b""
+            if chunk:
+                offset += len(chunk)
+                partial += chunk
+                *complete, partial = partial.split(b"\n")
+                for raw in complete:
+                    got = True
+                    yield raw.decode("utf-8", "replace")
+        files = _hour_files(directory)
+        newer = [f for f in files if current is None or f.name > current.name]
+        # Switch only after a read found nothing more: a late line of the old hour is kept.
+        if newer and not chunk and not partial:
+            current, offset = newer[0], 0
+            continue
+        if not got:
+            sleep(interval)

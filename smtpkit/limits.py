@@ -1,0 +1,30 @@
+"""Every protocol limit in one frozen value, each with the rule or precedent behind it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Limits"]
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Limits passed to the protocol engine and the session; never mutated."""
+
+    # RFC 5321 4.5.3.1.4: a command line is at most 512 octets including the CRLF.
+    max_command_line: int = 512
+    # RFC 5321 4.5.3.1.6: a text line is at most 1000 octets including the CRLF.
+    max_text_line: int = 1000
+    # RFC 1870: the SIZE we advertise; a message over it is refused with 552 5.3.4.
+    max_message_size: int = 10 * 1024 * 1024
+    # RFC 5321 4.5.3.1.8 asks for at least 100 recipients; more gets 452 4.5.3.
+    max_recipients: int = 100
+    # Postfix smtpd_hard_error_limit precedent: too many errors end the session with 421 4.7.0.
+    max_errors: int = 10
+    # RFC 5321 4.5.3.2.7: the server waits at least 5 minutes for the next command.
+    command_timeout: float = 300.0
+    # RFC 5321 4.5.3.2.5-6: data blocks and the final dot; 10 minutes covers both.
+    data_timeout: float = 600.0
+    # Accept gating (not an RFC rule): beyond these, new connections get 421 4.7.0 and close.
+    max_connections: int = 1000
+    max_connections_per_ip: int = 20

@@ -1,0 +1,62 @@
+"""The sans-I/O SMTP server protocol: bytes in, events out; replies in, bytes out.
+
+Nothing in this package touches a socket, file, clock or TLS object (DESIGN convention 1).
+"""
+
+from __future__ import annotations
+
+from smtpkit.protocol.connection import (
+    NEED_DATA,
+    PAUSED,
+    LocalProtocolError,
+    NeedData,
+    Paused,
+    ServerConnection,
+)
+from smtpkit.protocol.events import (
+    BadCommand,
+    ConnectionClosed,
+    Data,
+    DataChunk,
+    EndOfData,
+    Event,
+    Expn,
+    Hello,
+    Help,
+    MailFrom,
+    Noop,
+    Quit,
+    RcptTo,
+    Rset,
+    StartTls,
+    Vrfy,
+)
+from smtpkit.protocol.replies import Reply
+from smtpkit.protocol.state import State
+
+__all__ = [
+    "NEED_DATA",
+    "PAUSED",
+    "BadCommand",
+    "ConnectionClosed",
+    "Data",
+    "DataChunk",
+    "EndOfData",
+    "Event",
+    "Expn",
+    "Hello",
+    "Help",
+    "LocalProtocolError",
+    "MailFrom",
+    "NeedData",
+    "Noop",
+    "Paused",
+    "Quit",
+    "RcptTo",
+    "Reply",
+    "Rset",
+    "ServerConnection",
+    "StartTls",
+    "State",
+    "Vrfy",
+]

@@ -1,0 +1,146 @@
+"""What the client said, as frozen values produced by ``ServerConnection.next_event()``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from smtpkit.protocol.replies import Reply
+
+__all__ = [
+    "BadCommand",
+    "ConnectionClosed",
+    "Data",
+    "DataChunk",
+    "EndOfData",
+    "Event",
+    "Expn",
+    "Hello",
+    "Help",
+    "MailFrom",
+    "Noop",
+    "Quit",
+    "RcptTo",
+    "Rset",
+    "StartTls",
+    "Vrfy",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """HELO (``extended`` false) or EHLO (``extended`` true)."""
+
+    name: str
+    extended: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MailFrom:
+    """``MAIL FROM:<address>``; ``address`` is "" for the null reverse-path ``<>``.
+
+    ``size`` is the RFC 1870 SIZE= value when given, ``body`` the RFC 6152 BODY= value
+    upper-cased ("7BIT" or "8BITMIME") when given.
+    """
+
+    address: str
+    size: int | None = None
+    body: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RcptTo:
+    """``RCPT TO:<address>``; a source route (``<@a,@b:user@d>``) is dropped (RFC 5321 C).
+
+    ``address`` is ``postmaster`` (original case kept) for the bare RFC 5321 4.1.1.3 form.
+    """
+
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
+class Data:
+    """The DATA command, sent with at least one accepted recipient."""
+
+
+@dataclass(frozen=True, slots=True)
+class DataChunk:
+    """Message bytes, dot-unstuffed, with CRLF line ends; the final ``.`` line is not included."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class EndOfData:
+    """``<CRLF>.<CRLF>`` was read. ``error`` is the reply for a message that broke a rule
+    (size, bare CR/LF, line length), found while reading and reported once here
+    (DESIGN convention 8); no DataChunk follows the first such error."""
+
+    error: Reply | None = None
+    size: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Rset:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Noop:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Quit:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Vrfy:
+    argument: str
+
+
+@dataclass(frozen=True, slots=True)
+class Expn:
+    argument: str
+
+
+@dataclass(frozen=True, slots=True)
+class Help:
+    argument: str
+
+
+@dataclass(frozen=True, slots=True)
+class StartTls:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class BadCommand:
+    """A line the engine refused by itself (syntax, sequence, length); send ``reply``."""
+
+    reply: Reply
+    line: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionClosed:
+    """The peer closed its side (``receive_data(b"")``)."""
+
+
+Event = (
+    Hello
+    | MailFrom
+    | RcptTo
+    | Data
+    | DataChunk
+    | EndOfData
+    | Rset
+    | Noop
+    | Quit
+    | Vrfy
+    | Expn
+    | Help
+    | StartTls
+    | BadCommand
+    | ConnectionClosed
+)

@@ -1,0 +1,165 @@
+"""The one catalogue of replies the server can send.
+
+Every reply carries an RFC 3463 enhanced status code (RFC 2034) except the greeting, the EHLO
+response and HELP, where RFC 2034 section 3 says none is used. Replies that need a value
+(host name, size) are built by the functions at the end; nowhere else builds reply text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "BAD_SEQUENCE",
+    "BARE_NEWLINE_IN_DATA",
+    "BARE_NEWLINE_IN_COMMAND",
+    "CANNOT_VRFY",
+    "COMMAND_TOO_LONG",
+    "DATA_LINE_TOO_LONG",
+    "EXPN_DISABLED",
+    "LOCAL_ERROR",
+    "MESSAGE_TOO_BIG",
+    "NEED_HELO",
+    "NO_VALID_RECIPIENTS",
+    "OK",
+    "OK_RECIPIENT",
+    "OK_SENDER",
+    "RELAY_DENIED",
+    "Reply",
+    "SENDER_ALREADY",
+    "SHUTTING_DOWN",
+    "START_DATA",
+    "STORAGE_FULL",
+    "SYNTAX_ERROR_ARGS",
+    "SYNTAX_ERROR_PARAMS",
+    "TIMEOUT",
+    "TOO_MANY_CONNECTIONS",
+    "TOO_MANY_CONNECTIONS_FROM_IP",
+    "TOO_MANY_ERRORS",
+    "TOO_MANY_RECIPIENTS",
+    "TLS_NOT_AVAILABLE",
+    "TLS_ALREADY_ACTIVE",
+    "TLS_READY",
+    "UNKNOWN_COMMAND",
+    "UNKNOWN_PARAMETER",
+    "UNKNOWN_USER",
+    "closing",
+    "ehlo",
+    "greeting",
+    "helo",
+    "help_text",
+    "stored",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One SMTP reply: a code, an optional enhanced status code and one or more text lines."""
+
+    code: int
+    enhanced: str | None
+    lines: tuple[str, ...]
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+    @property
+    def is_positive(self) -> bool:
+        """2xx and 3xx: the command (or DATA's intermediate step) succeeded."""
+        return self.code < 400
+
+    @property
+    def closes(self) -> bool:
+        """421 always ends the session (RFC 5321 3.8)."""
+        return self.code == 421
+
+    def to_bytes(self) -> bytes:
+        out = []
+        last = len(self.lines) - 1
+        for i, line in enumerate(self.lines):
+            sep = " " if i == last else "-"
+            text = f"{self.enhanced} {line}" if self.enhanced else line
+            out.append(f"{self.code}{sep}{text}\r\n" if text else f"{self.code}{sep}\r\n")
+        return "".join(out).encode("utf-8", "replace")
+
+    def __str__(self) -> str:
+        return self.to_bytes().decode("utf-8", "replace").rstrip("\r\n").replace("\r\n", " | ")
+
+
+def _r(code: int, enhanced: str | None, *lines: str) -> Reply:
+    return Reply(code, enhanced, lines)
+
+
+# --- 2xx / 3xx -----------------------------------------------------------------------------
+OK = _r(250, "2.0.0", "OK")
+OK_SENDER = _r(250, "2.1.0", "Sender OK")
+OK_RECIPIENT = _r(250, "2.1.5", "Recipient OK")
+CANNOT_VRFY = _r(252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery")
+START_DATA = _r(354, None, "End data with <CR><LF>.<CR><LF>")
+TLS_READY = _r(220, "2.0.0", "Ready to start TLS")
+
+# --- 4xx: try again later ------------------------------------------------------------------
+SHUTTING_DOWN = _r(421, "4.3.2", "Service shutting down, closing connection")
+TIMEOUT = _r(421, "4.4.2", "Timeout exceeded, closing connection")
+TOO_MANY_ERRORS = _r(421, "4.7.0", "Too many errors, closing connection")
+TOO_MANY_CONNECTIONS = _r(421, "4.7.0", "Too many connections, try again later")
+TOO_MANY_CONNECTIONS_FROM_IP = _r(421, "4.7.0", "Too many connections from your address")
+LOCAL_ERROR = _r(451, "4.3.0", "Local error in processing, try again later")
+STORAGE_FULL = _r(452, "4.3.1", "Insufficient system storage, try again later")
+TOO_MANY_RECIPIENTS = _r(452, "4.5.3", "Too many recipients")
+TLS_NOT_AVAILABLE = _r(454, "4.7.0", "TLS not available")
+
+# --- 5xx: permanent ------------------------------------------------------------------------
+UNKNOWN_COMMAND = _r(500, "5.5.1", "Command unrecognized")
+COMMAND_TOO_LONG = _r(500, "5.5.6", "Command line too long")
+BARE_NEWLINE_IN_COMMAND = _r(500, "5.5.2", "Command lines must end with <CR><LF>")
+SYNTAX_ERROR_ARGS = _r(501, "5.5.4", "Syntax error in parameters or arguments")
+EXPN_DISABLED = _r(502, "5.5.1", "EXPN is not supported")
+BAD_SEQUENCE = _r(503, "5.5.1", "Bad sequence of commands")
+NEED_HELO = _r(503, "5.5.1", "Send HELO or EHLO first")
+SENDER_ALREADY = _r(503, "5.5.1", "Sender already specified")
+NO_VALID_RECIPIENTS = _r(503, "5.5.1", "No valid recipients")
+TLS_ALREADY_ACTIVE = _r(503, "5.5.1", "TLS already active")
+SYNTAX_ERROR_PARAMS = _r(501, "5.5.4", "Syntax error in MAIL or RCPT parameters")
+UNKNOWN_PARAMETER = _r(
+    555, "5.5.4", "MAIL FROM/RCPT TO parameter not recognized or not implemented"
+)
+UNKNOWN_USER = _r(550, "5.1.1", "No such user here")
+RELAY_DENIED = _r(550, "5.7.1", "Relaying denied")
+MESSAGE_TOO_BIG = _r(552, "5.3.4", "Message size exceeds fixed maximum message size")
+# RFC 5321 2.3.8: lines end only in CRLF; a bare CR or LF is how SMTP smuggling starts.
+BARE_NEWLINE_IN_DATA = _r(550, "5.6.0", "Message refused: bare <CR> or <LF> in data")
+DATA_LINE_TOO_LONG = _r(550, "5.6.0", "Message refused: text line longer than 1000 octets")
+
+
+# --- replies with values -------------------------------------------------------------------
+def greeting(hostname: str) -> Reply:
+    """RFC 5321 4.2: ``220 <domain> ESMTP``; no enhanced code before EHLO (RFC 2034 3)."""
+    return _r(220, None, f"{hostname} ESMTP smtpkit")
+
+
+def ehlo(hostname: str, client: str, extensions: tuple[str, ...]) -> Reply:
+    """RFC 5321 4.1.1.1: first line greets, one extension keyword per following line."""
+    return _r(250, None, f"{hostname} Hello {client}", *extensions)
+
+
+def helo(hostname: str, client: str) -> Reply:
+    return _r(250, None, f"{hostname} Hello {client}")
+
+
+def closing(hostname: str) -> Reply:
+    return _r(221, "2.0.0", f"{hostname} Service closing transmission channel")
+
+
+def help_text() -> Reply:
+    return _r(
+        214,
+        "2.0.0",
+        "Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP",
+        "See RFC 5321 for details",
+    )
+
+
+def stored(queue_id: str) -> Reply:
+    return _r(250, "2.0.0", f"OK: message stored as {queue_id}")

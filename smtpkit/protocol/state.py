@@ -1,0 +1,143 @@
+"""Connection states and THE one transition table (DESIGN convention 2).
+
+Whether a command is allowed in a state is a single dictionary lookup in ``TRANSITIONS``; a miss
+is refused with the reply ``refusal()`` picks (all ``503 5.5.1``, worded for the situation).
+Nothing else in the engine decides sequence.
+"""
+
+from __future__ import annotations
+
+from enum import Enum, StrEnum
+
+from smtpkit.protocol.replies import (
+    BAD_SEQUENCE,
+    NEED_HELO,
+    NO_VALID_RECIPIENTS,
+    SENDER_ALREADY,
+    Reply,
+)
+
+__all__ = [
+    "ALWAYS_APPLIES",
+    "COMMAND_VERBS",
+    "TRANSITIONS",
+    "State",
+    "Verb",
+    "refusal",
+]
+
+
+class State(Enum):
+    """Where the SMTP dialogue is (RFC 5321 3.3 and 4.1.4)."""
+
+    #: Connected; the greeting has not been sent yet. Commands wait in the buffer.
+    INITIAL = "initial"
+    #: Greeting sent (or STARTTLS completed, RFC 3207 4.2): HELO or EHLO is needed.
+    GREETED = "greeted"
+    #: HELO/EHLO accepted, no transaction open.
+    READY = "ready"
+    #: MAIL accepted: a transaction is open, no recipient accepted yet.
+    MAIL = "mail"
+    #: At least one RCPT accepted.
+    RCPT = "rcpt"
+    #: 354 sent: bytes are message content until ``<CRLF>.<CRLF>``.
+    DATA = "data"
+    #: QUIT answered, a 421 sent, or the peer closed: nothing more is read.
+    CLOSED = "closed"
+
+
+class Verb(StrEnum):
+    """Command verbs (RFC 5321 4.1.1, RFC 3207) and two pseudo-steps of the dialogue."""
+
+    HELO = "HELO"
+    EHLO = "EHLO"
+    MAIL = "MAIL"
+    RCPT = "RCPT"
+    DATA = "DATA"
+    RSET = "RSET"
+    NOOP = "NOOP"
+    QUIT = "QUIT"
+    VRFY = "VRFY"
+    EXPN = "EXPN"
+    HELP = "HELP"
+    STARTTLS = "STARTTLS"
+    #: Pseudo-step: the server sends its greeting (RFC 5321 3.1).
+    GREETING = "<greeting>"
+    #: Pseudo-step: the server answers the final dot (RFC 5321 4.1.1.4).
+    END_OF_DATA = "<end-of-data>"
+
+
+#: The verbs a client can type, by their upper-case spelling.
+COMMAND_VERBS: dict[bytes, Verb] = {
+    v.value.encode("ascii"): v for v in Verb if v not in (Verb.GREETING, Verb.END_OF_DATA)
+}
+
+_S = State
+_V = Verb
+
+# States in which the client may type commands at all (not before the greeting, not inside
+# DATA, not after the end).
+_DIALOGUE = (_S.GREETED, _S.READY, _S.MAIL, _S.RCPT)
+
+
+def _everywhere(verb: Verb, to: State | None) -> dict[tuple[State, Verb], State]:
+    """``verb`` is allowed in every dialogue state; ``to`` None means "stays where it is"."""
+    return {(s, verb): (s if to is None else to) for s in _DIALOGUE}
+
+
+#: (state, verb) -> state after a *positive* reply (2xx/3xx) to that command.
+#: A missing key means the command is out of sequence in that state.
+#: For the pseudo-steps in ``ALWAYS_APPLIES`` the transition applies whatever the reply code.
+#: A 421 reply closes the connection from any state (RFC 5321 3.8) and is not in the table.
+TRANSITIONS: dict[tuple[State, Verb], State] = {
+    (_S.INITIAL, _V.GREETING): _S.GREETED,
+    # RFC 5321 4.1.4: EHLO/HELO may be sent at any time and resets the transaction (like RSET).
+    **_everywhere(_V.HELO, _S.READY),
+    **_everywhere(_V.EHLO, _S.READY),
+    # RFC 5321 4.1.4: a transaction needs the client to have identified itself, and MAIL may
+    # not be given inside an open transaction.
+    (_S.READY, _V.MAIL): _S.MAIL,
+    # RFC 5321 4.1.1.3: RCPT only after MAIL; each accepted RCPT adds a recipient.
+    (_S.MAIL, _V.RCPT): _S.RCPT,
+    (_S.RCPT, _V.RCPT): _S.RCPT,
+    # RFC 5321 4.1.1.4: DATA needs at least one accepted recipient.
+    (_S.RCPT, _V.DATA): _S.DATA,
+    # RFC 5321 4.1.1.4: after the final dot's reply the transaction is over, whatever the
+    # outcome; the HELO/EHLO identity is kept.
+    (_S.DATA, _V.END_OF_DATA): _S.READY,
+    # RFC 5321 4.1.1.5: RSET drops the transaction but not the HELO/EHLO identity; before any
+    # HELO there is nothing to keep.
+    (_S.GREETED, _V.RSET): _S.GREETED,
+    (_S.READY, _V.RSET): _S.READY,
+    (_S.MAIL, _V.RSET): _S.READY,
+    (_S.RCPT, _V.RSET): _S.READY,
+    # RFC 5321 4.1.4: NOOP, HELP, EXPN, VRFY and QUIT may be used at any time.
+    **_everywhere(_V.NOOP, None),
+    **_everywhere(_V.VRFY, None),
+    **_everywhere(_V.EXPN, None),
+    **_everywhere(_V.HELP, None),
+    **_everywhere(_V.QUIT, _S.CLOSED),
+    # RFC 3207 4.2: after the TLS handshake the server forgets everything it learned from the
+    # client, including HELO/EHLO. Whether STARTTLS is offered at all is the session's call.
+    **_everywhere(_V.STARTTLS, _S.GREETED),
+}
+
+#: Pseudo-steps whose transition applies on any reply code, not only positive ones: a refused
+#: greeting (554, RFC 5321 3.1) still leads to a dialogue, and a refused message still ends the
+#: transaction.
+ALWAYS_APPLIES = frozenset({_V.GREETING, _V.END_OF_DATA})
+
+# Which 503 wording a lookup miss gets; any miss not listed gets BAD_SEQUENCE.
+_REFUSALS: dict[tuple[State, Verb], Reply] = {
+    (_S.GREETED, _V.MAIL): NEED_HELO,
+    (_S.GREETED, _V.RCPT): NEED_HELO,
+    (_S.GREETED, _V.DATA): NEED_HELO,
+    (_S.MAIL, _V.MAIL): SENDER_ALREADY,
+    (_S.RCPT, _V.MAIL): SENDER_ALREADY,
+    (_S.MAIL, _V.DATA): NO_VALID_RECIPIENTS,
+}
+
+
+def refusal(state: State, verb: Verb) -> Reply:
+    """The 503 reply for ``verb`` arriving in ``state`` when the table has no entry for it."""
+    return _REFUSALS.get((state, verb), BAD_SEQUENCE)

@@ -1,0 +1,1 @@
+"""The I/O side: a selectors event loop, listening sockets and client connections."""

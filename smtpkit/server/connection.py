@@ -1,0 +1,226 @@
+"""One client socket, non-blocking, bridged to its ``Session``.
+
+Reads feed the session; replies collect in an output buffer flushed once per loop turn (many
+pipelined replies, one ``send``). A client that does not read its replies stops being read
+(back-pressure), and every session has a deadline (RFC 5321 4.5.3.2) checked by the server's
+sweep. STARTTLS upgrades the socket in place with a non-blocking handshake.
+"""
+
+from __future__ import annotations
+
+import selectors
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from smtpkit.session import ServerContext, Session, TlsInfo
+
+if TYPE_CHECKING:
+    from smtpkit.server.loop import EventLoop
+
+__all__ = ["Connection"]
+
+READ_SIZE = 256 * 1024
+# Stop reading from a client that has this much unsent output (it pipelines but never reads).
+MAX_OUTPUT = 256 * 1024
+
+_READ = selectors.EVENT_READ
+_WRITE = selectors.EVENT_WRITE
+
+
+class Connection:
+    __slots__ = (
+        "_closing",
+        "_events",
+        "_flush_scheduled",
+        "_gone",
+        "_handshaking",
+        "_on_gone",
+        "_out",
+        "_tls_context",
+        "_want_tls",
+        "deadline",
+        "loop",
+        "peer",
+        "session",
+        "sock",
+    )
+
+    def __init__(
+        self,
+        loop: EventLoop,
+        sock: socket.socket,
+        peer: tuple[str, int],
+        ctx: ServerContext,
+        tls_context: ssl.SSLContext | None,
+        on_gone: Callable[[Connection], None],
+    ) -> None:
+        self.loop = loop
+        self.sock = sock
+        self.peer = peer
+        self._tls_context = tls_context
+        self._on_gone = on_gone
+        self._out = bytearray()
+        self._closing = False
+        self._gone = False
+        self._flush_scheduled = False
+        self._want_tls = False
+        self._handshaking = False
+        self._events = _READ
+        self.deadline = time.monotonic() + ctx.limits.command_timeout
+        sock.setblocking(False)
+        self.session = Session(ctx, self, (peer[0], peer[1]))
+        loop.register(sock, _READ, self._on_event)
+        self.session.start()
+
+    # --- Transport --------------------------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        self._out += data
+        # A reply means the client may go on: its next command gets a fresh deadline.
+        limits = self.session.ctx.limits
+        self.deadline = time.monotonic() + (
+            limits.data_timeout if self.session.in_data else limits.command_timeout
+        )
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def close(self) -> None:
+        self._closing = True
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def start_tls(self) -> None:
+        self._want_tls = True
+
+    # --- events -----------------------------------------------------------------------------
+    def _on_event(self, mask: int) -> None:
+        if self._handshaking:
+            self._handshake()
+            return
+        if mask & _WRITE:
+            self._flush()
+        if mask & _READ and not self._gone:
+            self._read()
+
+    def _read(self) -> None:
+        sock = self.sock
+        try:
+            data = sock.recv(READ_SIZE)
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return
+        except (OSError, ssl.SSLError) as exc:
+            self._lost(f"read error: {exc}")
+            return
+        self.session.receive(data)
+        # TLS may hold decrypted bytes the selector will not report; take them now.
+        while data and isinstance(sock, ssl.SSLSocket) and sock.pending() and not self._gone:
+            try:
+                data = sock.recv(READ_SIZE)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                break
+            except (OSError, ssl.SSLError) as exc:
+                self._lost(f"read error: {exc}")
+                return
+            self.session.receive(data)
+        if not data and not self._gone:
+            # The peer closed its side: answer what it sent, then close.
+            self._closing = True
+            self._flush()
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._gone:
+            return
+        if self._out:
+            try:
+                sent = self.sock.send(self._out)
+            except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                sent = 0
+            except (OSError, ssl.SSLError) as exc:
+                self._lost(f"write error: {exc}")
+                return
+            del self._out[:sent]
+        if self._out:
+            # Back-pressure: stop reading while the client is not taking our replies.
+            self._set_events(_WRITE if len(self._out) > MAX_OUTPUT else _READ | _WRITE)
+            return
+        if self._closing:
+            self._lost("closed")
+            return
+        if self._want_tls:
+            self._begin_tls()
+            return
+        self._set_events(_READ)
+
+    def _set_events(self, events: int) -> None:
+        if events != self._events:
+            self._events = events
+            self.loop.modify(self.sock, events, self._on_event)
+
+    # --- TLS --------------------------------------------------------------------------------
+    def _begin_tls(self) -> None:
+        self._want_tls = False
+        assert self._tls_context is not None
+        self.loop.unregister(self.sock)
+        try:
+            self.sock = self._tls_context.wrap_socket(
+                self.sock, server_side=True, do_handshake_on_connect=False
+            )
+        except (OSError, ssl.SSLError) as exc:
+            self._gone = True
+            self._lost(f"tls error: {exc}")
+            return
+        self._handshaking = True
+        self._events = _READ
+        self.loop.register(self.sock, _READ, self._on_event)
+        self._handshake()
+
+    def _handshake(self) -> None:
+        sock = self.sock
+        assert isinstance(sock, ssl.SSLSocket)
+        try:
+            sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._set_events(_READ)
+            return
+        except ssl.SSLWantWriteError:
+            self._set_events(_WRITE)
+            return
+        except (OSError, ssl.SSLError) as exc:
+            self._lost(f"tls handshake failed: {exc}")
+            return
+        self._handshaking = False
+        self._set_events(_READ)
+        cipher = sock.cipher()
+        self.session.tls_started(
+            TlsInfo(version=sock.version() or "TLS", cipher=cipher[0] if cipher else "unknown")
+        )
+
+    # --- ending -----------------------------------------------------------------------------
+    def check_deadline(self, now: float) -> None:
+        if self._handshaking and now >= self.deadline:
+            self._lost("tls handshake timeout")
+        # While the message is being made durable the wait is ours, not the client's.
+        elif now >= self.deadline and not self.session.waiting and not self.session.closed:
+            self.session.timeout()
+        elif now >= self.deadline + 30 and self.session.closed:
+            self._lost("close timeout")  # our last reply could not be delivered
+
+    def shutdown(self) -> None:
+        self.session.shutdown()
+
+    def _lost(self, reason: str) -> None:
+        if self._gone:
+            return
+        self._gone = True
+        self.loop.unregister(self.sock)
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        self.session.connection_lost(reason)
+        self._on_gone(self)

@@ -1,0 +1,172 @@
+"""The receiving server: one event loop, its listeners, its connections, durable delivery.
+
+``Server.run()`` serves until SIGTERM or SIGINT, then drains: listeners close at once, idle
+sessions get ``421 4.3.2``, sessions in the middle of a message get ``GRACE`` seconds to
+finish it (and their answer), and whatever remains is closed with 421. Queued deliveries are
+completed before ``run()`` returns.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import ssl
+import sys
+import time
+from collections import Counter
+from typing import TextIO
+
+from smtpkit.config import Config, TlsConfig
+from smtpkit.delivery.maildir import DeliveryWorker, clean_tmp
+from smtpkit.delivery.router import Router
+from smtpkit.errors import ConfigError
+from smtpkit.journal import Journal
+from smtpkit.policy import LocalPolicy
+from smtpkit.protocol import replies
+from smtpkit.server.connection import Connection
+from smtpkit.server.listener import TOO_MANY, TOO_MANY_FROM_IP, Listener
+from smtpkit.server.loop import EventLoop, Timer
+from smtpkit.session import ServerContext
+from smtpkit.users import UserStore
+
+__all__ = ["GRACE", "Server", "make_tls_context"]
+
+GRACE = 10.0  # seconds a message in flight may take to finish after SIGTERM
+SWEEP = 1.0  # seconds between deadline checks
+
+
+def make_tls_context(tls: TlsConfig) -> ssl.SSLContext:
+    """A server context with the ssl module's secure defaults, TLS 1.2 or newer only."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(tls.certificate, tls.key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"cannot load certificate {tls.certificate} and key {tls.key}: {exc}", key="tls"
+        ) from None
+    return context
+
+
+class Server:
+    def __init__(
+        self,
+        config: Config,
+        sockets: list[socket.socket],
+        *,
+        echo: TextIO | None = None,
+    ) -> None:
+        self.config = config
+        self.sockets = sockets
+        self.loop = EventLoop()
+        self.journal = Journal(config.server.journal_dir, echo=echo)
+        self.users = UserStore(config.server.users_dir, config.server.domains)
+        router = Router(self.users, config.aliases, config.server.domains)
+        self.policy = LocalPolicy(router, config.limits)
+        self.tls_context = make_tls_context(config.tls) if config.tls else None
+        self.delivery = DeliveryWorker(self.loop.call_soon_threadsafe)
+        self.ctx = ServerContext(
+            hostname=config.server.hostname,
+            limits=config.limits,
+            policy=self.policy,
+            journal=self.journal,
+            submit=self.delivery.submit,
+            tls_available=self.tls_context is not None,
+        )
+        self.connections: set[Connection] = set()
+        self.per_ip: Counter[str] = Counter()
+        self.listeners: list[Listener] = []
+        self.stopping = False
+        self._grace_timer: Timer | None = None
+
+    # --- lifecycle --------------------------------------------------------------------------
+    def run(self) -> None:
+        removed = clean_tmp([u.path for u in self.users.list()])
+        self.journal.write(
+            "start",
+            "-",
+            "-",
+            listen=[str(a) for a in self.config.server.listen],
+            hostname=self.config.server.hostname,
+            tmp_cleaned=removed,
+        )
+        for sock in self.sockets:
+            self.listeners.append(Listener(self.loop, sock, self._admit, self._accept))
+        self.loop.add_signal_handler(signal.SIGTERM, self.begin_shutdown)
+        self.loop.add_signal_handler(signal.SIGINT, self.begin_shutdown)
+        self.loop.add_signal_handler(signal.SIGHUP, self.reload_tls)
+        self.loop.after_each_turn(self.journal.flush)
+        self.loop.call_later(SWEEP, self._sweep)
+        try:
+            self.loop.run()
+        finally:
+            self.delivery.close()
+            self.journal.write("stop", "-", "-")
+            self.journal.close()
+            self.loop.close()
+
+    def begin_shutdown(self) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        self.journal.write("stopping", "-", "-", connections=len(self.connections))
+        for listener in self.listeners:
+            listener.close()
+        self.listeners.clear()
+        for conn in list(self.connections):
+            conn.shutdown()
+        self._grace_timer = self.loop.call_later(GRACE, self._end_grace)
+        self._maybe_stop()
+
+    def _end_grace(self) -> None:
+        for conn in list(self.connections):
+            conn.session.force_close(replies.SHUTTING_DOWN)
+        # Sockets whose last reply cannot be delivered are closed by the sweep.
+
+    def _maybe_stop(self) -> None:
+        if self.stopping and not self.connections:
+            self.loop.stop()
+
+    def reload_tls(self) -> None:
+        """SIGHUP: load the certificate again (renewals without a restart)."""
+        if self.config.tls is None:
+            return
+        try:
+            self.tls_context = make_tls_context(self.config.tls)
+        except ConfigError as exc:
+            print(
+                f"smtpkit: TLS reload failed, keeping the old certificate: {exc}", file=sys.stderr
+            )
+            self.journal.write("tls_reload", "-", "-", ok=False, error=str(exc))
+            return
+        self.journal.write("tls_reload", "-", "-", ok=True)
+
+    # --- connections ------------------------------------------------------------------------
+    def _admit(self, ip: str) -> bytes | None:
+        limits = self.config.limits
+        if len(self.connections) >= limits.max_connections:
+            self.journal.write("refused", "-", ip, code=421, reason="max_connections")
+            return TOO_MANY
+        if self.per_ip[ip] >= limits.max_connections_per_ip:
+            self.journal.write("refused", "-", ip, code=421, reason="max_connections_per_ip")
+            return TOO_MANY_FROM_IP
+        return None
+
+    def _accept(self, sock: socket.socket, peer: tuple[str, int]) -> None:
+        self.per_ip[peer[0]] += 1
+        conn = Connection(self.loop, sock, peer, self.ctx, self.tls_context, self._gone)
+        self.connections.add(conn)
+
+    def _gone(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+        ip = conn.peer[0]
+        self.per_ip[ip] -= 1
+        if self.per_ip[ip] <= 0:
+            del self.per_ip[ip]
+        self._maybe_stop()
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        for conn in list(self.connections):
+            conn.check_deadline(now)
+        self.loop.call_later(SWEEP, self._sweep)

@@ -1,0 +1,390 @@
+"""One SMTP session: protocol events in, policy decisions, replies out, mail to storage.
+
+The session owns no socket: it is driven by ``receive()`` and the ``Transport`` it is given
+(``server.connection`` in production, a list of bytes in tests). Every reply leaves through
+``_reply``, the one choke point that journals errors, counts the error budget and closes the
+session after a 421 (DESIGN convention 4).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from smtpkit.delivery.maildir import DeliveryResult, Spool
+from smtpkit.journal import Journal
+from smtpkit.limits import Limits
+from smtpkit.policy import Accept, Policy
+from smtpkit.protocol import NEED_DATA, PAUSED, ServerConnection, State, replies
+from smtpkit.protocol import events as ev
+from smtpkit.protocol.replies import Reply
+
+__all__ = ["ServerContext", "Session", "TlsInfo", "Transport", "new_session_id"]
+
+Submit = Callable[[Spool, Callable[[DeliveryResult], None]], None]
+
+
+class Transport(Protocol):
+    """What a session needs from its connection."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def close(self) -> None:
+        """Close once everything written so far has been sent."""
+
+    def start_tls(self) -> None:
+        """Begin the TLS handshake once everything written so far has been sent; call
+        ``Session.tls_started`` when it completes."""
+
+
+@dataclass(frozen=True, slots=True)
+class TlsInfo:
+    version: str
+    cipher: str
+
+
+@dataclass(slots=True)
+class ServerContext:
+    """What every session of a server shares."""
+
+    hostname: str
+    limits: Limits
+    policy: Policy
+    journal: Journal
+    submit: Submit
+    tls_available: bool = False
+    extra_extensions: tuple[str, ...] = field(default_factory=tuple)
+
+
+def new_session_id() -> str:
+    return os.urandom(6).hex()
+
+
+def _address_literal(host: str) -> str:
+    return f"[IPv6:{host}]" if ":" in host else f"[{host}]"
+
+
+class Session:
+    """Drives one connection from greeting to close."""
+
+    def __init__(
+        self,
+        ctx: ServerContext,
+        transport: Transport,
+        peer: tuple[str, int],
+        session_id: str | None = None,
+    ) -> None:
+        self.ctx = ctx
+        self.transport = transport
+        self.peer_host, self.peer_port = peer[0], peer[1]
+        self.peer = (
+            f"[{self.peer_host}]:{self.peer_port}"
+            if ":" in self.peer_host
+            else f"{self.peer_host}:{self.peer_port}"
+        )
+        self.id = session_id or new_session_id()
+        self.conn = ServerConnection(ctx.limits)
+        self.errors = 0
+        self.closed = False
+        self.waiting = False  # a message is being made durable; replies wait for it
+        self.draining = False  # shutdown asked: close after the current transaction
+        self.tls: TlsInfo | None = None
+        self.helo_name = ""
+        self.messages = 0
+        self._reset_transaction()
+
+    # --- driving ---------------------------------------------------------------------------
+    def start(self) -> None:
+        self._journal("connect")
+        self._reply(replies.greeting(self.ctx.hostname))
+
+    def receive(self, data: bytes) -> None:
+        """Bytes from the client; ``b""`` when it closed its side."""
+        if self.closed:
+            return
+        self.conn.receive_data(data)
+        self._pump()
+
+    @property
+    def in_data(self) -> bool:
+        return self.conn.state is State.DATA or self.waiting
+
+    def timeout(self) -> None:
+        """The idle deadline passed (RFC 5321 4.5.3.2)."""
+        if not self.closed:
+            self._journal("timeout", state=self.conn.state.name)
+            self._abort_spool()
+            self._reply(replies.TIMEOUT)
+
+    def shutdown(self) -> None:
+        """Server is stopping: close now, or after the message in flight is answered."""
+        if self.closed:
+            return
+        if self.in_data:
+            self.draining = True
+            return
+        self._reply(replies.SHUTTING_DOWN)
+
+    def force_close(self, reply: Reply) -> None:
+        """Answer ``reply`` (a 421) and close whatever the state; a message in flight is
+        dropped (the sender was never told 250 and will retry)."""
+        if self.closed:
+            return
+        self.waiting = False
+        self.draining = False
+        self._abort_spool()
+        self._reply(reply)
+
+    def tls_started(self, info: TlsInfo) -> None:
+        self.tls = info
+        self._journal("tls", version=info.version, cipher=info.cipher)
+        self._pump()
+
+    def connection_lost(self, reason: str = "") -> None:
+        """The socket is gone (reset, error, or closed after our last reply)."""
+        if self.spool is not None:
+            self._abort_spool()
+        if not self.closed:
+            self.closed = True
+        self._journal("close", reason=reason or "peer closed", messages=self.messages)
+
+    # --- the one choke point ----------------------------------------------------------------
+    def _reply(self, reply: Reply, *, counted: bool = False) -> None:
+        if self.closed:
+            return
+        self.transport.write(self.conn.send(reply))
+        if reply.code >= 400:
+            self._journal("reply", code=reply.code, text=str(reply))
+        if counted:
+            self.errors += 1
+            if self.errors >= self.ctx.limits.max_errors and not reply.closes:
+                self.transport.write(self.conn.send(replies.TOO_MANY_ERRORS))
+                self._journal("reply", code=421, text=str(replies.TOO_MANY_ERRORS))
+                reply = replies.TOO_MANY_ERRORS
+        if reply.closes or reply.code == 221:
+            self.closed = True
+            self._abort_spool()
+            self.transport.close()
+
+    def _journal(self, event: str, **fields: Any) -> None:
+        self.ctx.journal.write(event, self.id, self.peer, **fields)
+
+    # --- events -----------------------------------------------------------------------------
+    def _pump(self) -> None:
+        conn = self.conn
+        while not self.closed and not self.waiting:
+            event = conn.next_event()
+            if event is NEED_DATA or event is PAUSED:
+                return
+            handler = _HANDLERS[type(event)]
+            handler(self, event)
+
+    def _reset_transaction(self) -> None:
+        self.sender: str | None = None
+        self.recipients: list[str] = []
+        self.mailboxes: dict[Path, None] = {}
+        self.spool: Spool | None = None
+        self.body_type: str | None = None
+
+    def _abort_spool(self) -> None:
+        if self.spool is not None:
+            self.spool.abort()
+            self.spool = None
+
+    def _on_hello(self, event: ev.Hello) -> None:
+        self._reset_transaction()
+        decision = self.ctx.policy.check_helo(event)
+        if not isinstance(decision, Accept):
+            self._reply(decision.reply, counted=True)
+            return
+        self.helo_name = event.name
+        self._journal("helo", name=event.name, extended=event.extended)
+        if event.extended:
+            self._reply(replies.ehlo(self.ctx.hostname, event.name, self._extensions()))
+        else:
+            self._reply(replies.helo(self.ctx.hostname, event.name))
+
+    def _extensions(self) -> tuple[str, ...]:
+        ext = [
+            f"SIZE {self.ctx.limits.max_message_size}",
+            "PIPELINING",
+            "8BITMIME",
+            "ENHANCEDSTATUSCODES",
+        ]
+        # RFC 3207 4.2: STARTTLS is not offered again once TLS is on.
+        if self.ctx.tls_available and self.tls is None:
+            ext.append("STARTTLS")
+        ext.extend(self.ctx.extra_extensions)
+        ext.append("HELP")
+        return tuple(ext)
+
+    def _on_mail(self, event: ev.MailFrom) -> None:
+        decision = self.ctx.policy.check_mail(event)
+        if not isinstance(decision, Accept):
+            self._journal("mail", sender=event.address, code=decision.reply.code)
+            self._reply(decision.reply, counted=decision.reply.code >= 500)
+            return
+        self.sender = event.address
+        self.body_type = event.body
+        self._journal("mail", sender=event.address, size=event.size, code=250)
+        self._reply(replies.OK_SENDER)
+
+    def _on_rcpt(self, event: ev.RcptTo) -> None:
+        if len(self.recipients) >= self.ctx.limits.max_recipients:
+            self._journal("rcpt", to=event.address, code=452)
+            self._reply(replies.TOO_MANY_RECIPIENTS)
+            return
+        decision = self.ctx.policy.check_rcpt(event)
+        if not isinstance(decision, Accept):
+            self._journal("rcpt", to=event.address, code=decision.reply.code)
+            self._reply(decision.reply, counted=decision.reply.code >= 500)
+            return
+        self.recipients.append(event.address)
+        for box in decision.mailboxes:
+            self.mailboxes[box] = None
+        self._journal("rcpt", to=event.address, code=250)
+        self._reply(replies.OK_RECIPIENT)
+
+    def _on_data(self, event: ev.Data) -> None:
+        self.messages += 1
+        spool = Spool(list(self.mailboxes), self._trace_header())
+        if spool.error is not None:
+            self._journal("error", error=str(spool.error))
+            spool.abort()
+            self._reply(replies.STORAGE_FULL if spool.error.disk_full else replies.LOCAL_ERROR)
+            return
+        self.spool = spool
+        self._reply(replies.START_DATA)
+
+    def _queue_id(self) -> str:
+        return f"{self.id}.{self.messages}"
+
+    def _trace_header(self) -> bytes:
+        """Return-Path (RFC 5321 4.4) and our Received line, prepended to the message."""
+        protocol = "ESMTP" if self.conn.extended else "SMTP"
+        tls = ""
+        if self.tls is not None:
+            # RFC 3848: ESMTPS when the session is under TLS.
+            protocol += "S"
+            tls = f" (using {self.tls.version} with cipher {self.tls.cipher})"
+        # RFC 5321 7.2: naming the recipient only when there is one, so a Bcc stays hidden.
+        rcpt = f"\r\n\tfor <{self.recipients[0]}>" if len(self.recipients) == 1 else ""
+        stamp = format_datetime(datetime.now(UTC))
+        text = (
+            f"Return-Path: <{self.sender or ''}>\r\n"
+            f"Received: from {self.helo_name} ({_address_literal(self.peer_host)})\r\n"
+            f"\tby {self.ctx.hostname} (smtpkit) with {protocol} id {self._queue_id()}{tls}"
+            f"{rcpt};\r\n\t{stamp}\r\n"
+        )
+        return text.encode("utf-8", "surrogateescape")
+
+    def _on_chunk(self, event: ev.DataChunk) -> None:
+        if self.spool is not None:
+            self.spool.write(event.data)
+
+    def _on_end(self, event: ev.EndOfData) -> None:
+        spool, self.spool = self.spool, None
+        if spool is None:  # pragma: no cover - the engine only sends EndOfData after DATA
+            self._finish(replies.LOCAL_ERROR)
+            return
+        if event.error is not None:
+            spool.abort()
+            self._journal("rejected", size=event.size, code=event.error.code)
+            self._finish(event.error)
+            return
+        if spool.error is not None:
+            spool.abort()
+            self._journal("error", size=event.size, error=str(spool.error))
+            self._finish(replies.STORAGE_FULL if spool.error.disk_full else replies.LOCAL_ERROR)
+            return
+        self.waiting = True
+        self.ctx.submit(spool, self._delivered)
+
+    def _delivered(self, result: DeliveryResult) -> None:
+        self.waiting = False
+        error = result.error
+        if error is None:
+            self._journal(
+                "stored",
+                id=self._queue_id(),
+                size=result.spool.size,
+                sender=self.sender,
+                to=self.recipients,
+                files=[str(Path(*p.parts[-3:])) for p in result.files],
+            )
+            self._finish(replies.stored(self._queue_id()))
+        else:
+            self._journal("error", id=self._queue_id(), error=str(error))
+            self._finish(replies.STORAGE_FULL if error.disk_full else replies.LOCAL_ERROR)
+        self._pump()
+
+    def _finish(self, reply: Reply) -> None:
+        """Answer the final dot; the transaction is over either way."""
+        self._reset_transaction()
+        self._reply(reply)
+        if self.draining:
+            self._reply(replies.SHUTTING_DOWN)
+
+    def _on_rset(self, event: ev.Rset) -> None:
+        self._reset_transaction()
+        self._reply(replies.OK)
+
+    def _on_noop(self, event: ev.Noop) -> None:
+        self._reply(replies.OK)
+
+    def _on_quit(self, event: ev.Quit) -> None:
+        self._reply(replies.closing(self.ctx.hostname))
+
+    def _on_vrfy(self, event: ev.Vrfy) -> None:
+        # RFC 5321 3.5.3 allows 252: we reveal nothing about which users exist.
+        self._reply(replies.CANNOT_VRFY)
+
+    def _on_expn(self, event: ev.Expn) -> None:
+        self._reply(replies.EXPN_DISABLED)
+
+    def _on_help(self, event: ev.Help) -> None:
+        self._reply(replies.help_text())
+
+    def _on_starttls(self, event: ev.StartTls) -> None:
+        if self.tls is not None:
+            self._reply(replies.TLS_ALREADY_ACTIVE, counted=True)
+        elif not self.ctx.tls_available:
+            self._reply(replies.TLS_NOT_AVAILABLE)
+        else:
+            # RFC 3207 4.2: everything about the session so far is forgotten.
+            self._reset_transaction()
+            self.helo_name = ""
+            self._reply(replies.TLS_READY)
+            self.transport.start_tls()
+
+    def _on_bad(self, event: ev.BadCommand) -> None:
+        self._reply(event.reply, counted=True)
+
+    def _on_closed(self, event: ev.ConnectionClosed) -> None:
+        self._abort_spool()
+        self.closed = True
+        self.transport.close()
+
+
+_HANDLERS: dict[type[Any], Callable[[Session, Any], None]] = {
+    ev.Hello: Session._on_hello,
+    ev.MailFrom: Session._on_mail,
+    ev.RcptTo: Session._on_rcpt,
+    ev.Data: Session._on_data,
+    ev.DataChunk: Session._on_chunk,
+    ev.EndOfData: Session._on_end,
+    ev.Rset: Session._on_rset,
+    ev.Noop: Session._on_noop,
+    ev.Quit: Session._on_quit,
+    ev.Vrfy: Session._on_vrfy,
+    ev.Expn: Session._on_expn,
+    ev.Help: Session._on_help,
+    ev.StartTls: Session._on_starttls,
+    ev.BadCommand: Session._on_bad,
+    ev.ConnectionClosed: Session._on_closed,
+}

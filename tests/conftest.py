@@ -1,0 +1,144 @@
+"""Shared fixtures: a real ``smtpkit serve`` on loopback, and real peers (swaks, smtp-source).
+
+A peer missing from the machine skips its test on a developer's machine but fails it in CI
+(``CI=true``), where ``.ci/run`` must have installed it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def need_program(name: str, package: str) -> str:
+    """Path of a peer program; fails in CI, skips elsewhere, when it is missing."""
+    for folder in ("", "/usr/sbin/", "/usr/bin/"):
+        path = shutil.which(folder + name) if folder else shutil.which(name)
+        if path:
+            return path
+    message = f"{name} not found: install the Debian package {package} (.ci/run does)"
+    if IN_CI:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def smtpkit(
+    *args: str, config: Path | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Run the real ``smtpkit`` command line (as a user would) and return its result."""
+    cmd = [sys.executable, "-m", "smtpkit", *(["-c", str(config)] if config else []), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, check=check, timeout=60)
+
+
+@dataclass
+class MailServer:
+    """A running ``smtpkit serve`` subprocess and its data folder."""
+
+    directory: Path
+    config: Path
+    host: str
+    port: int
+    domain: str
+    process: subprocess.Popen[bytes] | None = None
+    stderr_path: Path = field(default_factory=Path)
+
+    def maildir(self, address: str) -> Path:
+        return self.directory / "users" / address
+
+    def new_files(self, address: str) -> list[Path]:
+        return sorted((self.maildir(address) / "new").iterdir())
+
+    def start(self, *extra: str) -> None:
+        self.stderr_path = self.directory / "serve.stderr"
+        stderr = self.stderr_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "smtpkit", "-c", str(self.config), "serve", *extra],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+        stderr.close()
+        wait_for_banner(self.host, self.port, self.process)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        code = self.process.wait(timeout=timeout)
+        self.process = None
+        return code
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
+
+
+def wait_for_banner(
+    host: str, port: int, process: subprocess.Popen[bytes], timeout: float = 15
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"smtpkit serve exited with {process.returncode}")
+        try:
+            with socket.create_connection((host, port), timeout=1) as s:
+                if s.recv(512).startswith(b"220 "):
+                    s.sendall(b"QUIT\r\n")
+                    # Read to EOF: the server has closed (and forgotten) this connection, so
+                    # it does not count against connection limits a test sets.
+                    while s.recv(512):
+                        pass
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"smtpkit serve did not answer on {host}:{port}")
+
+
+def make_server(
+    root: Path,
+    *,
+    users: tuple[str, ...] = ("alice@example.org", "bob@example.org"),
+    domains: tuple[str, ...] = ("example.org",),
+    extra_config: str = "",
+    host: str = "127.0.0.1",
+) -> MailServer:
+    port = free_port(host)
+    directory = root / "mail"
+    args = ["init", str(directory), "--hostname", "mx.test.example", "--listen", f"{host}:{port}"]
+    for d in domains:
+        args += ["--domain", d]
+    smtpkit(*args)
+    config = directory / "smtpkit.toml"
+    if extra_config:
+        with config.open("a") as fh:
+            fh.write(extra_config)
+    if users:
+        smtpkit("user", "add", *users, config=config)
+    return MailServer(directory, config, host, port, domains[0])
+
+
+@pytest.fixture
+def mailserver(tmp_path: Path) -> Iterator[MailServer]:
+    server = make_server(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        if server.process is not None:
+            server.stop()

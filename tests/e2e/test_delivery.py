@@ -1,0 +1,277 @@
+"""End to end: a real ``smtpkit serve`` subprocess, real clients (smtplib, swaks, smtp-source)."""
+
+from __future__ import annotations
+
+import json
+import mailbox
+import signal
+import smtplib
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import MailServer, make_server, need_program, smtpkit
+
+
+def journal_records(server: MailServer) -> list[dict[str, object]]:
+    records = []
+    for path in sorted((server.directory / "journal").iterdir()):
+        for line in path.read_text().splitlines():
+            records.append(json.loads(line))
+    return records
+
+
+def wait_for(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def test_smtplib_delivery_lands_in_maildir_with_trace_headers(mailserver: MailServer) -> None:
+    body = "Subject: hello\r\n\r\nFirst line\r\n.starts with a dot\r\n"
+    with smtplib.SMTP(mailserver.host, mailserver.port, local_hostname="client.test") as smtp:
+        code, _ = smtp.ehlo()
+        assert code == 250
+        assert smtp.has_extn("pipelining") and smtp.has_extn("8bitmime")
+        assert smtp.esmtp_features["size"] == "10485760"
+        refused = smtp.sendmail("sender@remote.test", ["alice@example.org"], body)
+        assert refused == {}
+    files = mailserver.new_files("alice@example.org")
+    assert len(files) == 1
+    data = files[0].read_bytes()
+    head, _, message = data.partition(b"Subject: hello")
+    assert head.startswith(
+        b"Return-Path: <sender@remote.test>\r\nReceived: from client.test ([127.0.0.1])\r\n"
+    )
+    assert b"by mx.test.example (smtpkit) with ESMTP id " in head
+    assert b"for <alice@example.org>;" in head
+    assert message == b"\r\n\r\nFirst line\r\n.starts with a dot\r\n"
+    assert files[0].stat().st_mode & 0o777 == 0o600
+    # Readable by Python's own Maildir reader, as by Dovecot or mutt.
+    msgs = list(mailbox.Maildir(mailserver.maildir("alice@example.org"), create=False))
+    assert [m["Subject"] for m in msgs] == ["hello"]
+    assert list((mailserver.maildir("alice@example.org") / "tmp").iterdir()) == []
+
+
+def test_refusals_over_a_real_socket(mailserver: MailServer) -> None:
+    with smtplib.SMTP(mailserver.host, mailserver.port) as smtp:
+        smtp.ehlo("client.test")
+        assert smtp.mail("s@remote.test") == (250, b"2.1.0 Sender OK")
+        assert smtp.rcpt("nobody@example.org") == (550, b"5.1.1 No such user here")
+        assert smtp.rcpt("victim@elsewhere.test") == (550, b"5.7.1 Relaying denied")
+        assert smtp.rcpt("Postmaster")[0] == 250  # RFC 5321 4.5.1, via the alias to alice
+        assert smtp.docmd("VRFY", "alice@example.org")[0] == 252
+        assert smtp.docmd("EXPN", "staff")[0] == 502
+        assert smtp.docmd("BOGUS")[0] == 500
+        assert smtp.docmd("MAIL", "FROM:<x@y.test> SIZE=99999999999")[0] == 503
+        smtp.rset()
+        assert smtp.docmd("MAIL", "FROM:<x@y.test> SIZE=99999999999")[0] == 552
+
+
+def test_one_copy_per_mailbox_and_postmaster_alias(mailserver: MailServer) -> None:
+    with smtplib.SMTP(mailserver.host, mailserver.port) as smtp:
+        smtp.sendmail(
+            "s@remote.test",
+            ["alice@example.org", "BOB@Example.org", "postmaster@example.org"],
+            "Subject: both\r\n\r\nhi\r\n",
+        )
+    alice = mailserver.new_files("alice@example.org")
+    bob = mailserver.new_files("bob@example.org")
+    assert len(alice) == 1 and len(bob) == 1  # postmaster -> alice: still one copy
+    assert alice[0].read_bytes() == bob[0].read_bytes()
+    assert b"\tfor <" not in alice[0].read_bytes()  # several recipients: none named (RFC 5321 7.2)
+
+
+def test_swaks_delivers(mailserver: MailServer) -> None:
+    swaks = need_program("swaks", "swaks")
+    result = subprocess.run(
+        [
+            swaks,
+            "--server",
+            f"{mailserver.host}:{mailserver.port}",
+            "--from",
+            "a@remote.test",
+            "--to",
+            "bob@example.org",
+            "--header",
+            "Subject: via swaks",
+            "--body",
+            "swaks body",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "<-  250 2.0.0 OK: message stored as " in result.stdout
+    files = mailserver.new_files("bob@example.org")
+    assert len(files) == 1
+    msg = mailbox.MaildirMessage(files[0].read_bytes())
+    assert msg["Subject"] == "via swaks"
+    assert msg.get_payload().strip() == "swaks body"
+
+
+def test_swaks_unknown_user_gets_550(mailserver: MailServer) -> None:
+    swaks = need_program("swaks", "swaks")
+    result = subprocess.run(
+        [
+            swaks,
+            "--server",
+            f"{mailserver.host}:{mailserver.port}",
+            "--from",
+            "a@remote.test",
+            "--to",
+            "carol@example.org",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 24  # swaks: the RCPT was refused
+    assert "<** 550 5.1.1 No such user here" in result.stdout
+
+
+def test_smtp_source_1000_messages_10_sessions(mailserver: MailServer) -> None:
+    source = need_program("smtp-source", "postfix")
+    result = subprocess.run(
+        [
+            source,
+            "-s",
+            "10",
+            "-m",
+            "1000",
+            "-l",
+            "1024",
+            "-f",
+            "load@remote.test",
+            "-t",
+            "alice@example.org",
+            f"{mailserver.host}:{mailserver.port}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    files = mailserver.new_files("alice@example.org")
+    assert len(files) == 1000
+    box = mailbox.Maildir(mailserver.maildir("alice@example.org"), create=False)
+    assert len(box) == 1000
+    for msg in box:
+        assert msg["Return-Path"] == "<load@remote.test>"
+        assert msg["Received"] is not None
+    stored = [r for r in journal_records(mailserver) if r["event"] == "stored"]
+    assert len(stored) == 1000
+
+
+def test_journal_records_and_tail(mailserver: MailServer) -> None:
+    with smtplib.SMTP(mailserver.host, mailserver.port) as smtp:
+        smtp.ehlo("client.test")
+        smtp.sendmail("s@remote.test", ["alice@example.org"], "Subject: j\r\n\r\nx\r\n")
+
+    def ours() -> list[dict[str, object]]:
+        helo = [r for r in journal_records(mailserver) if r.get("name") == "client.test"]
+        return [
+            r for r in journal_records(mailserver) if helo and r["session"] == helo[0]["session"]
+        ]
+
+    wait_for(lambda: any(r["event"] == "close" for r in ours()))
+    records = ours()
+    events = [r["event"] for r in records]
+    assert events[:2] == ["connect", "helo"]
+    assert events[-1] == "close"
+    assert {"mail", "rcpt", "stored"} <= set(events)
+    stored = next(r for r in records if r["event"] == "stored")
+    assert stored["to"] == ["alice@example.org"] and stored["sender"] == "s@remote.test"
+    assert stored["files"][0].startswith("alice@example.org/new/")
+    assert len({r["session"] for r in records}) == 1
+    assert all(r["peer"].startswith("127.0.0.1:") for r in records)
+    files = sorted((mailserver.directory / "journal").iterdir())
+    assert [len(f.name) for f in files] == [13] * len(files)  # YYYY_MM_DD_HH
+    out = smtpkit("journal", "tail", "-n", "3", "--json", config=mailserver.config).stdout
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [r["event"] for r in lines] == [r["event"] for r in journal_records(mailserver)[-3:]]
+    readable = smtpkit("journal", "tail", "-n", "1", config=mailserver.config).stdout
+    assert readable.count("\n") == 1 and " close " in readable
+
+
+def test_sigterm_exits_zero_and_answers_421(mailserver: MailServer) -> None:
+    sock = socket.create_connection((mailserver.host, mailserver.port), timeout=10)
+    assert sock.recv(1024).startswith(b"220 ")
+    assert mailserver.stop(signal.SIGTERM) == 0
+    assert sock.recv(1024) == b"421 4.3.2 Service shutting down, closing connection\r\n"
+    sock.close()
+
+
+def test_sigterm_lets_a_message_in_data_finish(mailserver: MailServer) -> None:
+    sock = socket.create_connection((mailserver.host, mailserver.port), timeout=10)
+    f = sock.makefile("rb")
+    f.readline()
+    sock.sendall(b"HELO c\r\nMAIL FROM:<s@remote.test>\r\nRCPT TO:<bob@example.org>\r\nDATA\r\n")
+    for _ in range(4):
+        f.readline()
+    sock.sendall(b"Subject: late\r\n\r\nhalf")
+    assert mailserver.process is not None
+    mailserver.process.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    sock.sendall(b" and the rest\r\n.\r\n")
+    assert f.readline().startswith(b"250 2.0.0 OK: message stored as ")
+    assert f.readline() == b"421 4.3.2 Service shutting down, closing connection\r\n"
+    assert mailserver.stop() == 0
+    assert (
+        mailserver.new_files("bob@example.org")[0].read_bytes().endswith(b"half and the rest\r\n")
+    )
+
+
+def test_address_in_use_is_one_line_and_nonzero(tmp_path: Path) -> None:
+    server = make_server(tmp_path)
+    with socket.socket() as blocker:
+        blocker.bind((server.host, server.port))
+        blocker.listen()
+        result = smtpkit("serve", config=server.config, check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"Error: cannot listen on 127.0.0.1:{server.port}: address already in use "
+        "(is another mail server running?)"
+    )
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("limit_line", ["max_connections_per_ip = 2", "max_connections = 2"])
+def test_connection_limits_answer_421(tmp_path: Path, limit_line: str) -> None:
+    server = make_server(tmp_path, extra_config=f"\n[limits]\n{limit_line}\n")
+    server.start()
+    try:
+        held = [socket.create_connection((server.host, server.port), timeout=10) for _ in range(2)]
+        for s in held:
+            assert s.recv(1024).startswith(b"220 ")
+        extra = socket.create_connection((server.host, server.port), timeout=10)
+        assert extra.recv(1024).startswith(b"421 4.7.0 Too many connections")
+        assert extra.recv(1024) == b""
+        extra.close()
+        for s in held:
+            s.close()
+    finally:
+        server.stop()
+
+
+def test_idle_session_times_out_with_421(tmp_path: Path) -> None:
+    server = make_server(tmp_path, extra_config="\n[limits]\ncommand_timeout = 1\n")
+    server.start()
+    try:
+        with socket.create_connection((server.host, server.port), timeout=10) as s:
+            f = s.makefile("rb")
+            assert f.readline().startswith(b"220 ")
+            s.sendall(b"EHLO slow")  # never finished: the deadline is per command, not per byte
+            started = time.monotonic()
+            assert f.readline() == b"421 4.4.2 Timeout exceeded, closing connection\r\n"
+            assert time.monotonic() - started < 5
+            assert f.readline() == b""
+    finally:
+        server.stop()

@@ -1,0 +1,1 @@
+"""Protocol engine tests: bytes in, replies out."""

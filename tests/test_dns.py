@@ -1,0 +1,366 @@
+"""smtpkit.dns against a real DNS server (NSD, see tests/dnsserver.py): no mocked resolver."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import dns.name
+import pytest
+
+from smtpkit.dns import (
+    DnsError,
+    HostAddresses,
+    MailHost,
+    MailResolver,
+    MailRoute,
+    Nameserver,
+    normalize_mail_domain,
+    parse_nameserver,
+    resolve_mail_hosts,
+)
+from smtpkit.errors import SmtpkitError
+from tests.dnsserver import DnsServer, dns_server, silent_nameserver  # noqa: F401
+
+TIES = (
+    "hosts of equal preference are listed by name; senders pick among them at random (RFC 5321 5.1)"
+)
+
+MULTI_HOSTS = (
+    MailHost(5, "mx-d.mx.test", ("192.0.2.4", "192.0.2.14")),
+    MailHost(10, "mx-a.mx.test", ("192.0.2.1", "2001:db8::1")),
+    MailHost(10, "mx-b.mx.test", ("192.0.2.2",)),
+    MailHost(20, "mx-c.mx.test", ("2001:db8::3",)),
+    MailHost(30, "mail.other.test", ("198.51.100.7",)),
+)
+
+
+def resolve(server: DnsServer, domain: str) -> MailRoute:
+    return resolve_mail_hosts(domain, nameserver=server.nameserver, timeout=2)
+
+
+def test_mx_sorted_by_preference_then_name(dns_server: DnsServer) -> None:  # noqa: F811
+    # Lowest preference first; the two at 10 by name (mx-a before mx-b) although the zone lists
+    # mx-b first; addresses IPv4 then IPv6, in numeric (not text) order.
+    route = resolve(dns_server, "multi.mx.test")
+    assert route == MailRoute("multi.mx.test", "mx", MULTI_HOSTS, (TIES,))
+    assert route.outcome == "ok"
+    assert route.usable_hosts == MULTI_HOSTS
+
+
+def test_additional_section_saves_queries(
+    dns_server: DnsServer,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # NSD puts the in-zone targets' A/AAAA records in the MX answer's additional section; only
+    # the types missing there (and the out-of-zone host) are queried. A spy on the real
+    # resolver records the queries; every answer still comes from NSD.
+    resolver = MailResolver(nameserver=dns_server.nameserver, timeout=2)
+    asked: list[tuple[str, str]] = []
+    real = resolver._resolver.resolve
+
+    def spy(qname: dns.name.Name, rdtype: Any, **kwargs: Any) -> Any:
+        asked.append((qname.to_text(), str(rdtype.name)))
+        return real(qname, rdtype, **kwargs)
+
+    monkeypatch.setattr(resolver._resolver, "resolve", spy)
+    assert resolver.resolve("multi.mx.test").hosts == MULTI_HOSTS
+    assert sorted(asked) == [
+        ("mail.other.test.", "A"),
+        ("mail.other.test.", "AAAA"),
+        ("multi.mx.test.", "MX"),
+        ("mx-b.mx.test.", "AAAA"),
+        ("mx-c.mx.test.", "A"),
+        ("mx-d.mx.test.", "AAAA"),
+    ]
+
+
+def test_null_mx(dns_server: DnsServer) -> None:  # noqa: F811
+    route = resolve(dns_server, "null.mx.test")
+    assert route == MailRoute("null.mx.test", "null")
+    assert route.outcome == "no-mail"
+
+
+def test_null_mx_mixed_with_other_mx_is_not_a_null_mx(dns_server: DnsServer) -> None:  # noqa: F811
+    route = resolve(dns_server, "mixednull.mx.test")
+    assert route == MailRoute(
+        "mixednull.mx.test",
+        "mx",
+        (
+            MailHost(
+                0,
+                ".",
+                (),
+                problem="invalid: null MX target '.' mixed with other MX records (RFC 7505 3)",
+            ),
+            MailHost(10, "mx-b.mx.test", ("192.0.2.2",)),
+        ),
+    )
+    assert route.outcome == "ok"
+
+
+def test_implicit_mx_with_only_a(dns_server: DnsServer) -> None:  # noqa: F811
+    route = resolve(dns_server, "aonly.mx.test")
+    assert route == MailRoute(
+        "aonly.mx.test", "implicit", (MailHost(0, "aonly.mx.test", ("192.0.2.10",)),)
+    )
+    assert route.outcome == "ok"
+
+
+def test_implicit_mx_with_only_aaaa(dns_server: DnsServer) -> None:  # noqa: F811
+    route = resolve(dns_server, "aaaaonly.mx.test")
+    assert route == MailRoute(
+        "aaaaonly.mx.test", "implicit", (MailHost(0, "aaaaonly.mx.test", ("2001:db8::10",)),)
+    )
+
+
+def test_mx_target_cname_is_followed_and_reported(dns_server: DnsServer) -> None:  # noqa: F811
+    route = resolve(dns_server, "cname.mx.test")
+    assert route == MailRoute(
+        "cname.mx.test",
+        "mx",
+        (
+            MailHost(
+                10, "alias.mx.test", ("192.0.2.30", "2001:db8::30"), cname_target="real.mx.test"
+            ),
+        ),
+    )
+    assert route.outcome == "ok"
+
+
+def test_mx_target_ip_literal_is_invalid(dns_server: DnsServer) -> None:  # noqa: F811
+    route = resolve(dns_server, "literal.mx.test")
+    assert route == MailRoute(
+        "literal.mx.test",
+        "mx",
+        (
+            MailHost(
+                10,
+                "192.0.2.1",
+                (),
+                problem="invalid: an IP address, not a host name (RFC 5321 5.1)",
+            ),
+        ),
+    )
+    assert route.usable_hosts == ()
+    assert route.outcome == "no-mail"
+
+
+def test_mx_target_that_does_not_exist(dns_server: DnsServer) -> None:  # noqa: F811
+    route = resolve(dns_server, "dangling.mx.test")
+    assert route == MailRoute(
+        "dangling.mx.test",
+        "mx",
+        (MailHost(10, "nowhere.mx.test", (), problem="host does not exist (NXDOMAIN)"),),
+    )
+    assert route.outcome == "no-mail"
+
+
+def test_mx_target_lookup_failure_is_temporary(dns_server: DnsServer) -> None:  # noqa: F811
+    route = resolve(dns_server, "failing.mx.test")
+    assert route == MailRoute(
+        "failing.mx.test",
+        "mx",
+        (
+            MailHost(
+                10,
+                "mail.broken.test",
+                (),
+                problem="A and AAAA lookup failed (SERVFAIL)",
+                temporary=True,
+            ),
+        ),
+    )
+    assert route.outcome == "dns-failure"
+
+
+def test_nxdomain(dns_server: DnsServer) -> None:  # noqa: F811
+    route = resolve(dns_server, "nosuch.mx.test")
+    assert route == MailRoute("nosuch.mx.test", "nxdomain")
+    assert route.outcome == "no-mail"
+
+
+def test_nodata(dns_server: DnsServer) -> None:  # noqa: F811
+    # The name exists (it has a TXT record) but has neither MX nor A nor AAAA.
+    route = resolve(dns_server, "nodata.mx.test")
+    assert route == MailRoute("nodata.mx.test", "nodata")
+    assert route.outcome == "no-mail"
+
+
+@pytest.mark.parametrize("domain", ["bücher.mx.test", "BÜCHER.mx.test.", "xn--bcher-kva.mx.test"])
+def test_idn_domain(dns_server: DnsServer, domain: str) -> None:  # noqa: F811
+    route = resolve(dns_server, domain)
+    assert route == MailRoute(
+        "xn--bcher-kva.mx.test", "mx", (MailHost(10, "mx-a.mx.test", ("192.0.2.1", "2001:db8::1")),)
+    )
+
+
+def test_domain_that_is_a_cname(dns_server: DnsServer) -> None:  # noqa: F811
+    # RFC 5321 5.1: the CNAME's target is processed as if it were the initial name.
+    route = resolve(dns_server, "www.mx.test")
+    assert route == MailRoute(
+        "www.mx.test",
+        "mx",
+        MULTI_HOSTS,
+        (
+            "www.mx.test is an alias (CNAME) of multi.mx.test; its mail goes where mail for "
+            "multi.mx.test goes (RFC 5321 5.1)",
+            TIES,
+        ),
+    )
+
+
+@pytest.mark.parametrize("domain", ["broken.test", "mail.broken.test"])
+def test_servfail(dns_server: DnsServer, domain: str) -> None:  # noqa: F811
+    # NSD is configured for broken.test but its zone file does not load: SERVFAIL.
+    route = resolve(dns_server, domain)
+    assert route == MailRoute(domain, "servfail")
+    assert route.outcome == "dns-failure"
+
+
+def test_refused_counts_as_servfail(dns_server: DnsServer) -> None:  # noqa: F811
+    # NSD refuses names outside its zones; for a sender that is a DNS failure too.
+    assert resolve(dns_server, "example.org") == MailRoute("example.org", "servfail")
+
+
+def test_timeout(silent_nameserver: str) -> None:  # noqa: F811
+    started = time.monotonic()
+    route = resolve_mail_hosts("multi.mx.test", nameserver=silent_nameserver, timeout=1)
+    elapsed = time.monotonic() - started
+    assert route == MailRoute("multi.mx.test", "timeout")
+    assert route.outcome == "dns-failure"
+    assert 0.9 <= elapsed < 3
+
+
+def test_nameserver_object_and_host_name(dns_server: DnsServer) -> None:  # noqa: F811
+    expected = MailRoute(
+        "aonly.mx.test", "implicit", (MailHost(0, "aonly.mx.test", ("192.0.2.10",)),)
+    )
+    by_object = Nameserver(dns_server.host, dns_server.port)
+    assert resolve_mail_hosts("aonly.mx.test", nameserver=by_object, timeout=2) == expected
+    # A nameserver given by name is looked up with the system's resolver first.
+    by_name = f"localhost:{dns_server.port}"
+    assert resolve_mail_hosts("aonly.mx.test", nameserver=by_name, timeout=2) == expected
+
+
+def test_lookup_host(dns_server: DnsServer) -> None:  # noqa: F811
+    resolver = MailResolver(nameserver=dns_server.nameserver, timeout=2)
+    assert resolver.lookup_host("mail.mx.test") == HostAddresses("mail.mx.test", ("127.0.0.1",))
+    assert resolver.lookup_host("alias.mx.test.") == HostAddresses(
+        "alias.mx.test", ("192.0.2.30", "2001:db8::30"), cname_target="real.mx.test"
+    )
+    missing = resolver.lookup_host("nowhere.mx.test")
+    assert missing == HostAddresses(
+        "nowhere.mx.test", (), problem="host does not exist (NXDOMAIN)", nxdomain=True
+    )
+    assert not missing.temporary
+    failing = resolver.lookup_host("mail.broken.test")
+    assert failing.failure == "servfail" and failing.temporary
+
+
+def test_lookup_host_timeout(silent_nameserver: str) -> None:  # noqa: F811
+    resolver = MailResolver(nameserver=silent_nameserver, timeout=0.3)
+    found = resolver.lookup_host("mail.mx.test")
+    assert found == HostAddresses(
+        "mail.mx.test", (), problem="A and AAAA lookup timed out", failure="timeout"
+    )
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("example.org", "example.org"),
+        ("  Example.ORG.  ", "example.org"),
+        ("bücher.example", "xn--bcher-kva.example"),
+        ("BÜCHER.Example", "xn--bcher-kva.example"),
+        # IDNA 2008: the sharp s is kept, not mapped to "ss" as IDNA 2003 did.
+        ("faß.example", "xn--fa-hia.example"),
+    ],
+)
+def test_normalize_mail_domain(given: str, expected: str) -> None:
+    assert normalize_mail_domain(given) == expected
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ("", "empty domain name"),
+        ("   ", "empty domain name"),
+        ("exa mple.org", "'exa mple.org' is not a valid domain name"),
+        ("-bad.example", "'-bad.example' is not a valid domain name"),
+        ("example..org", "'example..org' is not a valid domain name"),
+        ("localhost", "'localhost' is not a valid domain name"),
+        ("192.0.2.1", "'192.0.2.1' is an IP address, not a domain name"),
+        ("[192.0.2.1]", "'[192.0.2.1]' is an IP address, not a domain name"),
+        ("a" * 64 + ".example", f"'{'a' * 64}.example' is not a valid domain name"),
+        ("☃.example", "'☃.example' is not a valid domain name"),
+        ("bü cher.example", "'bü cher.example' is not a valid domain name"),
+    ],
+)
+def test_bad_domain(given: str, message: str) -> None:
+    with pytest.raises(DnsError) as info:
+        resolve_mail_hosts(given, nameserver="127.0.0.1:9")
+    assert str(info.value) == message
+    assert isinstance(info.value, SmtpkitError)
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("127.0.0.1", Nameserver("127.0.0.1", 53)),
+        ("127.0.0.1:5353", Nameserver("127.0.0.1", 5353)),
+        ("::1", Nameserver("::1", 53)),
+        ("[::1]", Nameserver("::1", 53)),
+        ("[::1]:5353", Nameserver("::1", 5353)),
+        ("[2001:db8::53]:53", Nameserver("2001:db8::53", 53)),
+        ("ns1.Example.org", Nameserver("ns1.example.org", 53)),
+        ("localhost:5353", Nameserver("localhost", 5353)),
+    ],
+)
+def test_parse_nameserver(spec: str, expected: Nameserver) -> None:
+    assert parse_nameserver(spec) == expected
+
+
+def test_nameserver_str() -> None:
+    assert str(Nameserver("::1", 5353)) == "[::1]:5353"
+    assert str(Nameserver("127.0.0.1")) == "127.0.0.1:53"
+
+
+USAGE = "expected HOST, HOST:PORT or [IPv6]:PORT"
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("", f"bad nameserver '': {USAGE}"),
+        ("127.0.0.1:", f"bad nameserver '127.0.0.1:': {USAGE}"),
+        (":53", f"bad nameserver ':53': {USAGE}"),
+        ("127.0.0.1:0", "bad nameserver '127.0.0.1:0': port must be 1-65535"),
+        ("127.0.0.1:65536", "bad nameserver '127.0.0.1:65536': port must be 1-65535"),
+        ("127.0.0.1:dns", "bad nameserver '127.0.0.1:dns': port must be 1-65535"),
+        ("[::1", f"bad nameserver '[::1': {USAGE}"),
+        ("[::1]53", f"bad nameserver '[::1]53': {USAGE}"),
+        ("[::1]:", f"bad nameserver '[::1]:': {USAGE}"),
+        (
+            "[ns.example]:53",
+            "bad nameserver '[ns.example]:53': 'ns.example' is not an IPv6 address",
+        ),
+        ("2001:db8::zz", f"bad nameserver '2001:db8::zz': {USAGE}"),
+        ("name server", f"bad nameserver 'name server': {USAGE}"),
+        ("-ns.example", f"bad nameserver '-ns.example': {USAGE}"),
+    ],
+)
+def test_bad_nameserver(spec: str, message: str) -> None:
+    with pytest.raises(DnsError) as info:
+        parse_nameserver(spec)
+    assert str(info.value) == message
+    with pytest.raises(DnsError):
+        MailResolver(nameserver=spec)
+
+
+@pytest.mark.parametrize("timeout", [0, -1, math.nan, math.inf])
+def test_bad_timeout(timeout: float) -> None:
+    with pytest.raises(DnsError) as info:
+        MailResolver(nameserver="127.0.0.1", timeout=timeout)
+    assert str(info.value) == f"bad timeout {timeout!r}: must be a positive number of seconds"

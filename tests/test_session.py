@@ -1,0 +1,182 @@
+"""Session: events -> policy -> replies -> storage, with no socket (a list transport)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from smtpkit.delivery.maildir import DeliveryResult, Spool, commit
+from smtpkit.delivery.router import Router
+from smtpkit.journal import Journal
+from smtpkit.limits import Limits
+from smtpkit.policy import LocalPolicy
+from smtpkit.session import ServerContext, Session
+from smtpkit.users import UserStore
+
+
+class ListTransport:
+    def __init__(self) -> None:
+        self.out = bytearray()
+        self.closed = False
+        self.tls = False
+
+    def write(self, data: bytes) -> None:
+        self.out += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def start_tls(self) -> None:
+        self.tls = True
+
+    def take(self) -> list[str]:
+        lines = self.out.decode().split("\r\n")[:-1]
+        self.out.clear()
+        return lines
+
+
+class Harness:
+    def __init__(self, root: Path, limits: Limits, deferred: bool = False) -> None:
+        self.store = UserStore(root / "users", ("example.org",))
+        self.alice = self.store.add("alice@example.org")
+        self.bob = self.store.add("bob@example.org")
+        router = Router(
+            self.store, {"postmaster@example.org": ("alice@example.org",)}, ("example.org",)
+        )
+        self.pending: list[tuple[Spool, Callable[[DeliveryResult], None]]] = []
+        self.deferred = deferred
+        self.journal = Journal(root / "journal")
+        self.ctx = ServerContext(
+            hostname="mx.example.org",
+            limits=limits,
+            policy=LocalPolicy(router, limits),
+            journal=self.journal,
+            submit=self.submit,
+        )
+        self.transport = ListTransport()
+        self.session = Session(self.ctx, self.transport, ("192.0.2.7", 4000), "sid")
+        self.session.start()
+
+    def submit(self, spool: Spool, done: Callable[[DeliveryResult], None]) -> None:
+        if self.deferred:
+            self.pending.append((spool, done))
+        else:
+            done(commit(spool))
+
+    def say(self, data: bytes) -> list[str]:
+        self.session.receive(data)
+        return self.transport.take()
+
+
+@pytest.fixture
+def h(tmp_path: Path) -> Harness:
+    harness = Harness(tmp_path, Limits(max_recipients=3, max_errors=5, max_message_size=2000))
+    assert harness.transport.take() == ["220 mx.example.org ESMTP smtpkit"]
+    return harness
+
+
+def codes(lines: list[str]) -> list[str]:
+    return [line[:3] for line in lines if line[3] == " "]
+
+
+def test_ehlo_lists_extensions(h: Harness) -> None:
+    assert h.say(b"EHLO client.test\r\n") == [
+        "250-mx.example.org Hello client.test",
+        "250-SIZE 2000",
+        "250-PIPELINING",
+        "250-8BITMIME",
+        "250-ENHANCEDSTATUSCODES",
+        "250 HELP",
+    ]
+
+
+def test_a_pipelined_transaction_is_stored(h: Harness) -> None:
+    lines = h.say(
+        b"EHLO c\r\nMAIL FROM:<s@remote.test>\r\nRCPT TO:<alice@example.org>\r\n"
+        b"RCPT TO:<nobody@example.org>\r\nRCPT TO:<x@relay.test>\r\nDATA\r\n"
+        b"Subject: t\r\n\r\n..dot\r\n.\r\nQUIT\r\n"
+    )
+    assert codes(lines) == ["250", "250", "250", "550", "550", "354", "250", "221"]
+    assert lines[-2].startswith("250 2.0.0 OK: message stored as sid.1")
+    assert h.transport.closed
+    (stored,) = (h.alice / "new").iterdir()
+    data = stored.read_bytes()
+    assert data.startswith(b"Return-Path: <s@remote.test>\r\nReceived: from c ([192.0.2.7])\r\n")
+    assert (
+        b"\tby mx.example.org (smtpkit) with ESMTP id sid.1\r\n\tfor <alice@example.org>;" in data
+    )
+    assert data.endswith(b"\r\nSubject: t\r\n\r\n.dot\r\n")
+
+
+def test_replies_wait_for_durable_storage(tmp_path: Path) -> None:
+    h = Harness(tmp_path, Limits(), deferred=True)
+    h.transport.take()
+    lines = h.say(
+        b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<bob@example.org>\r\nDATA\r\nx\r\n.\r\nNOOP\r\n"
+    )
+    assert codes(lines) == ["250", "250", "250", "354"]  # nothing after the dot yet
+    assert h.session.waiting and len(h.pending) == 1
+    spool, done = h.pending.pop()
+    done(commit(spool))
+    assert codes(h.transport.take()) == ["250", "250"]  # the 250 for the message, then NOOP
+
+
+def test_recipient_limit_and_postmaster(h: Harness) -> None:
+    lines = h.say(
+        b"HELO c\r\nMAIL FROM:<s@r.test>\r\nRCPT TO:<alice@example.org>\r\nRCPT TO:<Postmaster>\r\n"
+        b"RCPT TO:<BOB@EXAMPLE.ORG>\r\nRCPT TO:<bob@example.org>\r\n"
+    )
+    assert lines[-1] == "452 4.5.3 Too many recipients"
+    assert codes(lines) == ["250", "250", "250", "250", "250", "452"]
+
+
+def test_error_budget_ends_with_421(h: Harness) -> None:
+    lines = h.say(b"BOGUS\r\n" * 6)
+    assert codes(lines) == ["500"] * 5 + ["421"]
+    assert lines[-1] == "421 4.7.0 Too many errors, closing connection"
+    assert h.transport.closed
+    assert h.say(b"NOOP\r\n") == []
+
+
+def test_oversized_message_is_refused_and_session_goes_on(h: Harness) -> None:
+    big = b"x" * 900 + b"\r\n"
+    lines = h.say(
+        b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<bob@example.org>\r\nDATA\r\n" + big * 3 + b".\r\n"
+    )
+    assert lines[-1] == "552 5.3.4 Message size exceeds fixed maximum message size"
+    assert list((h.bob / "new").iterdir()) == [] and list((h.bob / "tmp").iterdir()) == []
+    lines = h.say(b"MAIL FROM:<>\r\nRCPT TO:<bob@example.org>\r\nDATA\r\nsmall\r\n.\r\n")
+    assert codes(lines) == ["250", "250", "354", "250"]
+
+
+def test_storage_failure_is_451_and_nothing_in_new(h: Harness) -> None:
+    h.say(b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<bob@example.org>\r\n")
+    (h.bob / "new").rename(h.bob / "moved")
+    lines = h.say(b"DATA\r\nhello\r\n.\r\n")
+    assert lines[-1] == "451 4.3.0 Local error in processing, try again later"
+    assert list((h.bob / "tmp").iterdir()) == []
+
+
+def test_vrfy_reveals_nothing_and_starttls_is_unavailable(h: Harness) -> None:
+    assert (
+        h.say(b"VRFY alice\r\nVRFY nobody\r\n")
+        == ["252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery"] * 2
+    )
+    assert h.say(b"STARTTLS\r\n") == ["454 4.7.0 TLS not available"]
+
+
+def test_timeout_and_shutdown_send_421(h: Harness) -> None:
+    h.session.timeout()
+    assert h.transport.take() == ["421 4.4.2 Timeout exceeded, closing connection"]
+    assert h.transport.closed
+
+
+def test_shutdown_waits_for_the_message_in_flight(h: Harness) -> None:
+    h.say(b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<bob@example.org>\r\nDATA\r\npart")
+    h.session.shutdown()
+    assert h.transport.take() == [] and not h.transport.closed
+    lines = h.say(b"\r\n.\r\n")
+    assert codes(lines) == ["250", "421"]
+    assert lines[-1] == "421 4.3.2 Service shutting down, closing connection"
