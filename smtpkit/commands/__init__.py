@@ -70,9 +70,9 @@ def cli(ctx: click.Context, config_path: Path | None) -> None:
 
 
 def _register() -> None:
-    from smtpkit.commands import init, journal, mx, serve, user
+    from smtpkit.commands import init, journal, mx, serve, tls, user
 
-    for module in (init, user, serve, journal, mx):
+    for module in (init, user, serve, journal, mx, tls):
         command: Any = module.command
         cli.add_command(command)
 

@@ -8,16 +8,21 @@ import click
 
 from smtpkit.commands import App, pass_app, reports_errors
 from smtpkit.server.listener import bind_all
-from smtpkit.server.server import Server
+from smtpkit.server.server import serve
 
 __all__ = ["command"]
 
 
 @click.command("serve")
 @click.option("--quiet", is_flag=True, help="Do not echo journal events to stderr.")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    help="Worker processes [default: server.workers, else the number of CPUs].",
+)
 @pass_app
 @reports_errors
-def command(app: App, quiet: bool) -> None:
+def command(app: App, quiet: bool, workers: int | None) -> None:
     """Receive mail for the configured domains (stops cleanly on SIGTERM/SIGINT)."""
     config = app.config
     if not config.server.users_dir.is_dir():
@@ -25,6 +30,9 @@ def command(app: App, quiet: bool) -> None:
             f"no users folder at {config.server.users_dir} (run `smtpkit init` first)"
         )
     sockets = bind_all(config.server.listen)
+    count = workers or config.server.workers
     where = ", ".join(str(a) for a in config.server.listen)
-    click.echo(f"smtpkit: receiving for {', '.join(config.server.domains)} on {where}", err=True)
-    Server(config, sockets, echo=None if quiet else sys.stderr).run()
+    domains = ", ".join(config.server.domains)
+    click.echo(f"smtpkit: receiving for {domains} on {where} ({count} workers)", err=True)
+    if serve(config, sockets, workers=count, echo=None if quiet else sys.stderr) != 0:
+        raise click.ClickException("workers kept failing; see the messages above")

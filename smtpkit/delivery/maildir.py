@@ -14,6 +14,7 @@ the copies and Maildir readers treat each link as an independent message.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import functools
 import os
@@ -129,27 +130,90 @@ def _undo(result: DeliveryResult) -> None:
     result.files.clear()
 
 
+def _load_syncfs() -> Callable[[int], None] | None:
+    """syncfs(2) through libc, or None where there is none (not Linux)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        func = libc.syncfs
+    except (OSError, AttributeError):
+        return None
+    func.argtypes = [ctypes.c_int]
+
+    def syncfs(fd: int) -> None:
+        if func(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+
+    return syncfs
+
+
+_syncfs = None if os.environ.get("SMTPKIT_NO_SYNCFS") else _load_syncfs()
+
+
+def _sync_files(results: Sequence[DeliveryResult]) -> None:
+    """Make the data of every spool durable, recording per-message errors.
+
+    One syncfs(2) covers a whole batch: it is one journal commit instead of one per file, the
+    lever DESIGN convention 10 measured. Should it fail, per-file fsync tells which message
+    the error belongs to.
+    """
+    if _syncfs is not None and len(results) > 1:
+        try:
+            _syncfs(results[0].spool.fd)
+            return
+        except OSError:
+            pass
+    for result in results:
+        try:
+            os.fsync(result.spool.fd)
+        except OSError as exc:
+            result.error = delivery_error(exc, f"cannot sync {result.spool.tmp_path}")
+
+
+def _sync_folders(folders: dict[Path, list[DeliveryResult]]) -> None:
+    """Make the renames into ``new/`` durable: one fsync per folder, or one syncfs for many."""
+    if _syncfs is not None and len(folders) > 1:
+        try:
+            fd = os.open(next(iter(folders)), os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                _syncfs(fd)
+            finally:
+                os.close(fd)
+            return
+        except OSError:
+            pass
+    for folder, touched in folders.items():
+        try:
+            fsync_dir(folder)
+        except OSError as exc:
+            for result in touched:
+                if result.error is None:
+                    result.error = delivery_error(exc, f"cannot sync folder {folder}")
+                    _undo(result)
+
+
 def commit_batch(spools: Sequence[Spool]) -> list[DeliveryResult]:
     """Make every spooled message durable in its mailboxes; one result per spool, in order.
 
-    Per message: fsync the file, then link/rename it into ``new/``. Then one fsync per
-    distinct ``new/`` folder covers every rename of the batch (group commit). A failure
-    there fails every message that touched the folder, and their files are removed from
-    ``new/`` again, so a 4xx never leaves a file that a retry would duplicate.
+    Three steps, each once for the whole batch (group commit): make the data durable, then
+    link/rename every file into ``new/``, then make the folders durable. Only the order
+    matters for safety: no name appears in ``new/`` before its data is on disk, so a crash
+    never leaves a partial message there. A failure fails only the messages it touched, and
+    their files are removed from ``new/`` again, so a 4xx never leaves a file that a retry
+    would duplicate.
     """
     results = [DeliveryResult(spool) for spool in spools]
+    live = []
     for result in results:
+        if result.spool.error is not None:
+            result.error = result.spool.error
+        else:
+            live.append(result)
+    _sync_files(live)
+    for result in live:
         spool = result.spool
-        if spool.error is not None:
-            result.error = spool.error
-            continue
-        try:
-            os.fsync(spool.fd)
-        except OSError as exc:
-            result.error = delivery_error(exc, f"cannot sync {spool.tmp_path}")
-        finally:
-            os.close(spool.fd)
-            spool.fd = -1
+        os.close(spool.fd)
+        spool.fd = -1
         if result.error is not None:
             spool.abort()
             continue
@@ -160,17 +224,10 @@ def commit_batch(spools: Sequence[Spool]) -> list[DeliveryResult]:
             _undo(result)
             spool.abort()
     folders: dict[Path, list[DeliveryResult]] = {}
-    for result in results:
+    for result in live:
         for path in result.files:
             folders.setdefault(path.parent, []).append(result)
-    for folder, touched in folders.items():
-        try:
-            fsync_dir(folder)
-        except OSError as exc:
-            for result in touched:
-                if result.error is None:
-                    result.error = delivery_error(exc, f"cannot sync folder {folder}")
-                    _undo(result)
+    _sync_folders(folders)
     return results
 
 

@@ -68,12 +68,15 @@ class ReceiveBuffer:
     # --- primitives for DataScanner ---------------------------------------------------------
 
     def find(self, sub: bytes, start: int) -> int:
+        """Index of the first ``sub`` at or after ``start``, or -1."""
         return self._data.find(sub, start)
 
     def rfind(self, sub: bytes, start: int) -> int:
+        """Index of the last ``sub`` at or after ``start``, or -1."""
         return self._data.rfind(sub, start)
 
     def startswith(self, prefix: bytes) -> bool:
+        """Whether the buffered bytes begin with ``prefix``."""
         return self._data.startswith(prefix)
 
     def take(self, n: int) -> bytes:
@@ -85,8 +88,8 @@ class ReceiveBuffer:
 
     def discard(self, n: int) -> None:
         """Remove the first ``n`` bytes."""
-        # CPython deletes from the front of a bytearray by moving its start pointer, so this
-        # is amortised O(n) over a connection, not a copy of the rest each time.
+        # CPython removes bytes from the front of a bytearray by advancing its start offset,
+        # not by copying what follows, so consuming a big buffer piece by piece stays linear.
         del self._data[:n]
         self._lf_scanned = max(0, self._lf_scanned - n)
 
@@ -152,9 +155,9 @@ class DataScanner:
     that partial line grows past the text-line limit it is already an error, so it is counted
     and dropped, keeping only its last byte (a CR that may pair with the next LF).
 
-    Errors are flags, all kept up to date until the end, and the one reported is picked by a
-    fixed priority (``error_kind``). That makes the outcome independent of how the bytes were
-    split into reads, while no chunk is returned once any flag is set.
+    Errors are flags, all kept up to date until the end (the engine reports one of them by a
+    fixed priority). That makes the outcome independent of how the bytes were split into
+    reads; no chunk is returned once any flag is set.
     """
 
     __slots__ = (
@@ -193,6 +196,7 @@ class DataScanner:
 
     @property
     def failed(self) -> bool:
+        """Some rule was broken: the message will be refused at the final dot."""
         return self.bare_newline or self.too_big or self.line_too_long
 
     def step(self, buf: ReceiveBuffer) -> bytes | EndOfDataMarker | None:

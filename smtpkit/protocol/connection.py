@@ -253,33 +253,38 @@ class ServerConnection:
 
     def _command(self, line: bytes, error: LineError | None) -> tuple[Verb | None, Event]:
         """Turn one command line into (verb to transition on, event)."""
-        shown = line.decode("utf-8", "backslashreplace")
+        checked = self._check(line, error)
+        if isinstance(checked, Reply):
+            return None, BadCommand(checked, line.decode("utf-8", "backslashreplace"))
+        return checked
+
+    def _check(self, line: bytes, error: LineError | None) -> tuple[Verb, Event] | Reply:
+        """Sequence, then syntax (DESIGN convention 6); a ``Reply`` means refused."""
         if error is LineError.TOO_LONG:
-            return None, BadCommand(COMMAND_TOO_LONG, shown)
+            return COMMAND_TOO_LONG
         if error is LineError.BARE_LF:
-            return None, BadCommand(BARE_NEWLINE_IN_COMMAND, shown)
+            return BARE_NEWLINE_IN_COMMAND
         if b"\r" in line:
             # RFC 5321 2.3.8: a CR may only appear as part of the CRLF line end.
-            return None, BadCommand(SYNTAX_ERROR_ARGS, shown)
+            return SYNTAX_ERROR_ARGS
         word, _, raw_argument = line.partition(b" ")
         verb = COMMAND_VERBS.get(word.upper())
         if verb is None:
-            return None, BadCommand(UNKNOWN_COMMAND, shown)
+            return UNKNOWN_COMMAND
         if (self._state, verb) not in TRANSITIONS:
-            return None, BadCommand(refusal(self._state, verb), shown)
+            return refusal(self._state, verb)
         if verb is Verb.NOOP:
             # RFC 5321 4.1.1.9: any argument of NOOP has no effect.
             return verb, Noop()
         try:
             argument = raw_argument.decode("utf-8")
         except UnicodeDecodeError:
-            return None, BadCommand(SYNTAX_ERROR_ARGS, shown)
+            return SYNTAX_ERROR_ARGS
         if _CONTROL.search(argument):
-            return None, BadCommand(SYNTAX_ERROR_ARGS, shown)
-        argument = argument.strip(" ")
-        result = self._parse(verb, argument)
+            return SYNTAX_ERROR_ARGS
+        result = self._parse(verb, argument.strip(" "))
         if isinstance(result, Reply):
-            return None, BadCommand(result, shown)
+            return result
         return verb, result
 
     def _parse(self, verb: Verb, argument: str) -> Event | Reply:

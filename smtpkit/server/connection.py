@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 __all__ = ["Connection"]
 
 READ_SIZE = 256 * 1024
+# One read buffer for every connection of this loop's thread: recv() would allocate (and, at
+# this size, mmap and munmap) a fresh 256 KB object per read; recv_into reuses this one.
+_READ_VIEW = memoryview(bytearray(READ_SIZE))
 # Stop reading from a client that has this much unsent output (it pipelines but never reads).
 MAX_OUTPUT = 256 * 1024
 
@@ -37,7 +40,9 @@ class Connection:
         "_flush_scheduled",
         "_gone",
         "_handshaking",
-        "_on_gone",
+        "_on_closed",
+        "_on_release",
+        "_released",
         "_out",
         "_tls_context",
         "_want_tls",
@@ -55,13 +60,16 @@ class Connection:
         peer: tuple[str, int],
         ctx: ServerContext,
         tls_context: ssl.SSLContext | None,
-        on_gone: Callable[[Connection], None],
+        on_release: Callable[[Connection], None],
+        on_closed: Callable[[Connection], None],
     ) -> None:
         self.loop = loop
         self.sock = sock
         self.peer = peer
         self._tls_context = tls_context
-        self._on_gone = on_gone
+        self._on_release = on_release  # stop counting this connection against the limits
+        self._on_closed = on_closed  # the socket is closed
+        self._released = False
         self._out = bytearray()
         self._closing = False
         self._gone = False
@@ -88,6 +96,9 @@ class Connection:
             self.loop.call_soon(self._flush)
 
     def close(self) -> None:
+        # The session is over: stop counting it against the connection limits now, before
+        # the last reply is sent, or a client that reconnects at once could be refused.
+        self._release()
         self._closing = True
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -103,13 +114,15 @@ class Connection:
             return
         if mask & _WRITE:
             self._flush()
-        if mask & _READ and not self._gone:
+        # Nothing is read between STARTTLS and the end of the handshake: plaintext sent after
+        # STARTTLS must never count as coming over TLS (RFC 3207 4.2, CVE-2011-0411).
+        if mask & _READ and not (self._gone or self._want_tls or self._handshaking):
             self._read()
 
     def _read(self) -> None:
         sock = self.sock
         try:
-            data = sock.recv(READ_SIZE)
+            data = _READ_VIEW[: sock.recv_into(_READ_VIEW)].tobytes()
         except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return
         except (OSError, ssl.SSLError) as exc:
@@ -119,7 +132,7 @@ class Connection:
         # TLS may hold decrypted bytes the selector will not report; take them now.
         while data and isinstance(sock, ssl.SSLSocket) and sock.pending() and not self._gone:
             try:
-                data = sock.recv(READ_SIZE)
+                data = _READ_VIEW[: sock.recv_into(_READ_VIEW)].tobytes()
             except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
                 break
             except (OSError, ssl.SSLError) as exc:
@@ -146,7 +159,9 @@ class Connection:
             del self._out[:sent]
         if self._out:
             # Back-pressure: stop reading while the client is not taking our replies.
-            self._set_events(_WRITE if len(self._out) > MAX_OUTPUT else _READ | _WRITE)
+            # Not reading either while the reply to STARTTLS waits: see _on_event.
+            full = len(self._out) > MAX_OUTPUT or self._want_tls
+            self._set_events(_WRITE if full else _READ | _WRITE)
             return
         if self._closing:
             self._lost("closed")
@@ -171,7 +186,6 @@ class Connection:
                 self.sock, server_side=True, do_handshake_on_connect=False
             )
         except (OSError, ssl.SSLError) as exc:
-            self._gone = True
             self._lost(f"tls error: {exc}")
             return
         self._handshaking = True
@@ -211,16 +225,27 @@ class Connection:
             self._lost("close timeout")  # our last reply could not be delivered
 
     def shutdown(self) -> None:
+        if self._handshaking:
+            # No reply can reach a client in the middle of a handshake, and it has nothing in
+            # flight: close now rather than wait for its deadline.
+            self._lost("shutdown during tls handshake")
+            return
         self.session.shutdown()
+
+    def _release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._on_release(self)
 
     def _lost(self, reason: str) -> None:
         if self._gone:
             return
         self._gone = True
+        self._release()
         self.loop.unregister(self.sock)
         try:
             self.sock.close()
         except OSError:
             pass
         self.session.connection_lost(reason)
-        self._on_gone(self)
+        self._on_closed(self)

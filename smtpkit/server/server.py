@@ -13,7 +13,6 @@ import socket
 import ssl
 import sys
 import time
-from collections import Counter
 from typing import TextIO
 
 from smtpkit.config import Config, TlsConfig
@@ -26,10 +25,11 @@ from smtpkit.protocol import replies
 from smtpkit.server.connection import Connection
 from smtpkit.server.listener import TOO_MANY, TOO_MANY_FROM_IP, Listener
 from smtpkit.server.loop import EventLoop, Timer
+from smtpkit.server.workers import ConnectionCounts, SharedCounts, Supervisor
 from smtpkit.session import ServerContext
 from smtpkit.users import UserStore
 
-__all__ = ["GRACE", "Server", "make_tls_context"]
+__all__ = ["GRACE", "Server", "make_tls_context", "serve"]
 
 GRACE = 10.0  # seconds a message in flight may take to finish after SIGTERM
 SWEEP = 1.0  # seconds between deadline checks
@@ -39,11 +39,23 @@ def make_tls_context(tls: TlsConfig) -> ssl.SSLContext:
     """A server context with the ssl module's secure defaults, TLS 1.2 or newer only."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    # Client-initiated TLS 1.2 renegotiation buys nothing for SMTP and costs a full handshake
+    # each time a client asks: refuse it.
+    context.options |= ssl.OP_NO_RENEGOTIATION
+    for what, path in (("certificate", tls.certificate), ("key", tls.key)):
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            message = f"cannot read {path}: {exc.strerror}"
+            raise ConfigError(message, key=f"tls -> {what}") from None
     try:
         context.load_cert_chain(tls.certificate, tls.key)
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(
-            f"cannot load certificate {tls.certificate} and key {tls.key}: {exc}", key="tls"
+            f"cannot use certificate {tls.certificate} with key {tls.key}: expected a PEM "
+            f"certificate and its matching PEM private key ({exc})",
+            key="tls",
         ) from None
     return context
 
@@ -55,8 +67,13 @@ class Server:
         sockets: list[socket.socket],
         *,
         echo: TextIO | None = None,
+        counts: ConnectionCounts | None = None,
+        worker: int = 0,
+        tmp_cleaned: int = 0,
     ) -> None:
         self.config = config
+        self.worker = worker
+        self.tmp_cleaned = tmp_cleaned
         self.sockets = sockets
         self.loop = EventLoop()
         self.journal = Journal(config.server.journal_dir, echo=echo)
@@ -74,21 +91,22 @@ class Server:
             tls_available=self.tls_context is not None,
         )
         self.connections: set[Connection] = set()
-        self.per_ip: Counter[str] = Counter()
+        # Connection counts shared by all worker processes (DESIGN: limits are global).
+        self.counts = counts if counts is not None else SharedCounts(1).slot(0)
         self.listeners: list[Listener] = []
         self.stopping = False
         self._grace_timer: Timer | None = None
 
     # --- lifecycle --------------------------------------------------------------------------
     def run(self) -> None:
-        removed = clean_tmp([u.path for u in self.users.list()])
         self.journal.write(
             "start",
             "-",
             "-",
             listen=[str(a) for a in self.config.server.listen],
             hostname=self.config.server.hostname,
-            tmp_cleaned=removed,
+            worker=self.worker,
+            tmp_cleaned=self.tmp_cleaned,
         )
         for sock in self.sockets:
             self.listeners.append(Listener(self.loop, sock, self._admit, self._accept))
@@ -144,25 +162,26 @@ class Server:
     # --- connections ------------------------------------------------------------------------
     def _admit(self, ip: str) -> bytes | None:
         limits = self.config.limits
-        if len(self.connections) >= limits.max_connections:
+        if self.counts.total() >= limits.max_connections:
             self.journal.write("refused", "-", ip, code=421, reason="max_connections")
             return TOO_MANY
-        if self.per_ip[ip] >= limits.max_connections_per_ip:
+        if self.counts.for_ip(ip) >= limits.max_connections_per_ip:
             self.journal.write("refused", "-", ip, code=421, reason="max_connections_per_ip")
             return TOO_MANY_FROM_IP
         return None
 
     def _accept(self, sock: socket.socket, peer: tuple[str, int]) -> None:
-        self.per_ip[peer[0]] += 1
-        conn = Connection(self.loop, sock, peer, self.ctx, self.tls_context, self._gone)
+        self.counts.add(peer[0])
+        conn = Connection(
+            self.loop, sock, peer, self.ctx, self.tls_context, self._release, self._closed
+        )
         self.connections.add(conn)
 
-    def _gone(self, conn: Connection) -> None:
+    def _release(self, conn: Connection) -> None:
+        self.counts.remove(conn.peer[0])
+
+    def _closed(self, conn: Connection) -> None:
         self.connections.discard(conn)
-        ip = conn.peer[0]
-        self.per_ip[ip] -= 1
-        if self.per_ip[ip] <= 0:
-            del self.per_ip[ip]
         self._maybe_stop()
 
     def _sweep(self) -> None:
@@ -170,3 +189,34 @@ class Server:
         for conn in list(self.connections):
             conn.check_deadline(now)
         self.loop.call_later(SWEEP, self._sweep)
+
+
+def serve(
+    config: Config,
+    sockets: list[socket.socket],
+    *,
+    workers: int,
+    echo: TextIO | None = None,
+) -> int:
+    """Run the server on already bound ``sockets`` with ``workers`` processes (1: in this
+    process); returns the exit status. Leftovers in every ``tmp/`` are removed first, before
+    any worker could have a message in flight there."""
+    users = UserStore(config.server.users_dir, config.server.domains)
+    cleaned = clean_tmp([u.path for u in users.list()])
+    table = SharedCounts(workers)
+
+    def work(slot: int) -> None:
+        server = Server(
+            config,
+            sockets,
+            echo=echo,
+            counts=table.slot(slot),
+            worker=slot,
+            tmp_cleaned=cleaned if slot == 0 else 0,
+        )
+        server.run()
+
+    if workers == 1:
+        work(0)
+        return 0
+    return Supervisor(workers, work, sockets, drain_timeout=GRACE + 20, on_death=table.clear).run()

@@ -1,0 +1,191 @@
+"""Several worker processes sharing the listening sockets, each with its own event loop.
+
+The supervisor binds the sockets, forks the workers, replaces one that dies, forwards SIGHUP,
+and on SIGTERM/SIGINT lets every worker drain before it exits 0.
+
+Connection limits stay global across workers without a lock: each worker counts its own
+connections in its own row of a shared memory table (per-IP counts hashed into buckets, plus
+a total), and reads every row to decide. Only the owner writes a row; the supervisor zeroes
+the row of a worker that died, so its connections stop counting.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import signal
+import socket
+import sys
+import time
+import zlib
+from collections.abc import Callable
+
+__all__ = ["ConnectionCounts", "SharedCounts", "Supervisor"]
+
+BUCKETS = 65536  # per-IP buckets; two addresses in one bucket share its cap (rarely)
+_ROW = BUCKETS + 1  # the last cell of a row is the worker's total
+
+
+class SharedCounts:
+    """The shared table: one row per worker slot. Create before forking."""
+
+    def __init__(self, slots: int) -> None:
+        self.slots = slots
+        self._mem = mmap.mmap(-1, slots * _ROW * 4)  # anonymous and shared across fork()
+        self.cells = memoryview(self._mem).cast("i")
+
+    def slot(self, index: int) -> ConnectionCounts:
+        return ConnectionCounts(self, index)
+
+    def clear(self, index: int) -> None:
+        start = index * _ROW
+        self.cells[start : start + _ROW] = memoryview(bytes(_ROW * 4)).cast("i")
+
+    def total(self) -> int:
+        cells = self.cells
+        return sum(cells[i * _ROW + BUCKETS] for i in range(self.slots))
+
+    def for_ip(self, bucket: int) -> int:
+        cells = self.cells
+        return sum(cells[i * _ROW + bucket] for i in range(self.slots))
+
+
+class ConnectionCounts:
+    """One worker's view: it writes its own row and reads all of them."""
+
+    def __init__(self, table: SharedCounts, index: int) -> None:
+        self.table = table
+        self.base = index * _ROW
+
+    @staticmethod
+    def bucket(ip: str) -> int:
+        return zlib.crc32(ip.encode()) % BUCKETS
+
+    def total(self) -> int:
+        return self.table.total()
+
+    def for_ip(self, ip: str) -> int:
+        return self.table.for_ip(self.bucket(ip))
+
+    def add(self, ip: str) -> None:
+        cells = self.table.cells
+        cells[self.base + self.bucket(ip)] += 1
+        cells[self.base + BUCKETS] += 1
+
+    def remove(self, ip: str) -> None:
+        cells = self.table.cells
+        cells[self.base + self.bucket(ip)] -= 1
+        cells[self.base + BUCKETS] -= 1
+
+
+_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD}
+# A worker that keeps dying at once is a bug or a broken config, not bad luck: give up.
+MAX_RESTARTS = 5
+RESTART_WINDOW = 10.0
+
+
+class Supervisor:
+    """Runs ``work(slot)`` in ``count`` forked processes until SIGTERM/SIGINT."""
+
+    def __init__(
+        self,
+        count: int,
+        work: Callable[[int], None],
+        sockets: list[socket.socket],
+        *,
+        drain_timeout: float = 30.0,
+        on_death: Callable[[int], None] = lambda slot: None,
+        log: Callable[[str], None] = lambda text: print(f"smtpkit: {text}", file=sys.stderr),
+    ) -> None:
+        self.count = count
+        self.work = work
+        self.sockets = sockets
+        self.drain_timeout = drain_timeout
+        self.on_death = on_death
+        self.log = log
+        self.children: dict[int, int] = {}  # pid -> slot
+        self.restarts: list[float] = []
+        self.stopping = False
+
+    def run(self) -> int:
+        """Serve until stopped; returns the exit status for the command."""
+        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        status = 0
+        try:
+            for slot in range(self.count):
+                self._spawn(slot)
+            deadline = float("inf")
+            while self.children:
+                info = signal.sigtimedwait(_SIGNALS, 1.0)
+                if info is not None and info.si_signo in (signal.SIGTERM, signal.SIGINT):
+                    if not self.stopping:
+                        self.stopping = True
+                        deadline = time.monotonic() + self.drain_timeout
+                        self._signal_all(signal.SIGTERM)
+                elif info is not None and info.si_signo == signal.SIGHUP:
+                    self._signal_all(signal.SIGHUP)
+                if not self._reap():
+                    status = 1
+                    self.stopping = True
+                    deadline = min(deadline, time.monotonic() + self.drain_timeout)
+                    self._signal_all(signal.SIGTERM)
+                if self.stopping and time.monotonic() > deadline:
+                    self._signal_all(signal.SIGKILL)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+        return status
+
+    def _spawn(self, slot: int) -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 0
+            try:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+                self.work(slot)
+            except BaseException as exc:  # noqa: BLE001 - a worker must never return
+                if not isinstance(exc, SystemExit | KeyboardInterrupt):
+                    import traceback
+
+                    traceback.print_exc()
+                    code = 1
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        self.children[pid] = slot
+
+    def _signal_all(self, signum: int) -> None:
+        for pid in self.children:
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def _reap(self) -> bool:
+        """Collect dead workers and replace them; False when restarts must stop."""
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                self.children.clear()
+                return True
+            if pid == 0:
+                return True
+            slot = self.children.pop(pid, None)
+            if slot is None or self.stopping:
+                continue
+            self.log(f"worker {pid} ended ({_describe(status)}); starting a new one")
+            now = time.monotonic()
+            self.restarts = [t for t in self.restarts if now - t < RESTART_WINDOW] + [now]
+            if len(self.restarts) > MAX_RESTARTS:
+                self.log(f"workers keep dying ({MAX_RESTARTS} in {RESTART_WINDOW:.0f}s); stopping")
+                return False
+            self.on_death(slot)  # e.g. forget the dead worker's connection counts
+            self._spawn(slot)
+        return True
+
+
+def _describe(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exit status {os.waitstatus_to_exitcode(status)}"

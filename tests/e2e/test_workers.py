@@ -1,0 +1,122 @@
+"""Several worker processes: shared sockets, global limits, replacement, clean shutdown."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import smtplib
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import make_server, need_program
+
+
+def worker_pids(master: int) -> list[int]:
+    out = subprocess.run(
+        ["ps", "-o", "pid=", "--ppid", str(master)], capture_output=True, text=True, check=False
+    ).stdout
+    return sorted(int(p) for p in out.split())
+
+
+def wait_for_workers(master: int, count: int, timeout: float = 10) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pids = worker_pids(master)
+        if len(pids) == count:
+            return pids
+        time.sleep(0.05)
+    raise AssertionError(f"expected {count} workers, found {worker_pids(master)}")
+
+
+def send(host: str, port: int, to: str, subject: str) -> None:
+    with smtplib.SMTP(host, port, timeout=10) as smtp:
+        smtp.sendmail("s@remote.test", [to], f"Subject: {subject}\r\n\r\nbody\r\n")
+
+
+@pytest.mark.timeout(60)
+def test_a_dead_worker_is_replaced_and_sigterm_drains_all(tmp_path: Path) -> None:
+    server = make_server(tmp_path)
+    server.start("--workers", "3")
+    assert server.process is not None
+    master = server.process.pid
+    first = wait_for_workers(master, 3)
+    os.kill(first[0], signal.SIGKILL)
+    later = wait_for_workers(master, 3)
+    assert first[0] not in later
+    assert "ended (killed by SIGKILL); starting a new one" in server.stderr()
+    for i in range(6):
+        send(server.host, server.port, "alice@example.org", f"m{i}")
+    assert len(server.new_files("alice@example.org")) == 6
+    assert server.stop(signal.SIGTERM) == 0
+    assert worker_pids(master) == []
+
+
+@pytest.mark.timeout(60)
+def test_per_ip_limit_is_global_across_workers(tmp_path: Path) -> None:
+    server = make_server(tmp_path, extra_config="\n[limits]\nmax_connections_per_ip = 4\n")
+    server.start("--workers", "2")
+    try:
+        held = []
+        for _ in range(4):
+            s = socket.create_connection((server.host, server.port), timeout=10)
+            assert s.recv(1024).startswith(b"220 ")
+            held.append(s)
+        # Whichever worker accepts the fifth, it counts the other worker's connections too.
+        for _ in range(3):
+            with socket.create_connection((server.host, server.port), timeout=10) as extra:
+                assert extra.recv(1024) == (b"421 4.7.0 Too many connections from your address\r\n")
+        held.pop().close()
+        deadline = time.monotonic() + 5
+        while True:
+            with socket.create_connection((server.host, server.port), timeout=10) as again:
+                if again.recv(1024).startswith(b"220 "):
+                    break
+            assert time.monotonic() < deadline, "the freed slot never became usable"
+            time.sleep(0.05)
+        for s in held:
+            s.close()
+    finally:
+        server.stop()
+
+
+@pytest.mark.timeout(120)
+def test_journal_lines_stay_whole_with_parallel_workers(tmp_path: Path) -> None:
+    source = need_program("smtp-source", "postfix")
+    server = make_server(tmp_path, extra_config="\n[limits]\nmax_connections_per_ip = 50\n")
+    server.start("--workers", "2")
+    try:
+        result = subprocess.run(
+            [
+                source,
+                "-s",
+                "20",
+                "-m",
+                "400",
+                "-l",
+                "512",
+                "-f",
+                "s@remote.test",
+                "-t",
+                "bob@example.org",
+                f"{server.host}:{server.port}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+    finally:
+        assert server.stop() == 0
+    assert len(server.new_files("bob@example.org")) == 400
+    records = []
+    for path in sorted((server.directory / "journal").iterdir()):
+        for line in path.read_text().splitlines():
+            records.append(json.loads(line))  # every line is one whole JSON object
+    stored = [r for r in records if r["event"] == "stored"]
+    assert len(stored) == 400
+    assert {r["worker"] for r in records if r["event"] == "start"} == {0, 1}
