@@ -39,21 +39,28 @@ class Journal:
         self._fd = -1
         self._hour = ""
         self._failed = False
+        # Formatting a date costs more than the rest of an event: do it once per second.
+        self._second = -1
+        self._stamp = ""
+        self._encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+    def _now(self) -> str:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            when = datetime.fromtimestamp(second, UTC)
+            self._second = second
+            self._stamp = when.strftime("%Y-%m-%dT%H:%M:%S")
+            hour = hour_name(when)
+            if hour != self._hour:
+                self.flush()
+                self._open(hour)
+        return f"{self._stamp}.{int((now - second) * 1000):03d}Z"
 
     def write(self, event: str, session: str, peer: str, **fields: Any) -> None:
-        now = datetime.now(UTC)
-        record = {
-            "time": now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-            "session": session,
-            "peer": peer,
-            "event": event,
-            **fields,
-        }
-        hour = hour_name(now)
-        if hour != self._hour:
-            self.flush()
-            self._open(hour)
-        line = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+        record = {"time": self._now(), "session": session, "peer": peer, "event": event}
+        record.update(fields)
+        line = self._encode(record)
         self._pending.append(line)
         if self.echo is not None:
             print(render(record), file=self.echo)

@@ -57,6 +57,7 @@ class ServerContext:
     policy: Policy
     journal: Journal
     submit: Submit
+    open_spool: Callable[[list[Path], bytes], Spool] = Spool
     tls_available: bool = False
     extra_extensions: tuple[str, ...] = field(default_factory=tuple)
 
@@ -252,7 +253,7 @@ class Session:
 
     def _on_data(self, event: ev.Data) -> None:
         self.messages += 1
-        spool = Spool(list(self.mailboxes), self._trace_header())
+        spool = self.ctx.open_spool(list(self.mailboxes), self._trace_header())
         if spool.error is not None:
             self._journal("error", error=str(spool.error))
             spool.abort()

@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from smtpkit.delivery.maildir import DeliveryWorker, Spool, clean_tmp, commit, commit_batch
+from smtpkit.delivery.maildir import (
+    DeliveryWorker,
+    Spool,
+    SpoolPool,
+    clean_tmp,
+    commit,
+    commit_batch,
+)
 from smtpkit.users import UserStore
 
 
@@ -85,7 +92,7 @@ def test_batch_keeps_order_and_isolates_failures(boxes: list[Path], tmp_path: Pa
 def test_clean_tmp_removes_leftovers(boxes: list[Path]) -> None:
     (boxes[0] / "tmp" / "half").write_bytes(b"partial")
     (boxes[1] / "tmp" / "half2").write_bytes(b"partial")
-    assert clean_tmp(boxes) == 2
+    assert clean_tmp([b / "tmp" for b in boxes]) == 2
     assert list((boxes[0] / "tmp").iterdir()) == []
 
 
@@ -109,3 +116,20 @@ def test_worker_completes_through_call_soon(boxes: list[Path]) -> None:
         str(i).encode() for i in range(20)
     )
     assert 1 <= len(calls) <= 20  # batches: one wake-up covers many messages
+
+
+def test_pool_files_are_made_ahead_and_renamed_into_new(boxes: list[Path], tmp_path: Path) -> None:
+    pool = SpoolPool(tmp_path / "users" / ".spool", size=3)
+    pool.folder.mkdir()
+    pool.fill()
+    assert len(list(pool.folder.iterdir())) == 3
+    spool = Spool([boxes[1]], b"Subject: pooled\r\n\r\n", pool)
+    assert spool.tmp_path.parent == pool.folder
+    result = commit(spool)
+    assert result.error is None and result.files[0].parent == boxes[1] / "new"
+    assert result.files[0].read_bytes() == b"Subject: pooled\r\n\r\n"
+    assert len(list(pool.folder.iterdir())) == 2
+    pool.drain()
+    assert list(pool.folder.iterdir()) == []
+    # An empty pool: the file is made in the first mailbox's tmp/ instead.
+    assert Spool([boxes[0]], b"x", pool).tmp_path.parent == boxes[0] / "tmp"

@@ -20,6 +20,7 @@ import functools
 import os
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,9 +29,11 @@ from smtpkit.errors import DeliveryError
 from smtpkit.fsutil import fsync_dir, unique_name
 
 __all__ = [
+    "SPOOL_FOLDER",
     "DeliveryResult",
     "DeliveryWorker",
     "Spool",
+    "SpoolPool",
     "clean_tmp",
     "commit",
     "commit_batch",
@@ -38,6 +41,7 @@ __all__ = [
 ]
 
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+SPOOL_FOLDER = ".spool"  # under users/: the pool of ready spool files
 
 
 def delivery_error(exc: OSError, what: str) -> DeliveryError:
@@ -45,6 +49,50 @@ def delivery_error(exc: OSError, what: str) -> DeliveryError:
     return DeliveryError(
         f"{what}: {exc.strerror or exc}", temporary=True, disk_full=exc.errno in _DISK_FULL
     )
+
+
+def _create(path: Path) -> int:
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+
+
+class SpoolPool:
+    """Empty spool files created ahead of need by the delivery thread.
+
+    Creating a file waits for the filesystem journal whenever a commit is running, which is
+    often under load: taking a ready file keeps that wait off the event loop. The files live
+    in one hidden folder next to the mailboxes (``users/.spool``, same filesystem, so a rename
+    into ``new/`` works); leftovers are removed at start-up like those in ``tmp/``.
+    """
+
+    def __init__(self, folder: Path, size: int = 64) -> None:
+        self.folder = folder
+        self.size = size
+        self._ready: deque[tuple[int, Path]] = deque()
+
+    def take(self) -> tuple[int, Path] | None:
+        try:
+            return self._ready.popleft()  # deque.popleft is atomic: no lock with the filler
+        except IndexError:
+            return None
+
+    def fill(self) -> None:
+        """Top the pool up (delivery thread). Errors just leave it short: the loop then
+        creates files itself, and reports any error there."""
+        while len(self._ready) < self.size:
+            path = self.folder / unique_name()
+            try:
+                fd = _create(path)
+            except OSError:
+                return
+            self._ready.append((fd, path))
+
+    def drain(self) -> None:
+        while (item := self.take()) is not None:
+            os.close(item[0])
+            try:
+                item[1].unlink()
+            except OSError:
+                pass
 
 
 class Spool:
@@ -56,20 +104,24 @@ class Spool:
 
     __slots__ = ("error", "fd", "mailboxes", "name", "size", "tmp_path")
 
-    def __init__(self, mailboxes: Sequence[Path], header: bytes) -> None:
+    def __init__(
+        self, mailboxes: Sequence[Path], header: bytes, pool: SpoolPool | None = None
+    ) -> None:
         self.mailboxes = tuple(mailboxes)
         self.name = unique_name()
-        self.tmp_path = self.mailboxes[0] / "tmp" / self.name
         self.size = 0
         self.error: DeliveryError | None = None
-        self.fd = -1
-        try:
-            self.fd = os.open(
-                self.tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
-            )
-        except OSError as exc:
-            self.error = delivery_error(exc, f"cannot create {self.tmp_path}")
-            return
+        ready = pool.take() if pool is not None else None
+        if ready is not None:
+            self.fd, self.tmp_path = ready
+        else:
+            self.fd = -1
+            self.tmp_path = self.mailboxes[0] / "tmp" / self.name
+            try:
+                self.fd = _create(self.tmp_path)
+            except OSError as exc:
+                self.error = delivery_error(exc, f"cannot create {self.tmp_path}")
+                return
         self.write(header)
 
     def write(self, data: bytes | memoryview) -> None:
@@ -236,13 +288,13 @@ def commit(spool: Spool) -> DeliveryResult:
     return commit_batch([spool])[0]
 
 
-def clean_tmp(mailboxes: Sequence[Path]) -> int:
-    """Remove leftovers in each mailbox's ``tmp/`` (messages never acknowledged); returns how
-    many. Run at start-up, before the server accepts connections."""
+def clean_tmp(folders: Sequence[Path]) -> int:
+    """Remove leftovers in spool folders (each mailbox's ``tmp/``, the spool pool): messages
+    never acknowledged. Returns how many. Run at start-up, before any worker starts."""
     removed = 0
-    for mailbox in mailboxes:
+    for folder in folders:
         try:
-            entries = list(os.scandir(mailbox / "tmp"))
+            entries = list(os.scandir(folder))
         except OSError:
             continue
         for entry in entries:
@@ -269,9 +321,15 @@ class DeliveryWorker:
     (the event loop's thread-safe scheduler) once the message is durable or has failed.
     """
 
-    def __init__(self, call_soon: Callable[[Callable[[], None]], None], max_batch: int = 64):
+    def __init__(
+        self,
+        call_soon: Callable[[Callable[[], None]], None],
+        max_batch: int = 64,
+        pool: SpoolPool | None = None,
+    ):
         self._call_soon = call_soon
         self._max_batch = max_batch
+        self.pool = pool
         self._queue: queue.SimpleQueue[tuple[Spool, Completion] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="smtpkit-delivery", daemon=True)
         self._thread.start()
@@ -285,6 +343,9 @@ class DeliveryWorker:
         self._thread.join()
 
     def _run(self) -> None:
+        pool = self.pool
+        if pool is not None:
+            pool.fill()
         while True:
             item = self._queue.get()
             stop = item is None
@@ -303,5 +364,10 @@ class DeliveryWorker:
                 pairs = [(done, result) for (_, done), result in zip(batch, results, strict=True)]
                 # One wake-up of the loop for the whole batch.
                 self._call_soon(functools.partial(_complete, pairs))
+            if pool is not None:
+                if stop:
+                    pool.drain()
+                else:
+                    pool.fill()
             if stop:
                 return

@@ -164,6 +164,7 @@ class Connection:
             self._set_events(_WRITE if full else _READ | _WRITE)
             return
         if self._closing:
+            self._close_notify()
             self._lost("closed")
             return
         if self._want_tls:
@@ -213,6 +214,17 @@ class Connection:
         self.session.tls_started(
             TlsInfo(version=sock.version() or "TLS", cipher=cipher[0] if cipher else "unknown")
         )
+
+    def _close_notify(self) -> None:
+        # RFC 8446 6.1: a TLS peer MUST send close_notify before closing its side, or the
+        # client cannot tell our end from a truncation (OpenSSL 3 reports "unexpected eof").
+        # Only our alert is sent; waiting for the client's would gain nothing.
+        sock = self.sock
+        if isinstance(sock, ssl.SSLSocket) and not self._handshaking:
+            try:
+                sock.unwrap()
+            except (OSError, ValueError):
+                pass
 
     # --- ending -----------------------------------------------------------------------------
     def check_deadline(self, now: float) -> None:

@@ -8,6 +8,7 @@ completed before ``run()`` returns.
 
 from __future__ import annotations
 
+import functools
 import signal
 import socket
 import ssl
@@ -16,7 +17,7 @@ import time
 from typing import TextIO
 
 from smtpkit.config import Config, TlsConfig
-from smtpkit.delivery.maildir import DeliveryWorker, clean_tmp
+from smtpkit.delivery.maildir import SPOOL_FOLDER, DeliveryWorker, Spool, SpoolPool, clean_tmp
 from smtpkit.delivery.router import Router
 from smtpkit.errors import ConfigError
 from smtpkit.journal import Journal
@@ -81,13 +82,19 @@ class Server:
         router = Router(self.users, config.aliases, config.server.domains)
         self.policy = LocalPolicy(router, config.limits)
         self.tls_context = make_tls_context(config.tls) if config.tls else None
-        self.delivery = DeliveryWorker(self.loop.call_soon_threadsafe)
+        pool = SpoolPool(config.server.users_dir / SPOOL_FOLDER)
+        try:
+            pool.folder.mkdir(mode=0o700, exist_ok=True)
+        except OSError:
+            pass  # the pool stays empty; each message then opens its file in tmp/
+        self.delivery = DeliveryWorker(self.loop.call_soon_threadsafe, pool=pool)
         self.ctx = ServerContext(
             hostname=config.server.hostname,
             limits=config.limits,
             policy=self.policy,
             journal=self.journal,
             submit=self.delivery.submit,
+            open_spool=functools.partial(Spool, pool=pool),
             tls_available=self.tls_context is not None,
         )
         self.connections: set[Connection] = set()
@@ -202,7 +209,7 @@ def serve(
     process); returns the exit status. Leftovers in every ``tmp/`` are removed first, before
     any worker could have a message in flight there."""
     users = UserStore(config.server.users_dir, config.server.domains)
-    cleaned = clean_tmp([u.path for u in users.list()])
+    cleaned = clean_tmp([u.path / "tmp" for u in users.list()] + [users.users_dir / SPOOL_FOLDER])
     table = SharedCounts(workers)
 
     def work(slot: int) -> None:
