@@ -28,6 +28,8 @@ READ_SIZE = 256 * 1024
 _READ_VIEW = memoryview(bytearray(READ_SIZE))
 # Stop reading from a client that has this much unsent output (it pipelines but never reads).
 MAX_OUTPUT = 256 * 1024
+# Stop reading from a client whose unparsed input exceeds this (see _read_interest).
+MAX_BUFFERED = 1024 * 1024
 
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
@@ -143,6 +145,8 @@ class Connection:
             # The peer closed its side: answer what it sent, then close.
             self._closing = True
             self._flush()
+        elif self._events & _READ and not self._read_interest() and not self._gone:
+            self._set_events(self._events & ~_READ)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -161,7 +165,7 @@ class Connection:
             # Back-pressure: stop reading while the client is not taking our replies.
             # Not reading either while the reply to STARTTLS waits: see _on_event.
             full = len(self._out) > MAX_OUTPUT or self._want_tls
-            self._set_events(_WRITE if full else _READ | _WRITE)
+            self._set_events(_WRITE if full else self._read_interest() | _WRITE)
             return
         if self._closing:
             self._close_notify()
@@ -170,12 +174,24 @@ class Connection:
         if self._want_tls:
             self._begin_tls()
             return
-        self._set_events(_READ)
+        self._set_events(self._read_interest())
 
     def _set_events(self, events: int) -> None:
-        if events != self._events:
-            self._events = events
+        if events == self._events:
+            return
+        if not events:
+            self.loop.unregister(self.sock)  # a selector cannot watch for nothing
+        elif not self._events:
+            self.loop.register(self.sock, events, self._on_event)
+        else:
             self.loop.modify(self.sock, events, self._on_event)
+        self._events = events
+
+    def _read_interest(self) -> int:
+        """Read unless the session holds too much unparsed input: while it waits (for a
+        message to become durable) the engine parses nothing, so a client pushing ahead must
+        wait in the kernel's buffers rather than in our memory."""
+        return 0 if self.session.conn.buffered > MAX_BUFFERED else _READ
 
     # --- TLS --------------------------------------------------------------------------------
     def _begin_tls(self) -> None:

@@ -275,3 +275,39 @@ def test_idle_session_times_out_with_421(tmp_path: Path) -> None:
             assert f.readline() == b""
     finally:
         server.stop()
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.timeout(60)
+def test_a_client_that_never_reads_replies_cannot_grow_memory(tmp_path: Path) -> None:
+    server = make_server(tmp_path)
+    server.start("--workers", "1", "--quiet")
+    assert server.process is not None
+    try:
+        before = rss_kb(server.process.pid)
+        sock = socket.create_connection((server.host, server.port), timeout=10)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(3)
+        chunk = b"NOOP\r\n" * 10000
+        sent = 0
+        try:
+            while sent < 100 * 1024 * 1024:  # at most 100 MB, far more than buffers hold
+                sock.sendall(chunk)
+                sent += len(chunk)
+        except TimeoutError:
+            pass  # the server stopped reading: back-pressure reached us
+        grown = rss_kb(server.process.pid) - before
+        assert sent < 100 * 1024 * 1024, "the server kept reading without sending replies"
+        assert grown < 20 * 1024, f"RSS grew by {grown} KB"
+        sock.close()
+        # The server is still serving others.
+        with smtplib.SMTP(server.host, server.port, timeout=10) as smtp:
+            assert smtp.noop()[0] == 250
+    finally:
+        server.stop()
