@@ -115,6 +115,7 @@ class Server:
             worker=self.worker,
             tmp_cleaned=self.tmp_cleaned,
         )
+        self.journal.flush()
         for sock in self.sockets:
             self.listeners.append(Listener(self.loop, sock, self._admit, self._accept))
         self.loop.add_signal_handler(signal.SIGTERM, self.begin_shutdown)

@@ -8,6 +8,7 @@ import signal
 import smtplib
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -311,3 +312,50 @@ def test_a_client_that_never_reads_replies_cannot_grow_memory(tmp_path: Path) ->
             assert smtp.noop()[0] == 250
     finally:
         server.stop()
+
+
+@pytest.mark.timeout(60)
+def test_journal_tail_follow_prints_new_events_and_stderr_echoes_them(
+    mailserver: MailServer,
+) -> None:
+    follower = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "smtpkit",
+            "-c",
+            str(mailserver.config),
+            "journal",
+            "tail",
+            "-n",
+            "0",
+            "-f",
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(0.5)  # let it reach the end of the journal
+        with smtplib.SMTP(mailserver.host, mailserver.port) as smtp:
+            smtp.sendmail("f@remote.test", ["bob@example.org"], "Subject: f\r\n\r\nx\r\n")
+        seen = []
+        assert follower.stdout is not None
+        while not seen or seen[-1]["event"] != "close":
+            seen.append(json.loads(follower.stdout.readline()))
+        assert [r["event"] for r in seen] == [
+            "connect",
+            "helo",
+            "mail",
+            "rcpt",
+            "stored",
+            "close",
+        ]
+    finally:
+        follower.terminate()
+        follower.wait(timeout=10)
+    # The same events, readable, on the server's stderr (no --quiet).
+    echoed = [
+        line for line in mailserver.stderr().splitlines() if f" {seen[4]['session']} " in line
+    ]
+    assert [line.split()[3] for line in echoed][:5] == ["connect", "helo", "mail", "rcpt", "stored"]
