@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 __all__ = ["BindError", "Listener", "bind_all"]
 
 BACKLOG = 1024
+PAUSE_WHEN_FULL = 0.1  # seconds without accepting after running out of descriptors
 
 
 class BindError(SmtpkitError):
@@ -90,7 +91,11 @@ class Listener:
                 return
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    return  # out of descriptors: leave them in the backlog for now
+                    # Out of descriptors: the backlog keeps the clients, and the socket stays
+                    # readable, so pause accepting briefly instead of spinning on it.
+                    self.loop.unregister(self.sock)
+                    self.loop.call_later(PAUSE_WHEN_FULL, self._resume)
+                    return
                 continue  # ECONNABORTED and friends: that client is gone
             peer = (addr[0], addr[1])
             refusal = self._admit(peer[0])
@@ -103,6 +108,10 @@ class Listener:
                 client.close()
                 continue
             self._on_accept(client, peer)
+
+    def _resume(self) -> None:
+        if self.sock.fileno() >= 0:
+            self.loop.register(self.sock, selectors.EVENT_READ, self._on_ready)
 
     def close(self) -> None:
         self.loop.unregister(self.sock)

@@ -9,6 +9,7 @@ completed before ``run()`` returns.
 from __future__ import annotations
 
 import functools
+import resource
 import signal
 import socket
 import ssl
@@ -209,6 +210,7 @@ def serve(
     """Run the server on already bound ``sockets`` with ``workers`` processes (1: in this
     process); returns the exit status. Leftovers in every ``tmp/`` are removed first, before
     any worker could have a message in flight there."""
+    _raise_fd_limit(config.limits.max_connections)
     users = UserStore(config.server.users_dir, config.server.domains)
     cleaned = clean_tmp([u.path / "tmp" for u in users.list()] + [users.users_dir / SPOOL_FOLDER])
     table = SharedCounts(workers)
@@ -228,3 +230,16 @@ def serve(
         work(0)
         return 0
     return Supervisor(workers, work, sockets, drain_timeout=GRACE + 20, on_death=table.clear).run()
+
+
+def _raise_fd_limit(connections: int) -> None:
+    """Each connection is a descriptor: lift the soft limit toward the hard one so that
+    ``max_connections`` can be reached (the usual soft limit, 1024, is too low for it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = connections + 256  # listeners, journal, spool files, pipes
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            pass
