@@ -173,14 +173,12 @@ def write_self_signed(
                 raise TlsError(f"{path} already exists (use --force to replace it)")
     now = datetime.now(UTC).replace(microsecond=0)
     cert_pem, key_pem = make_self_signed(hostname, days=days, key_type=key_type, now=now)
-    try:
-        for path in (certificate, key):
+    for path, data, mode in ((key, key_pem, 0o600), (certificate, cert_pem, 0o644)):
+        try:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        atomic_write(key, key_pem, mode=0o600)
-        atomic_write(certificate, cert_pem, mode=0o644)
-    except OSError as exc:
-        where = exc.filename or certificate.parent
-        raise TlsError(f"cannot write {where}: {exc.strerror or exc}") from None
+            atomic_write(path, data, mode=mode)
+        except OSError as exc:
+            raise TlsError(f"cannot write {path}: {exc.strerror or exc}") from None
     cert = x509.load_pem_x509_certificate(cert_pem)
     return SelfSigned(
         certificate=certificate,

@@ -8,7 +8,7 @@ import click
 
 from smtpkit.commands import App, pass_app, reports_errors
 from smtpkit.server.listener import bind_all
-from smtpkit.server.server import serve
+from smtpkit.server.server import make_tls_context, serve
 
 __all__ = ["command"]
 
@@ -29,10 +29,13 @@ def command(app: App, quiet: bool, workers: int | None) -> None:
         raise click.ClickException(
             f"no users folder at {config.server.users_dir} (run `smtpkit init` first)"
         )
+    # A broken certificate is one error line before anything starts.
+    tls = make_tls_context(config.tls) if config.tls is not None else None
     sockets = bind_all(config.server.listen)
     count = workers or config.server.workers
     where = ", ".join(str(a) for a in config.server.listen)
     domains = ", ".join(config.server.domains)
     click.echo(f"smtpkit: receiving for {domains} on {where} ({count} workers)", err=True)
-    if serve(config, sockets, workers=count, echo=None if quiet else sys.stderr) != 0:
+    echo = None if quiet else sys.stderr
+    if serve(config, sockets, workers=count, echo=echo, tls=tls) != 0:
         raise click.ClickException("workers kept failing; see the messages above")

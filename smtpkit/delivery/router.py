@@ -29,6 +29,11 @@ class Router:
     def canonical(self, address: str) -> str:
         """The lower-cased local address, with bare ``postmaster`` (RFC 5321 4.1.1.3) taken as
         postmaster of the first domain. Raises ``UserError`` for anything non-local."""
+        if not address.isascii():
+            # SMTPUTF8 is not offered, so a recipient is ASCII (RFC 6531 3.1). Lower-casing and
+            # IDNA mapping turn look-alikes into our names ("\u212a" KELVIN SIGN -> "k",
+            # fullwidth letters -> ASCII): refuse them before either can happen.
+            raise UserError(f"{address!r} is not an ASCII address")
         if address.lower() == "postmaster":
             return f"postmaster@{self.domains[0]}"
         return self.users.normalize(address)
@@ -50,4 +55,5 @@ class Router:
         if address.lower() == "postmaster":
             return True
         _, sep, domain = address.rpartition("@")
-        return bool(sep) and domain.lower() in self.domains
+        # ASCII first: str.lower() maps some non-ASCII letters to ASCII ones (see canonical).
+        return bool(sep) and domain.isascii() and domain.lower() in self.domains

@@ -72,6 +72,7 @@ class Server:
         counts: ConnectionCounts | None = None,
         worker: int = 0,
         tmp_cleaned: int = 0,
+        tls_fallback: ssl.SSLContext | None = None,
     ) -> None:
         self.config = config
         self.worker = worker
@@ -82,7 +83,7 @@ class Server:
         self.users = UserStore(config.server.users_dir, config.server.domains)
         router = Router(self.users, config.aliases, config.server.domains)
         self.policy = LocalPolicy(router, config.limits)
-        self.tls_context = make_tls_context(config.tls) if config.tls else None
+        self.tls_context = _load_tls(config, tls_fallback)
         pool = SpoolPool(config.server.users_dir / SPOOL_FOLDER)
         try:
             pool.folder.mkdir(mode=0o700, exist_ok=True)
@@ -206,10 +207,13 @@ def serve(
     *,
     workers: int,
     echo: TextIO | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> int:
     """Run the server on already bound ``sockets`` with ``workers`` processes (1: in this
-    process); returns the exit status. Leftovers in every ``tmp/`` are removed first, before
-    any worker could have a message in flight there."""
+    process); returns the exit status. ``tls`` is the certificate loaded before the fork: a
+    worker started later (after a crash) falls back to it if the files on disk are broken.
+    Leftovers in every ``tmp/`` are removed first, before any worker could have a message in
+    flight there."""
     _raise_fd_limit(config.limits.max_connections)
     users = UserStore(config.server.users_dir, config.server.domains)
     cleaned = clean_tmp([u.path / "tmp" for u in users.list()] + [users.users_dir / SPOOL_FOLDER])
@@ -223,6 +227,7 @@ def serve(
             counts=table.slot(slot),
             worker=slot,
             tmp_cleaned=cleaned if slot == 0 else 0,
+            tls_fallback=tls,
         )
         server.run()
 
@@ -230,6 +235,18 @@ def serve(
         work(0)
         return 0
     return Supervisor(workers, work, sockets, drain_timeout=GRACE + 20, on_death=table.clear).run()
+
+
+def _load_tls(config: Config, fallback: ssl.SSLContext | None) -> ssl.SSLContext | None:
+    """The certificate as the files hold it now, else the one loaded at start-up."""
+    if config.tls is None:
+        return None
+    try:
+        return make_tls_context(config.tls)
+    except ConfigError:
+        if fallback is None:
+            raise
+        return fallback
 
 
 def _raise_fd_limit(connections: int) -> None:

@@ -11,6 +11,7 @@ the row of a worker that died, so its connections stop counting.
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
 import signal
@@ -136,10 +137,12 @@ class Supervisor:
         return status
 
     def _spawn(self, slot: int) -> None:
+        master = os.getpid()
         pid = os.fork()
         if pid == 0:  # the worker
             code = 0
             try:
+                _exit_with_parent(master)
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
                 self.work(slot)
             except BaseException as exc:  # noqa: BLE001 - a worker must never return
@@ -183,6 +186,21 @@ class Supervisor:
             self.on_death(slot)  # e.g. forget the dead worker's connection counts
             self._spawn(slot)
         return True
+
+
+def _exit_with_parent(master: int) -> None:
+    """Have the kernel send SIGTERM to this worker when the supervisor dies (even by SIGKILL),
+    so no orphan keeps serving on the port and blocks a restart (Linux PR_SET_PDEATHSIG)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != master:  # the supervisor died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 def _describe(status: int) -> str:

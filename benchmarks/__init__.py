@@ -1,0 +1,1 @@
+"""smtpkit benchmarks: `python -m benchmarks.run` (see benchmarks/README.md)."""

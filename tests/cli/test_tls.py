@@ -1,0 +1,199 @@
+"""``smtpkit tls self-signed`` with CliRunner: exact output, exit codes, files and config."""
+
+from __future__ import annotations
+
+import tomllib
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+from smtpkit.commands import cli
+from smtpkit.config import load_config
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture
+def config(runner: CliRunner, tmp_path: Path) -> Path:
+    result = runner.invoke(
+        cli,
+        ["init", str(tmp_path / "d"), "--domain", "example.org", "--hostname", "mx.example.org"],
+    )
+    assert result.exit_code == 0, result.output
+    return tmp_path / "d" / "smtpkit.toml"
+
+
+def certificate(path: Path) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(path.read_bytes())
+
+
+def expected_lines(folder: Path, hostname: str, key_type: str = "ECDSA P-256") -> list[str]:
+    cert = certificate(folder / "cert.pem")
+    until = cert.not_valid_after_utc.strftime("%Y-%m-%d")
+    fingerprint = cert.fingerprint(hashes.SHA256()).hex(":").upper()
+    return [
+        f"Wrote {folder / 'cert.pem'}: self-signed for {hostname}, until {until}",
+        f"Wrote {folder / 'key.pem'}: {key_type}, mode 0600",
+        f"SHA-256 fingerprint: {fingerprint}",
+    ]
+
+
+def test_self_signed_writes_files_and_enables_tls(runner: CliRunner, config: Path) -> None:
+    result = runner.invoke(cli, ["-c", str(config), "tls", "self-signed"])
+    assert result.exit_code == 0, result.output
+    folder = config.parent / "tls"
+    assert result.output.splitlines() == [
+        *expected_lines(folder, "mx.example.org"),
+        f"Added [tls] to {config}: restart `smtpkit serve` to offer STARTTLS.",
+    ]
+    assert tomllib.loads(config.read_text())["tls"] == {
+        "certificate": "tls/cert.pem",
+        "key": "tls/key.pem",
+    }
+    tls = load_config(config).tls
+    assert tls is not None
+    assert (tls.certificate, tls.key) == (folder / "cert.pem", folder / "key.pem")
+    assert (folder / "key.pem").stat().st_mode & 0o777 == 0o600
+    cert = certificate(folder / "cert.pem")
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["mx.example.org"]
+    left = cert.not_valid_after_utc - datetime.now(UTC)
+    assert timedelta(days=364) < left <= timedelta(days=365)
+    key = load_pem_private_key((folder / "key.pem").read_bytes(), password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    assert sorted(p.name for p in folder.iterdir()) == ["cert.pem", "key.pem"]
+
+
+def test_existing_files_are_kept_without_force(runner: CliRunner, config: Path) -> None:
+    assert runner.invoke(cli, ["-c", str(config), "tls", "self-signed"]).exit_code == 0
+    folder = config.parent / "tls"
+    before = (folder / "cert.pem").read_bytes(), (folder / "key.pem").read_bytes()
+    result = runner.invoke(cli, ["-c", str(config), "tls", "self-signed"])
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Error: {folder / 'cert.pem'} already exists (use --force to replace it)\n"
+    )
+    assert ((folder / "cert.pem").read_bytes(), (folder / "key.pem").read_bytes()) == before
+
+
+def test_force_replaces_and_leaves_the_config_alone(runner: CliRunner, config: Path) -> None:
+    assert runner.invoke(cli, ["-c", str(config), "tls", "self-signed"]).exit_code == 0
+    folder = config.parent / "tls"
+    old_serial = certificate(folder / "cert.pem").serial_number
+    config_text = config.read_text()
+    result = runner.invoke(
+        cli,
+        [
+            "-c",
+            str(config),
+            "tls",
+            "self-signed",
+            "--force",
+            "--hostname",
+            "Mail.Example.org",
+            "--days",
+            "30",
+            "--key-type",
+            "rsa",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [
+        *expected_lines(folder, "mail.example.org", "RSA 2048"),
+        "A running `smtpkit serve` loads the new certificate on SIGHUP.",
+    ]
+    cert = certificate(folder / "cert.pem")
+    assert cert.serial_number != old_serial
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["mail.example.org"]
+    assert timedelta(days=29) < cert.not_valid_after_utc - datetime.now(UTC) <= timedelta(days=30)
+    key = load_pem_private_key((folder / "key.pem").read_bytes(), password=None)
+    assert isinstance(key, rsa.RSAPrivateKey) and key.key_size == 2048
+    assert (folder / "key.pem").stat().st_mode & 0o777 == 0o600
+    assert config.read_text() == config_text
+
+
+def test_a_commented_config_gets_instructions_not_a_rewrite(
+    runner: CliRunner, config: Path
+) -> None:
+    text = "# my mail server\n" + config.read_text()
+    config.write_text(text)
+    result = runner.invoke(cli, ["-c", str(config), "tls", "self-signed"])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[3:] == [
+        f"Note: add to {config} to offer STARTTLS:",
+        "  [tls]",
+        '  certificate = "tls/cert.pem"',
+        '  key = "tls/key.pem"',
+    ]
+    assert config.read_text() == text
+
+
+def test_tls_pointing_elsewhere_is_left_as_it_is(runner: CliRunner, config: Path) -> None:
+    with config.open("a") as fh:
+        fh.write('\n[tls]\ncertificate = "/etc/ssl/mx.pem"\nkey = "/etc/ssl/mx.key"\n')
+    text = config.read_text()
+    result = runner.invoke(cli, ["-c", str(config), "tls", "self-signed"])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[3:] == [
+        f"Note: [tls] in {config} names /etc/ssl/mx.pem and /etc/ssl/mx.key, not these files: "
+        "it is left as it is."
+    ]
+    assert config.read_text() == text
+
+
+def test_files_go_to_the_data_directory(runner: CliRunner, tmp_path: Path) -> None:
+    config = tmp_path / "etc" / "smtpkit.toml"
+    config.parent.mkdir()
+    config.write_text(
+        '[server]\nhostname = "mx.example.org"\ndirectory = "../var/mail"\n'
+        'domains = ["example.org"]\n'
+    )
+    result = runner.invoke(cli, ["-c", str(config), "tls", "self-signed"])
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "etc" / ".." / "var" / "mail" / "tls"
+    assert result.output.splitlines()[:3] == expected_lines(folder, "mx.example.org")
+    real = (tmp_path / "var" / "mail" / "tls").resolve()
+    assert tomllib.loads(config.read_text())["tls"] == {
+        "certificate": str(real / "cert.pem"),
+        "key": str(real / "key.pem"),
+    }
+    tls = load_config(config).tls
+    assert tls is not None and tls.certificate.resolve() == real / "cert.pem"
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "output"),
+    [
+        (["--hostname", "bad_host!"], 1, "Error: 'bad_host!' is not a valid host name\n"),
+        (["--days", "0"], 2, "Invalid value for '--days': 0 is not in the range 1<=x<=36500."),
+        (["--key-type", "dsa"], 2, "Invalid value for '--key-type': 'dsa' is not one of"),
+    ],
+)
+def test_bad_options(
+    runner: CliRunner, config: Path, args: list[str], code: int, output: str
+) -> None:
+    result = runner.invoke(cli, ["-c", str(config), "tls", "self-signed", *args])
+    assert result.exit_code == code
+    if code == 1:
+        assert result.output == output
+    else:
+        assert output in result.output
+    assert not (config.parent / "tls").exists()
+
+
+def test_no_config_file(runner: CliRunner, tmp_path: Path) -> None:
+    missing = tmp_path / "none.toml"
+    result = runner.invoke(cli, ["-c", str(missing), "tls", "self-signed"])
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: config file not found")
+    assert result.output.endswith(f"({missing})\n") and result.output.count("\n") == 1
