@@ -21,6 +21,7 @@ _ATOM = r"[A-Za-z0-9#$&'*+=?^_~-]+"
 _LOCAL_RE = re.compile(rf"{_ATOM}(?:\.{_ATOM})*\Z")
 # RFC 1035 2.3.1 / RFC 5321 4.1.2 Domain: LDH labels, each 1-63 octets, no leading or
 # trailing hyphen.
+_CONTROL_OR_SPACE = re.compile(r"[\x00-\x20\x7f]")
 _LABEL_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
 
 
@@ -53,7 +54,7 @@ def split_address(address: str) -> tuple[str, str]:
 
     Raises ``UserError`` naming the address when it is not a plain dot-atom address.
     """
-    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in address):
+    if _CONTROL_OR_SPACE.search(address):
         raise UserError(f"{address!r} is not a valid address: spaces or control characters")
     local, sep, domain = address.rpartition("@")
     if not sep or not local:

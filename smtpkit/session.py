@@ -9,6 +9,7 @@ session after a 421 (DESIGN convention 4).
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -64,6 +65,18 @@ class ServerContext:
 
 def new_session_id() -> str:
     return os.urandom(6).hex()
+
+
+_date_cache: tuple[int, str] = (-1, "")
+
+
+def _date_now() -> str:
+    """The RFC 5322 date for a Received line, formatted once per second."""
+    global _date_cache
+    second = int(time.time())
+    if _date_cache[0] != second:
+        _date_cache = (second, format_datetime(datetime.fromtimestamp(second, UTC)))
+    return _date_cache[1]
 
 
 def _address_literal(host: str) -> str:
@@ -275,7 +288,7 @@ class Session:
             tls = f" (using {self.tls.version} with cipher {self.tls.cipher})"
         # RFC 5321 7.2: naming the recipient only when there is one, so a Bcc stays hidden.
         rcpt = f"\r\n\tfor <{self.recipients[0]}>" if len(self.recipients) == 1 else ""
-        stamp = format_datetime(datetime.now(UTC))
+        stamp = _date_now()
         text = (
             f"Return-Path: <{self.sender or ''}>\r\n"
             f"Received: from {self.helo_name} ({_address_literal(self.peer_host)})\r\n"

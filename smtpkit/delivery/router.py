@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -9,6 +10,8 @@ from smtpkit.errors import UserError
 from smtpkit.users import UserStore
 
 __all__ = ["Router"]
+
+_CACHE_SIZE = 4096
 
 
 class Router:
@@ -25,6 +28,7 @@ class Router:
         self.users = users
         self.aliases = aliases
         self.domains = domains
+        self._cache: dict[str, tuple[tuple[Path, str], ...]] = {}
 
     def canonical(self, address: str) -> str:
         """The lower-cased local address, with bare ``postmaster`` (RFC 5321 4.1.1.3) taken as
@@ -40,15 +44,28 @@ class Router:
 
     def resolve(self, address: str) -> tuple[Path, ...]:
         try:
-            canonical = self.canonical(address)
+            targets = self._targets(address)
         except UserError:
             return ()
-        targets = self.aliases.get(canonical, (canonical,))
-        boxes: dict[Path, None] = {}
-        for target in targets:
-            if self.users.exists(target):
-                boxes[self.users.mailbox(target)] = None
-        return tuple(boxes)
+        # The one check per recipient that must see the disk now: a user added or removed
+        # while the server runs is found or refused at once.
+        return tuple(box for box, new in targets if os.path.isdir(new))
+
+    def _targets(self, address: str) -> tuple[tuple[Path, str], ...]:
+        """The mailboxes (and their ``new/`` as a string) an address routes to, validated
+        once and remembered: address checks and path building cost more than the stat."""
+        found = self._cache.get(address)
+        if found is None:
+            canonical = self.canonical(address)
+            boxes: dict[Path, str] = {}
+            for target in self.aliases.get(canonical, (canonical,)):
+                box = self.users.mailbox(target)
+                boxes[box] = os.path.join(box, "new")
+            found = tuple(boxes.items())
+            if len(self._cache) >= _CACHE_SIZE:
+                self._cache.clear()  # bounded: a prober's random names cannot fill memory
+            self._cache[address] = found
+        return found
 
     def is_local_domain(self, address: str) -> bool:
         """True when the address's domain (after the last ``@``) is one of ours."""
