@@ -20,6 +20,9 @@ from typing import Any, TextIO
 __all__ = ["Journal", "Position", "follow", "hour_name", "position", "render", "tail"]
 
 
+MAX_CARRY = 1024 * 1024  # unwritten journal bytes kept while the disk is full
+
+
 def hour_name(when: datetime) -> str:
     return when.strftime("%Y_%m_%d_%H")
 
@@ -39,6 +42,8 @@ class Journal:
         self._fd = -1
         self._hour = ""
         self._failed = False
+        self._carry = b""  # bytes a short write left unwritten (see flush)
+        self._line_open = False  # the file ends in the middle of a line
         # Formatting a date costs more than the rest of an event: do it once per second.
         self._second = -1
         self._stamp = ""
@@ -66,6 +71,11 @@ class Journal:
             print(render(record), file=self.echo)
 
     def _open(self, hour: str) -> None:
+        if self._line_open:
+            # The old hour's file ends in half a line the full disk cut; its rest cannot go to
+            # the new file. Keep the whole lines that follow it.
+            self._carry = self._carry[self._carry.find(b"\n") + 1 :]
+            self._line_open = False
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -81,21 +91,37 @@ class Journal:
             self._report(exc)
 
     def flush(self) -> None:
-        if not self._pending:
+        if not self._pending and not self._carry:
             return
-        data = ("\n".join(self._pending) + "\n").encode("utf-8", "surrogateescape")
-        self._pending.clear()
+        data = self._carry
+        if self._pending:
+            data += ("\n".join(self._pending) + "\n").encode("utf-8", "surrogateescape")
+            self._pending.clear()
+        self._carry = b""
         if self._fd < 0:
             if self._hour:
                 self._open(self._hour)
             if self._fd < 0:
                 return
         try:
-            os.write(self._fd, data)
-            self._failed = False
+            written = os.write(self._fd, data)
         except OSError as exc:
             # A full disk must not stop mail service; say so once on stderr.
             self._report(exc)
+            written = 0
+        if written == len(data):
+            self._failed = False
+            self._line_open = False
+            return
+        # A short write (the disk filled up) leaves half a line in the file: keep the rest
+        # and write it first next time, so every line is whole once there is room again.
+        if written:
+            self._line_open = data[written - 1] != 0x0A
+        rest = data[written:]
+        if len(rest) > MAX_CARRY:
+            # Bounded: keep only what completes the open line, drop later events.
+            rest = rest[: rest.find(b"\n") + 1] if self._line_open else b""
+        self._carry = rest
 
     def _report(self, exc: OSError) -> None:
         if not self._failed:

@@ -44,12 +44,13 @@ class UserStore:
         return self.users_dir / self.normalize(address)
 
     def exists(self, address: str) -> bool:
-        """True when ``address`` is a valid local address with a Maildir (``new/`` present)."""
+        """True when ``address`` is a valid local address with a mailbox folder (a damaged
+        Maildir still exists: delivery then fails with a 4xx, never a permanent 550)."""
         try:
             path = self.mailbox(address)
         except UserError:
             return False
-        return (path / "new").is_dir()
+        return path.is_dir()
 
     def add(self, address: str) -> Path:
         """Create the Maildir for ``address``; refuses an existing user."""

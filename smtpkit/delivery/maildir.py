@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from smtpkit.errors import DeliveryError
 from smtpkit.fsutil import fsync_dir, unique_name
@@ -39,6 +40,8 @@ __all__ = [
     "commit_batch",
     "delivery_error",
 ]
+
+T = TypeVar("T")
 
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 SPOOL_FOLDER = ".spool"  # under users/: the pool of ready spool files
@@ -68,6 +71,17 @@ class SpoolPool:
         self.folder = folder
         self.size = size
         self._ready: deque[tuple[int, Path]] = deque()
+        self._device = -1
+
+    def take_for(self, mailbox: Path) -> tuple[int, Path] | None:
+        """A ready file, if ``mailbox`` is on the pool's filesystem (a rename cannot cross
+        filesystems: a mailbox mounted elsewhere gets its file in its own tmp/)."""
+        try:
+            if self._ready and os.stat(mailbox).st_dev == self._device:
+                return self.take()
+        except OSError:
+            pass
+        return None
 
     def take(self) -> tuple[int, Path] | None:
         try:
@@ -78,6 +92,10 @@ class SpoolPool:
     def fill(self) -> None:
         """Top the pool up (delivery thread). Errors just leave it short: the loop then
         creates files itself, and reports any error there."""
+        try:
+            self._device = os.stat(self.folder).st_dev
+        except OSError:
+            return
         while len(self._ready) < self.size:
             path = self.folder / unique_name()
             try:
@@ -111,7 +129,7 @@ class Spool:
         self.name = unique_name()
         self.size = 0
         self.error: DeliveryError | None = None
-        ready = pool.take() if pool is not None else None
+        ready = pool.take_for(self.mailboxes[0]) if pool is not None else None
         if ready is not None:
             self.fd, self.tmp_path = ready
         else:
@@ -161,16 +179,48 @@ class DeliveryResult:
 
 
 def _link_all(spool: Spool, result: DeliveryResult) -> None:
-    # Other mailboxes first (hard links), the first mailbox last (rename of the tmp file):
-    # if anything fails the tmp file still exists and every link made is undone.
+    # Other mailboxes first (hard links), the first mailbox last (rename of the spool file):
+    # if anything fails the spool file still exists and every link made is undone.
     first, *others = spool.mailboxes
     for mailbox in others:
         target = mailbox / "new" / unique_name()
-        os.link(spool.tmp_path, target)
+        try:
+            os.link(spool.tmp_path, target)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            _copy_into(spool.tmp_path, mailbox, target)  # a mailbox on another filesystem
         result.files.append(target)
     target = first / "new" / spool.name
-    os.rename(spool.tmp_path, target)
+    try:
+        os.rename(spool.tmp_path, target)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        _copy_into(spool.tmp_path, first, target)
+        spool.tmp_path.unlink()
     result.files.append(target)
+
+
+def _copy_into(source: Path, mailbox: Path, target: Path) -> None:
+    """A durable copy for a mailbox on another filesystem, where a link cannot reach: the
+    usual recipe (its own tmp/, fsync, rename); the folder is synced with the batch."""
+    tmp = mailbox / "tmp" / target.name
+    fd = _create(tmp)
+    try:
+        try:
+            with open(source, "rb") as src:
+                while chunk := src.read(1 << 20):
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _undo(result: DeliveryResult) -> None:
@@ -199,49 +249,59 @@ def _load_syncfs() -> Callable[[int], None] | None:
     return syncfs
 
 
-_syncfs = None if os.environ.get("SMTPKIT_NO_SYNCFS") else _load_syncfs()
+_syncfs = _load_syncfs()
+
+
+def _by_device(items: Sequence[T], device: Callable[[T], int]) -> list[list[T]]:
+    groups: dict[int, list[T]] = {}
+    for item in items:
+        groups.setdefault(device(item), []).append(item)
+    return list(groups.values())
 
 
 def _sync_files(results: Sequence[DeliveryResult]) -> None:
     """Make the data of every spool durable, recording per-message errors.
 
-    One syncfs(2) covers a whole batch: it is one journal commit instead of one per file, the
-    lever DESIGN convention 10 measured. Should it fail, per-file fsync tells which message
-    the error belongs to.
+    One syncfs(2) per filesystem covers a whole batch: one journal commit instead of one per
+    file, the lever DESIGN convention 10 measured. Should it fail, per-file fsync tells which
+    message the error belongs to.
     """
-    if _syncfs is not None and len(results) > 1:
-        try:
-            _syncfs(results[0].spool.fd)
-            return
-        except OSError:
-            pass
-    for result in results:
-        try:
-            os.fsync(result.spool.fd)
-        except OSError as exc:
-            result.error = delivery_error(exc, f"cannot sync {result.spool.tmp_path}")
+    for group in _by_device(results, lambda r: os.fstat(r.spool.fd).st_dev):
+        if _syncfs is not None and len(group) > 1:
+            try:
+                _syncfs(group[0].spool.fd)
+                continue
+            except OSError:
+                pass
+        for result in group:
+            try:
+                os.fsync(result.spool.fd)
+            except OSError as exc:
+                result.error = delivery_error(exc, f"cannot sync {result.spool.tmp_path}")
 
 
 def _sync_folders(folders: dict[Path, list[DeliveryResult]]) -> None:
-    """Make the renames into ``new/`` durable: one fsync per folder, or one syncfs for many."""
-    if _syncfs is not None and len(folders) > 1:
-        try:
-            fd = os.open(next(iter(folders)), os.O_RDONLY | os.O_DIRECTORY)
+    """Make the renames into ``new/`` durable: one fsync per folder, or one syncfs for the
+    folders of one filesystem."""
+    for group in _by_device(list(folders), lambda folder: os.stat(folder).st_dev):
+        if _syncfs is not None and len(group) > 1:
             try:
-                _syncfs(fd)
-            finally:
-                os.close(fd)
-            return
-        except OSError:
-            pass
-    for folder, touched in folders.items():
-        try:
-            fsync_dir(folder)
-        except OSError as exc:
-            for result in touched:
-                if result.error is None:
-                    result.error = delivery_error(exc, f"cannot sync folder {folder}")
-                    _undo(result)
+                fd = os.open(group[0], os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    _syncfs(fd)
+                finally:
+                    os.close(fd)
+                continue
+            except OSError:
+                pass
+        for folder in group:
+            try:
+                fsync_dir(folder)
+            except OSError as exc:
+                for result in folders[folder]:
+                    if result.error is None:
+                        result.error = delivery_error(exc, f"cannot sync folder {folder}")
+                        _undo(result)
 
 
 def commit_batch(spools: Sequence[Spool]) -> list[DeliveryResult]:

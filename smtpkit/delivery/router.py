@@ -28,7 +28,7 @@ class Router:
         self.users = users
         self.aliases = aliases
         self.domains = domains
-        self._cache: dict[str, tuple[tuple[Path, str], ...]] = {}
+        self._cache: dict[str, tuple[Path, ...]] = {}
 
     def canonical(self, address: str) -> str:
         """The lower-cased local address, with bare ``postmaster`` (RFC 5321 4.1.1.3) taken as
@@ -49,19 +49,16 @@ class Router:
             return ()
         # The one check per recipient that must see the disk now: a user added or removed
         # while the server runs is found or refused at once.
-        return tuple(box for box, new in targets if os.path.isdir(new))
+        return tuple(box for box in targets if os.path.isdir(box))
 
-    def _targets(self, address: str) -> tuple[tuple[Path, str], ...]:
-        """The mailboxes (and their ``new/`` as a string) an address routes to, validated
-        once and remembered: address checks and path building cost more than the stat."""
+    def _targets(self, address: str) -> tuple[Path, ...]:
+        """The mailboxes an address routes to, validated once and remembered: address checks
+        and path building cost more than the stat."""
         found = self._cache.get(address)
         if found is None:
             canonical = self.canonical(address)
-            boxes: dict[Path, str] = {}
-            for target in self.aliases.get(canonical, (canonical,)):
-                box = self.users.mailbox(target)
-                boxes[box] = os.path.join(box, "new")
-            found = tuple(boxes.items())
+            boxes = (self.users.mailbox(t) for t in self.aliases.get(canonical, (canonical,)))
+            found = tuple(dict.fromkeys(boxes))
             if len(self._cache) >= _CACHE_SIZE:
                 self._cache.clear()  # bounded: a prober's random names cannot fill memory
             self._cache[address] = found

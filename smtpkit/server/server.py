@@ -219,14 +219,14 @@ def serve(
     cleaned = clean_tmp([u.path / "tmp" for u in users.list()] + [users.users_dir / SPOOL_FOLDER])
     table = SharedCounts(workers)
 
-    def work(slot: int) -> None:
+    def work(slot: int, restarted: bool = False) -> None:
         server = Server(
             config,
             sockets,
             echo=echo,
             counts=table.slot(slot),
             worker=slot,
-            tmp_cleaned=cleaned if slot == 0 else 0,
+            tmp_cleaned=cleaned if slot == 0 and not restarted else 0,
             tls_fallback=tls,
         )
         server.run()

@@ -86,12 +86,13 @@ RESTART_WINDOW = 10.0
 
 
 class Supervisor:
-    """Runs ``work(slot)`` in ``count`` forked processes until SIGTERM/SIGINT."""
+    """Runs ``work(slot, restarted)`` in ``count`` forked processes until SIGTERM/SIGINT;
+    ``restarted`` is true for a worker that replaces one that died."""
 
     def __init__(
         self,
         count: int,
-        work: Callable[[int], None],
+        work: Callable[[int, bool], None],
         sockets: list[socket.socket],
         *,
         drain_timeout: float = 30.0,
@@ -136,7 +137,7 @@ class Supervisor:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
         return status
 
-    def _spawn(self, slot: int) -> None:
+    def _spawn(self, slot: int, restarted: bool = False) -> None:
         master = os.getpid()
         pid = os.fork()
         if pid == 0:  # the worker
@@ -144,7 +145,7 @@ class Supervisor:
             try:
                 _exit_with_parent(master)
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
-                self.work(slot)
+                self.work(slot, restarted)
             except BaseException as exc:  # noqa: BLE001 - a worker must never return
                 if not isinstance(exc, SystemExit | KeyboardInterrupt):
                     import traceback
@@ -184,7 +185,7 @@ class Supervisor:
                 self.log(f"workers keep dying ({MAX_RESTARTS} in {RESTART_WINDOW:.0f}s); stopping")
                 return False
             self.on_death(slot)  # e.g. forget the dead worker's connection counts
-            self._spawn(slot)
+            self._spawn(slot, restarted=True)
         return True
 
 
