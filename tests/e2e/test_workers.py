@@ -46,15 +46,17 @@ def test_a_dead_worker_is_replaced_and_sigterm_drains_all(tmp_path: Path) -> Non
     server.start("--workers", "3")
     assert server.process is not None
     master = server.process.pid
-    first = wait_for_workers(master, 3)
-    os.kill(first[0], signal.SIGKILL)
-    later = wait_for_workers(master, 3, without=first[0])
-    assert set(first[1:]) <= set(later)
-    assert "ended (killed by SIGKILL); starting a new one" in server.stderr()
-    for i in range(6):
-        send(server.host, server.port, "alice@example.org", f"m{i}")
-    assert len(server.new_files("alice@example.org")) == 6
-    assert server.stop(signal.SIGTERM) == 0
+    try:
+        first = wait_for_workers(master, 3)
+        os.kill(first[0], signal.SIGKILL)
+        later = wait_for_workers(master, 3, without=first[0])
+        assert set(first[1:]) <= set(later)
+        assert "ended (killed by SIGKILL); starting a new one" in server.stderr()
+        for i in range(6):
+            send(server.host, server.port, "alice@example.org", f"m{i}")
+        assert len(server.new_files("alice@example.org")) == 6
+    finally:
+        assert server.stop(signal.SIGTERM) == 0
     assert worker_pids(master) == []
 
 
