@@ -67,6 +67,7 @@ class MailServer:
         return sorted((self.maildir(address) / "new").iterdir())
 
     def start(self, *extra: str) -> None:
+        _RUNNING.append(self)
         self.stderr_path = self.directory / "serve.stderr"
         stderr = self.stderr_path.open("ab")
         self.process = subprocess.Popen(
@@ -131,6 +132,23 @@ def make_server(
     if users:
         smtpkit("user", "add", *users, config=config)
     return MailServer(directory, config, host, port, domains[0])
+
+
+_RUNNING: list[MailServer] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_server_outlives_its_test() -> Iterator[None]:
+    """Whatever a test did, the servers it started are stopped when it ends."""
+    yield
+    while _RUNNING:
+        server = _RUNNING.pop()
+        if server.process is not None and server.process.poll() is None:
+            try:
+                server.stop(timeout=15)
+            except subprocess.TimeoutExpired:
+                server.process.kill()
+                server.process.wait()
 
 
 @pytest.fixture
