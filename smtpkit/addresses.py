@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 
+import idna
+
 from smtpkit.errors import UserError
 
 __all__ = ["is_valid_domain", "normalize_address", "normalize_domain", "split_address"]
@@ -40,9 +42,12 @@ def normalize_domain(domain: str) -> str:
     """
     text = domain.strip().lower()
     if not text.isascii():
+        # IDNA 2008 with the UTS #46 non-transitional mapping (RFC 5891), as current mail
+        # software does: "faß.example" is its own domain, where Python's built-in IDNA 2003
+        # codec would turn it into "fass.example".
         try:
-            text = text.encode("idna").decode("ascii")
-        except UnicodeError as exc:
+            text = idna.encode(text, uts46=True, transitional=False).decode("ascii")
+        except UnicodeError as exc:  # idna.IDNAError is one
             raise UserError(f"{domain!r} is not a valid domain name") from exc
     if not is_valid_domain(text):
         raise UserError(f"{domain!r} is not a valid domain name")

@@ -29,11 +29,6 @@ from dns.rdtypes.IN.A import A
 from dns.rdtypes.IN.AAAA import AAAA
 
 from smtpkit.addresses import normalize_domain
-
-try:
-    import idna
-except ImportError:  # pragma: no cover - then Python's own IDNA 2003 codec is used
-    idna = None  # type: ignore[assignment]
 from smtpkit.errors import SmtpkitError, UserError
 
 __all__ = [
@@ -183,14 +178,6 @@ def normalize_mail_domain(domain: str) -> str:
         text = text[:-1]
     if _is_ip_literal(text):
         raise DnsError(f"{domain!r} is an IP address, not a domain name")
-    if not text.isascii() and idna is not None:
-        # IDNA 2008 with the UTS #46 non-transitional mapping (RFC 5891), as current mail
-        # software does: "faß.example" is its own domain, while IDNA 2003 (Python's built-in
-        # codec, the fallback) would look up "fass.example" instead.
-        try:
-            text = idna.encode(text, uts46=True, transitional=False).decode("ascii")
-        except UnicodeError:
-            raise DnsError(f"{domain!r} is not a valid domain name") from None
     try:
         return normalize_domain(text)
     except UserError:
