@@ -8,9 +8,17 @@ import itertools
 import os
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["atomic_write", "fsync_dir", "host_part", "unique_name"]
+__all__ = [
+    "atomic_write",
+    "fsync_dir",
+    "host_part",
+    "place_durably",
+    "unique_name",
+    "write_all",
+]
 
 _counter = itertools.count()
 
@@ -44,24 +52,35 @@ def unique_name() -> str:
     return f"{sec}.M{usec}P{os.getpid()}Q{next(_counter)}.{_HOST}"
 
 
-def atomic_write(path: Path, data: bytes, *, mode: int = 0o600) -> None:
-    """Replace ``path`` with ``data`` so that readers see the old or the new file, never half.
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    """``os.write`` until every byte is written (a write may be short)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
-    The temporary file is created next to ``path`` with O_EXCL, fsync'd, renamed over ``path``,
-    and the folder is fsync'd. On any error the temporary file is removed and the error raised.
-    """
-    tmp = path.with_name(f".{path.name}.{unique_name()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+
+def place_durably(
+    tmp: Path, target: Path, fill: Callable[[int], None], *, mode: int = 0o600
+) -> None:
+    """Create ``tmp`` with O_EXCL, let ``fill(fd)`` write it, fsync it and rename it to
+    ``target``: readers of ``target`` see the whole file or nothing. On any error ``tmp`` is
+    removed and the error raised. The caller fsyncs the folder (alone, or with a batch)."""
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            fill(fd)
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def atomic_write(path: Path, data: bytes, *, mode: int = 0o600) -> None:
+    """Replace ``path`` with ``data`` so that readers see the old or the new file, never half;
+    the folder is fsync'd too, so the new file survives a crash."""
+    tmp = path.with_name(f".{path.name}.{unique_name()}.tmp")
+    place_durably(tmp, path, lambda fd: write_all(fd, data), mode=mode)
     fsync_dir(path.parent)

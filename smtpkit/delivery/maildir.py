@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from smtpkit.errors import DeliveryError
-from smtpkit.fsutil import fsync_dir, unique_name
+from smtpkit.fsutil import fsync_dir, place_durably, unique_name, write_all
 
 __all__ = [
     "SPOOL_FOLDER",
@@ -146,9 +146,7 @@ class Spool:
         if self.error is not None:
             return
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self.fd, view) :]
+            write_all(self.fd, data)
         except OSError as exc:
             self.error = delivery_error(exc, f"cannot write {self.tmp_path}")
             self.abort()
@@ -205,22 +203,13 @@ def _link_all(spool: Spool, result: DeliveryResult) -> None:
 def _copy_into(source: Path, mailbox: Path, target: Path) -> None:
     """A durable copy for a mailbox on another filesystem, where a link cannot reach: the
     usual recipe (its own tmp/, fsync, rename); the folder is synced with the batch."""
-    tmp = mailbox / "tmp" / target.name
-    fd = _create(tmp)
-    try:
-        try:
-            with open(source, "rb") as src:
-                while chunk := src.read(1 << 20):
-                    view = memoryview(chunk)
-                    while view:
-                        view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+    def copy(fd: int) -> None:
+        with open(source, "rb") as src:
+            while chunk := src.read(1 << 20):
+                write_all(fd, chunk)
+
+    place_durably(mailbox / "tmp" / target.name, target, copy)
 
 
 def _undo(result: DeliveryResult) -> None:
