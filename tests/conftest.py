@@ -139,9 +139,11 @@ _RUNNING: list[MailServer] = []
 
 @pytest.fixture(autouse=True)
 def _no_server_outlives_its_test() -> Iterator[None]:
-    """Whatever a test did, the servers it started are stopped when it ends."""
+    """Whatever a test did, the servers it started are stopped when it ends. Servers that
+    wider-scoped fixtures started (set up before this one) are theirs to stop."""
+    before = len(_RUNNING)
     yield
-    while _RUNNING:
+    while len(_RUNNING) > before:
         server = _RUNNING.pop()
         if server.process is not None and server.process.poll() is None:
             try:

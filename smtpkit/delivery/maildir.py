@@ -72,16 +72,25 @@ class SpoolPool:
         self.size = size
         self._ready: deque[tuple[int, Path]] = deque()
         self._device = -1
+        self._devices: dict[Path, int] = {}
 
     def take_for(self, mailbox: Path) -> tuple[int, Path] | None:
         """A ready file, if ``mailbox`` is on the pool's filesystem (a rename cannot cross
         filesystems: a mailbox mounted elsewhere gets its file in its own tmp/)."""
-        try:
-            if self._ready and os.stat(mailbox).st_dev == self._device:
-                return self.take()
-        except OSError:
-            pass
-        return None
+        if not self._ready:
+            return None
+        device = self._devices.get(mailbox)
+        if device is None:
+            try:
+                device = os.stat(mailbox).st_dev
+            except OSError:
+                return None
+            if len(self._devices) >= 4096:
+                self._devices.clear()
+            # Remembered: should the mailbox move to another filesystem later, the rename's
+            # EXDEV falls back to a copy (_link_all), so a stale entry costs speed only.
+            self._devices[mailbox] = device
+        return self.take() if device == self._device else None
 
     def take(self) -> tuple[int, Path] | None:
         try:
@@ -140,6 +149,8 @@ class Spool:
             except OSError as exc:
                 self.error = delivery_error(exc, f"cannot create {self.tmp_path}")
                 return
+        # Written at once, not with the first data: a full disk is then refused at DATA,
+        # before the client sends the message (452 4.3.1).
         self.write(header)
 
     def write(self, data: bytes | memoryview) -> None:
