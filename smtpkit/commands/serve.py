@@ -37,5 +37,8 @@ def command(app: App, quiet: bool, workers: int | None) -> None:
     domains = ", ".join(config.server.domains)
     click.echo(f"smtpkit: receiving for {domains} on {where} ({count} workers)", err=True)
     echo = None if quiet else sys.stderr
-    if serve(config, sockets, workers=count, echo=echo, tls=tls) != 0:
+    def log(text: str) -> None:
+        click.echo(f"smtpkit: {text}", err=True)
+
+    if serve(config, sockets, workers=count, echo=echo, tls=tls, log=log) != 0:
         raise click.ClickException("workers kept failing; see the messages above")

@@ -13,8 +13,8 @@ import resource
 import signal
 import socket
 import ssl
-import sys
 import time
+from collections.abc import Callable
 from typing import TextIO
 
 from smtpkit.config import Config, TlsConfig
@@ -162,10 +162,10 @@ class Server:
         try:
             self.tls_context = make_tls_context(self.config.tls)
         except ConfigError as exc:
-            print(
-                f"smtpkit: TLS reload failed, keeping the old certificate: {exc}", file=sys.stderr
+            # Echoed on stderr with every other event unless --quiet; always in the journal.
+            self.journal.write(
+                "tls_reload", "-", "-", ok=False, error=f"{exc}; keeping the old certificate"
             )
-            self.journal.write("tls_reload", "-", "-", ok=False, error=str(exc))
             return
         self.journal.write("tls_reload", "-", "-", ok=True)
 
@@ -208,6 +208,7 @@ def serve(
     workers: int,
     echo: TextIO | None = None,
     tls: ssl.SSLContext | None = None,
+    log: Callable[[str], None] = lambda text: None,
 ) -> int:
     """Run the server on already bound ``sockets`` with ``workers`` processes (1: in this
     process); returns the exit status. ``tls`` is the certificate loaded before the fork: a
@@ -234,7 +235,10 @@ def serve(
     if workers == 1:
         work(0)
         return 0
-    return Supervisor(workers, work, sockets, drain_timeout=GRACE + 20, on_death=table.clear).run()
+    supervisor = Supervisor(
+        workers, work, sockets, drain_timeout=GRACE + 20, on_death=table.clear, log=log
+    )
+    return supervisor.run()
 
 
 def _load_tls(config: Config, fallback: ssl.SSLContext | None) -> ssl.SSLContext | None:

@@ -97,7 +97,7 @@ class Supervisor:
         *,
         drain_timeout: float = 30.0,
         on_death: Callable[[int], None] = lambda slot: None,
-        log: Callable[[str], None] = lambda text: print(f"smtpkit: {text}", file=sys.stderr),
+        log: Callable[[str], None] = lambda text: None,
     ) -> None:
         self.count = count
         self.work = work
