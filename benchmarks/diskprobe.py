@@ -52,11 +52,20 @@ def _create_durably(tmp: Path, new: Path, name: str, payload: bytes) -> None:
         os.close(folder)
 
 
-def probe(folder: Path, threads: int, seconds: float, payload: bytes = PAYLOAD) -> ProbeResult:
+def probe(
+    folder: Path,
+    threads: int,
+    seconds: float,
+    payload: bytes = PAYLOAD,
+    *,
+    keep: bool = False,
+) -> ProbeResult:
     """Create fsync'd files in ``folder`` from ``threads`` threads for about ``seconds``.
 
-    The files are removed afterwards; ``folder`` is left as it was found (a fresh
-    ``probe-*`` subfolder holds the work).
+    A fresh ``probe-*`` subfolder holds the work; it is removed afterwards unless ``keep``.
+    Keeping it matters inside a longer benchmark: ext4 skips inodes freed in the last minutes
+    when it allocates new ones (``recently_deleted``), so thousands of files deleted just
+    before a server's rounds make every file that server creates cost more.
     """
     work = Path(tempfile.mkdtemp(prefix="probe-", dir=folder))
     tmp, new = work / "tmp", work / "new"
@@ -87,7 +96,8 @@ def probe(folder: Path, threads: int, seconds: float, payload: bytes = PAYLOAD) 
     for t in pool:
         t.join()
     elapsed = time.monotonic() - began
-    shutil.rmtree(work, ignore_errors=True)
+    if not keep:
+        shutil.rmtree(work, ignore_errors=True)
     if errors:
         raise errors[0]
     return ProbeResult(threads=threads, files=sum(counts), seconds=elapsed)

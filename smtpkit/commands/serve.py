@@ -37,6 +37,7 @@ def command(app: App, quiet: bool, workers: int | None) -> None:
     domains = ", ".join(config.server.domains)
     click.echo(f"smtpkit: receiving for {domains} on {where} ({count} workers)", err=True)
     echo = None if quiet else sys.stderr
+
     def log(text: str) -> None:
         click.echo(f"smtpkit: {text}", err=True)
 

@@ -84,9 +84,11 @@ class Server:
         router = Router(self.users, config.aliases, config.server.domains)
         self.policy = LocalPolicy(router, config.limits)
         self.tls_context = _load_tls(config, tls_fallback)
-        pool = SpoolPool(config.server.users_dir / SPOOL_FOLDER)
+        # One pool folder per worker: creating and renaming files locks their folder, and
+        # workers sharing one would wait for each other.
+        pool = SpoolPool(config.server.users_dir / SPOOL_FOLDER / str(worker))
         try:
-            pool.folder.mkdir(mode=0o700, exist_ok=True)
+            pool.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError:
             pass  # the pool stays empty; each message then opens its file in tmp/
         self.delivery = DeliveryWorker(self.loop.call_soon_threadsafe, pool=pool)
@@ -217,7 +219,9 @@ def serve(
     flight there."""
     _raise_fd_limit(config.limits.max_connections)
     users = UserStore(config.server.users_dir, config.server.domains)
-    cleaned = clean_tmp([u.path / "tmp" for u in users.list()] + [users.users_dir / SPOOL_FOLDER])
+    spool = users.users_dir / SPOOL_FOLDER
+    pools = [p for p in spool.iterdir() if p.is_dir()] if spool.is_dir() else []
+    cleaned = clean_tmp([u.path / "tmp" for u in users.list()] + [spool, *pools])
     table = SharedCounts(workers)
 
     def work(slot: int, restarted: bool = False) -> None:

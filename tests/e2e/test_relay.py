@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from smtpkit.config import load_config
 from smtpkit.delivery.maildir import SPOOL_FOLDER
 from tests.conftest import MailServer, make_server
 
@@ -183,7 +184,10 @@ def allowed_tree(server: MailServer, stored: dict[str, int]) -> None:
     root = server.directory
     users = root / "users"
     maildirs = {users / u / sub for u in USERS for sub in ("tmp", "new", "cur")}
-    allowed_dirs = {root, root / "journal", users, users / SPOOL_FOLDER, *maildirs}
+    spool = users / SPOOL_FOLDER
+    # One pool folder per worker process, named by its number.
+    pools = {spool / str(n) for n in range(load_config(server.config).server.workers)}
+    allowed_dirs = {root, root / "journal", users, spool, *pools, *maildirs}
     allowed_dirs |= {users / u for u in USERS}
     found_dirs: set[Path] = set()
     unexpected: list[str] = []
@@ -200,7 +204,7 @@ def allowed_tree(server: MailServer, stored: dict[str, int]) -> None:
                 continue
             if here == root / "journal" and path.is_file():
                 continue
-            if here == users / SPOOL_FOLDER and path.stat().st_size == 0:
+            if here in pools and path.stat().st_size == 0:
                 continue  # ready, empty spool files (SpoolPool)
             if here.name == "new" and here in maildirs:
                 new_counts[here.parent.name] = new_counts.get(here.parent.name, 0) + 1
