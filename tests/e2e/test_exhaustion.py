@@ -20,46 +20,12 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import MailServer, make_server
+from tests.e2e.rawclient import RawClient
 
 MB = 1024 * 1024
 
 
 # --- helpers ------------------------------------------------------------------------------------
-
-
-class Client:
-    """Raw SMTP over a socket (no smtplib: exact replies, and bytes sent as they are)."""
-
-    def __init__(self, server: MailServer) -> None:
-        self.sock = socket.create_connection((server.host, server.port), timeout=30)
-        self.buf = bytearray()
-        self.greeting = self.reply()
-
-    def _line(self) -> bytes:
-        while (end := self.buf.find(b"\r\n")) < 0:
-            data = self.sock.recv(65536)
-            if not data:
-                raise EOFError(bytes(self.buf))
-            self.buf += data
-        line = bytes(self.buf[: end + 2])
-        del self.buf[: end + 2]
-        return line
-
-    def reply(self) -> tuple[int, bytes]:
-        while True:
-            line = self._line()
-            if line[3:4] != b"-":
-                return int(line[:3]), line[4:-2]
-
-    def cmd(self, data: bytes) -> tuple[int, bytes]:
-        self.sock.sendall(data + b"\r\n")
-        return self.reply()
-
-    def at_eof(self) -> bool:
-        return not self.buf and self.sock.recv(1) == b""
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def server_pids(server: MailServer) -> list[int]:
@@ -251,7 +217,7 @@ def test_one_byte_per_second_command_is_cut_off_at_the_timeout(
     serve: Callable[..., MailServer],
 ) -> None:
     server = serve("command_timeout = 2", "data_timeout = 3")
-    c = Client(server)
+    c = RawClient(server)
     try:
         t0 = time.monotonic()
         said, sent = drip(c.sock, b"EHLO slowloris.example.org\r\n", 1.0, 10)
@@ -269,7 +235,7 @@ def test_one_byte_per_second_command_is_cut_off_at_the_timeout(
 @pytest.mark.timeout(30)
 def test_slow_valid_data_is_cut_off_at_the_data_timeout(serve: Callable[..., MailServer]) -> None:
     server = serve("command_timeout = 2", "data_timeout = 3")
-    c = Client(server)
+    c = RawClient(server)
     try:
         assert c.cmd(b"EHLO drip.example")[0] == 250
         assert c.cmd(b"MAIL FROM:<a@remote.example>")[0] == 250
@@ -298,7 +264,7 @@ def test_client_that_never_reads_its_replies_is_not_buffered(
     replies pile up, so the flood waits in the kernel's socket buffers, not in our memory."""
     server = serve()
     memory = Memory(server_pids(server))
-    c = Client(server)
+    c = RawClient(server)
     try:
         memory.start()
         c.sock.setblocking(False)
@@ -325,7 +291,7 @@ def test_client_that_never_reads_its_replies_is_not_buffered(
 def test_100_mb_message_gets_552_with_flat_memory(serve: Callable[..., MailServer]) -> None:
     server = serve()
     memory = Memory(server_pids(server))
-    c = Client(server)
+    c = RawClient(server)
     try:
         assert c.cmd(b"EHLO big.example")[0] == 250
         assert c.cmd(b"MAIL FROM:<a@remote.example>")[0] == 250
@@ -357,7 +323,7 @@ def test_100_mb_message_gets_552_with_flat_memory(serve: Callable[..., MailServe
 @pytest.mark.timeout(90)
 def test_10000_recipients_hit_the_recipient_limit(serve: Callable[..., MailServer]) -> None:
     server = serve()
-    c = Client(server)
+    c = RawClient(server)
     codes: dict[tuple[int, bytes], int] = {}
     try:
         assert c.cmd(b"EHLO many.example")[0] == 250
@@ -388,7 +354,7 @@ def test_10000_recipients_hit_the_recipient_limit(serve: Callable[..., MailServe
 def test_1_mb_command_lines_are_refused_without_buffering(serve: Callable[..., MailServer]) -> None:
     server = serve()
     memory = Memory(server_pids(server))
-    c = Client(server)
+    c = RawClient(server)
     try:
         assert c.cmd(b"EHLO long.example")[0] == 250
         memory.start()

@@ -9,12 +9,12 @@ once, ``550 5.6.0``, stores nothing, and the session goes on.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 
 import pytest
 
 from tests.conftest import MailServer, make_server
+from tests.e2e.rawclient import RawClient
 
 # The look-alikes of <CRLF>.<CRLF> (SEC Consult 2023, Postfix and Sendmail advisories).
 BARE_VARIANTS = {
@@ -48,50 +48,10 @@ REAL_END = b"\r\n.\r\n"
 REFUSED = (550, b"5.6.0 Message refused: bare <CR> or <LF> in data")
 
 
-class Client:
-    """Raw SMTP over a socket: exact replies, and a check that no extra reply is waiting."""
-
+class Client(RawClient):
     def __init__(self, server: MailServer) -> None:
-        self.sock = socket.create_connection((server.host, server.port), timeout=10)
-        self.buf = bytearray()
-        assert self.reply()[0] == 220
-
-    def _line(self) -> bytes:
-        while (end := self.buf.find(b"\r\n")) < 0:
-            data = self.sock.recv(65536)
-            assert data, f"connection closed; unparsed {bytes(self.buf)!r}"
-            self.buf += data
-        line = bytes(self.buf[: end + 2])
-        del self.buf[: end + 2]
-        return line
-
-    def reply(self) -> tuple[int, bytes]:
-        while True:
-            line = self._line()
-            if line[3:4] != b"-":
-                return int(line[:3]), line[4:-2]
-
-    def cmd(self, data: bytes) -> tuple[int, bytes]:
-        self.sock.sendall(data + b"\r\n")
-        return self.reply()
-
-    def nothing_pending(self) -> bool:
-        """No reply beyond those read arrives within a short wait."""
-        if self.buf:
-            return False
-        self.sock.settimeout(0.2)
-        try:
-            return not self.sock.recv(1, socket.MSG_PEEK)
-        except TimeoutError:
-            return True
-        finally:
-            self.sock.settimeout(10)
-
-    def at_eof(self) -> bool:
-        return not self.buf and self.sock.recv(1) == b""
-
-    def close(self) -> None:
-        self.sock.close()
+        super().__init__(server, timeout=10)
+        assert self.greeting[0] == 220
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,55 @@
+"""A raw SMTP client for the end-to-end tests: bytes go out exactly as given (no smtplib
+quoting or retries), and replies come back exactly as the server sent them."""
+
+from __future__ import annotations
+
+import socket
+
+from tests.conftest import MailServer
+
+
+class RawClient:
+    def __init__(self, server: MailServer, timeout: float = 30) -> None:
+        self.timeout = timeout
+        self.sock = socket.create_connection((server.host, server.port), timeout=timeout)
+        self.buf = bytearray()
+        self.greeting = self.reply()
+
+    def _line(self) -> bytes:
+        while (end := self.buf.find(b"\r\n")) < 0:
+            data = self.sock.recv(65536)
+            if not data:
+                raise EOFError(f"connection closed; unparsed {bytes(self.buf)!r}")
+            self.buf += data
+        line = bytes(self.buf[: end + 2])
+        del self.buf[: end + 2]
+        return line
+
+    def reply(self) -> tuple[int, bytes]:
+        """(code, text of the last line); the text starts with the enhanced code if any."""
+        while True:
+            line = self._line()
+            if line[3:4] != b"-":
+                return int(line[:3]), line[4:-2]
+
+    def cmd(self, data: bytes) -> tuple[int, bytes]:
+        self.sock.sendall(data + b"\r\n")
+        return self.reply()
+
+    def nothing_pending(self) -> bool:
+        """No reply beyond those read arrives within a short wait."""
+        if self.buf:
+            return False
+        self.sock.settimeout(0.2)
+        try:
+            return not self.sock.recv(1, socket.MSG_PEEK)
+        except TimeoutError:
+            return True
+        finally:
+            self.sock.settimeout(self.timeout)
+
+    def at_eof(self) -> bool:
+        return not self.buf and self.sock.recv(1) == b""
+
+    def close(self) -> None:
+        self.sock.close()
