@@ -359,3 +359,31 @@ def test_journal_tail_follow_prints_new_events_and_stderr_echoes_them(
         line for line in mailserver.stderr().splitlines() if f" {seen[4]['session']} " in line
     ]
     assert [line.split()[3] for line in echoed][:5] == ["connect", "helo", "mail", "rcpt", "stored"]
+
+
+def test_privileged_port_without_the_capability_is_one_line(tmp_path: Path) -> None:
+    setpriv = need_program("setpriv", "util-linux")
+    smtpkit("init", str(tmp_path / "d"), "--domain", "example.org", "--listen", "127.0.0.1:25")
+    result = subprocess.run(
+        [
+            setpriv,
+            "--bounding-set",
+            "-net_bind_service",
+            "--inh-caps",
+            "-net_bind_service",
+            sys.executable,
+            "-m",
+            "smtpkit",
+            "-c",
+            str(tmp_path / "d" / "smtpkit.toml"),
+            "serve",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "Error: cannot listen on 127.0.0.1:25: permission denied "
+        "(ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+    ]
