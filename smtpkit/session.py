@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from pathlib import Path
@@ -60,7 +60,6 @@ class ServerContext:
     submit: Submit
     open_spool: Callable[[list[Path], bytes], Spool] = Spool
     tls_available: bool = False
-    extra_extensions: tuple[str, ...] = field(default_factory=tuple)
 
 
 def new_session_id() -> str:
@@ -203,7 +202,6 @@ class Session:
         self.recipients: list[str] = []
         self.mailboxes: dict[Path, None] = {}
         self.spool: Spool | None = None
-        self.body_type: str | None = None
 
     def _abort_spool(self) -> None:
         if self.spool is not None:
@@ -233,7 +231,6 @@ class Session:
         # RFC 3207 4.2: STARTTLS is not offered again once TLS is on.
         if self.ctx.tls_available and self.tls is None:
             ext.append("STARTTLS")
-        ext.extend(self.ctx.extra_extensions)
         ext.append("HELP")
         return tuple(ext)
 
@@ -244,7 +241,6 @@ class Session:
             self._reply(decision.reply, counted=decision.reply.code >= 500)
             return
         self.sender = event.address
-        self.body_type = event.body
         self._journal("mail", sender=event.address, size=event.size, code=250)
         self._reply(replies.OK_SENDER)
 

@@ -26,7 +26,7 @@ from smtpkit.policy import LocalPolicy
 from smtpkit.protocol import replies
 from smtpkit.server.connection import Connection
 from smtpkit.server.listener import TOO_MANY, TOO_MANY_FROM_IP, Listener
-from smtpkit.server.loop import EventLoop, Timer
+from smtpkit.server.loop import EventLoop
 from smtpkit.server.workers import ConnectionCounts, SharedCounts, Supervisor
 from smtpkit.session import ServerContext
 from smtpkit.users import UserStore
@@ -106,7 +106,6 @@ class Server:
         self.counts = counts if counts is not None else SharedCounts(1).slot(0)
         self.listeners: list[Listener] = []
         self.stopping = False
-        self._grace_timer: Timer | None = None
 
     # --- lifecycle --------------------------------------------------------------------------
     def run(self) -> None:
@@ -145,7 +144,7 @@ class Server:
         self.listeners.clear()
         for conn in list(self.connections):
             conn.shutdown()
-        self._grace_timer = self.loop.call_later(GRACE, self._end_grace)
+        self.loop.call_later(GRACE, self._end_grace)
         self._maybe_stop()
 
     def _end_grace(self) -> None:
