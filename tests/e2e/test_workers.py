@@ -143,3 +143,23 @@ def test_workers_do_not_outlive_a_killed_supervisor(tmp_path: Path) -> None:
     # The port is free again: a new server starts on it.
     server.start("--workers", "1", "--quiet")
     server.stop()
+
+
+@pytest.mark.timeout(60)
+def test_workers_that_keep_dying_stop_the_server_with_an_error(tmp_path: Path) -> None:
+    server = make_server(tmp_path)
+    server.start("--workers", "2", "--quiet")
+    assert server.process is not None
+    master = server.process.pid
+    killed: set[int] = set()
+    # More deaths within the restart window than the supervisor tolerates (a crash loop).
+    while server.process.poll() is None and len(killed) < 12:
+        for pid in worker_pids(master):
+            if pid not in killed:
+                os.kill(pid, signal.SIGKILL)
+                killed.add(pid)
+        time.sleep(0.05)
+    assert server.process.wait(timeout=30) == 1
+    assert "workers keep dying (5 in 10s); stopping" in server.stderr()
+    assert server.stderr().rstrip().endswith("Error: workers kept failing; see the messages above")
+    server.process = None
