@@ -32,6 +32,7 @@ __all__ = [
     "default_config_path",
     "load_config",
     "parse_listen",
+    "update_config",
     "write_config",
 ]
 
@@ -304,6 +305,22 @@ def parse_config(data: Mapping[str, Any], path: Path) -> Config:
                 key=base / key if not Path(key).is_absolute() else Path(key),
             )
     return Config(path=path, server=server, limits=limits, aliases=aliases, tls=tls)
+
+
+def update_config(path: Path, change: Callable[[dict[str, Any]], None]) -> bool:
+    """Apply ``change`` to the config document and write it back, checked and atomically.
+
+    Returns False, writing nothing, when the file holds comments: a person wrote them, and a
+    rewrite would drop them. The caller then tells what to add by hand.
+    """
+    text = path.read_text(encoding="utf-8")
+    if any(line.lstrip().startswith("#") for line in text.splitlines()):
+        return False
+    data: dict[str, Any] = tomllib.loads(text)
+    change(data)
+    parse_config(data, path)  # never write a config that would not load
+    write_config(path, data)
+    return True
 
 
 def write_config(path: Path, data: Mapping[str, Any]) -> None:

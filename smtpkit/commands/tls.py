@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any, cast
 
@@ -10,7 +9,7 @@ import click
 import tomli_w
 
 from smtpkit.commands import App, pass_app, reports_errors
-from smtpkit.config import Config, parse_config, write_config
+from smtpkit.config import Config, update_config
 from smtpkit.tls import DEFAULT_DAYS, KEY_TYPES, MAX_DAYS, KeyType, write_self_signed
 
 __all__ = ["command"]
@@ -88,15 +87,13 @@ def _enable(cfg: Config, certificate: Path, key: Path) -> None:
             )
         return
     section = {"certificate": _config_path(cfg, certificate), "key": _config_path(cfg, key)}
-    text = cfg.path.read_text(encoding="utf-8")
-    if any(line.lstrip().startswith("#") for line in text.splitlines()):
-        # Rewriting would drop the comments a person wrote: say what to add instead.
+
+    def add_tls(data: dict[str, Any]) -> None:
+        data["tls"] = section  # replaces an empty [tls] table, the only kind that loads as None
+
+    if not update_config(cfg.path, add_tls):
         click.echo(f"Note: add to {cfg.path} to offer STARTTLS:")
         for line in tomli_w.dumps({"tls": section}).splitlines():
             click.echo(f"  {line}")
         return
-    data: dict[str, Any] = tomllib.loads(text)
-    data["tls"] = section  # replaces an empty [tls] table, the only kind that loads as None
-    parse_config(data, cfg.path)  # never write a config that would not load
-    write_config(cfg.path, data)
     click.echo(f"Added [tls] to {cfg.path}: restart `smtpkit serve` to offer STARTTLS.")

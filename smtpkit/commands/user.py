@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import tomllib
 from typing import Any
 
 import click
 
 from smtpkit.commands import App, pass_app, reports_errors
-from smtpkit.config import Config, parse_config, write_config
+from smtpkit.config import Config, update_config
 from smtpkit.users import UserStore
 
 __all__ = ["command"]
@@ -51,18 +50,16 @@ def _route_postmaster(app: App, first_user: str) -> None:
     ]
     if not missing:
         return
-    text = cfg.path.read_text(encoding="utf-8")
-    if any(line.lstrip().startswith("#") for line in text.splitlines()):
-        # Rewriting would drop the comments a person wrote: say what to add instead.
+
+    def add_aliases(data: dict[str, Any]) -> None:
+        aliases = data.setdefault("aliases", {})
+        for source in missing:
+            aliases[source] = first_user
+
+    if not update_config(cfg.path, add_aliases):
         for source in missing:
             click.echo(f'Note: add to [aliases] in {cfg.path}: "{source}" = "{first_user}"')
         return
-    data: dict[str, Any] = tomllib.loads(text)
-    aliases = data.setdefault("aliases", {})
-    for source in missing:
-        aliases[source] = first_user
-    parse_config(data, cfg.path)  # never write a config that would not load
-    write_config(cfg.path, data)
     for source in missing:
         click.echo(f"Mail for {source} goes to {first_user} (aliases in {cfg.path})")
 
