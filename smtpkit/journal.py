@@ -7,6 +7,7 @@ interleave inside a line. Every line carries the session id (DESIGN convention 1
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sys
@@ -42,8 +43,7 @@ class Journal:
         self._fd = -1
         self._hour = ""
         self._failed = False
-        self._carry = b""  # bytes a short write left unwritten (see flush)
-        self._line_open = False  # the file ends in the middle of a line
+        self._carry = b""  # whole lines a failed write left unwritten (see flush)
         # Formatting a date costs more than the rest of an event: do it once per second.
         self._second = -1
         self._stamp = ""
@@ -71,11 +71,6 @@ class Journal:
             print(render(record), file=self.echo)
 
     def _open(self, hour: str) -> None:
-        if self._line_open:
-            # The old hour's file ends in half a line the full disk cut; its rest cannot go to
-            # the new file. Keep the whole lines that follow it.
-            self._carry = self._carry[self._carry.find(b"\n") + 1 :]
-            self._line_open = False
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -103,25 +98,33 @@ class Journal:
                 self._open(self._hour)
             if self._fd < 0:
                 return
+        # Worker processes append to the same hour file. The lock makes each flush whole: a
+        # short write (the disk filled up) is cut back off under it, so no other worker's
+        # lines can follow half a line, and the data is kept to be written again next time.
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        written = 0
         try:
-            written = os.write(self._fd, data)
+            view = memoryview(data)
+            while written < len(data):
+                written += os.write(self._fd, view[written:])
         except OSError as exc:
             # A full disk must not stop mail service; say so once on stderr.
             self._report(exc)
-            written = 0
+        try:
+            if 0 < written < len(data):
+                os.ftruncate(self._fd, os.fstat(self._fd).st_size - written)
+        except OSError as exc:
+            self._report(exc)
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
         if written == len(data):
             self._failed = False
-            self._line_open = False
             return
-        # A short write (the disk filled up) leaves half a line in the file: keep the rest
-        # and write it first next time, so every line is whole once there is room again.
-        if written:
-            self._line_open = data[written - 1] != 0x0A
-        rest = data[written:]
-        if len(rest) > MAX_CARRY:
-            # Bounded: keep only what completes the open line, drop later events.
-            rest = rest[: rest.find(b"\n") + 1] if self._line_open else b""
-        self._carry = rest
+        if len(data) > MAX_CARRY:
+            # Bounded: keep the oldest whole lines that fit; later events are lost (the
+            # stderr echo still shows them).
+            data = data[: data.rfind(b"\n", 0, MAX_CARRY) + 1]
+        self._carry = data
 
     def _report(self, exc: OSError) -> None:
         if not self._failed:
