@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import MailServer, make_server, need_program, smtpkit
+from tests.conftest import MailServer, free_port, make_server, need_program, smtpkit
 
 
 def journal_records(server: MailServer) -> list[dict[str, object]]:
@@ -387,3 +387,22 @@ def test_privileged_port_without_the_capability_is_one_line(tmp_path: Path) -> N
         "Error: cannot listen on 127.0.0.1:25: permission denied "
         "(ports below 1024 need root or CAP_NET_BIND_SERVICE)"
     ]
+
+
+def test_ipv6_listen_address_receives_mail(tmp_path: Path) -> None:
+    try:
+        port = free_port("::1") if socket.has_ipv6 else 0
+    except OSError:
+        port = 0
+    if not port:
+        pytest.skip("no IPv6 loopback on this machine")
+    smtpkit("init", str(tmp_path / "d"), "--domain", "example.org", "--listen", f"[::1]:{port}")
+    config = tmp_path / "d" / "smtpkit.toml"
+    smtpkit("user", "add", "alice@example.org", config=config)
+    server = MailServer(tmp_path / "d", config, "::1", port, "example.org")
+    server.start("--workers", "1")
+    with smtplib.SMTP("::1", port) as smtp:
+        assert smtp.sendmail("s@remote.test", ["alice@example.org"], "Subject: v6\r\n\r\n") == {}
+    (stored,) = server.new_files("alice@example.org")
+    assert b"([IPv6:::1])\r\n" in stored.read_bytes()
+    assert server.stop() == 0
