@@ -47,7 +47,6 @@ class EventLoop:
         self._threadsafe: deque[Callback] = deque()
         self._signals: deque[int] = deque()
         self._signal_handlers: dict[int, Callback] = {}
-        self._after_turn: list[Callback] = []
         self._running = False
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -85,10 +84,6 @@ class EventLoop:
         self._signal_handlers[signum] = callback
         signal.signal(signum, self._on_signal)
 
-    def after_each_turn(self, callback: Callback) -> None:
-        """Run ``callback`` at the end of every loop turn (e.g. flushing the journal)."""
-        self._after_turn.append(callback)
-
     # --- running ----------------------------------------------------------------------------
     def stop(self) -> None:
         self._running = False
@@ -117,8 +112,6 @@ class EventLoop:
             # Callbacks scheduled by these callbacks run in the next turn: no starvation.
             for _ in range(len(ready)):
                 ready.popleft()()
-            for callback in self._after_turn:
-                callback()
 
     def close(self) -> None:
         self.selector.close()

@@ -35,6 +35,10 @@ __all__ = ["GRACE", "Server", "make_tls_context", "serve"]
 
 GRACE = 10.0  # seconds a message in flight may take to finish after SIGTERM
 SWEEP = 1.0  # seconds between deadline checks
+# Journal lines are appended in one locked write every this many seconds, not once per loop
+# turn: a message makes six events, and workers flushing every turn wait on each other's
+# lock. Lines of different workers may be up to this much out of time order in the file.
+JOURNAL_FLUSH = 0.02
 
 
 def make_tls_context(tls: TlsConfig) -> ssl.SSLContext:
@@ -124,7 +128,7 @@ class Server:
         self.loop.add_signal_handler(signal.SIGTERM, self.begin_shutdown)
         self.loop.add_signal_handler(signal.SIGINT, self.begin_shutdown)
         self.loop.add_signal_handler(signal.SIGHUP, self.reload_tls)
-        self.loop.after_each_turn(self.journal.flush)
+        self.loop.call_later(JOURNAL_FLUSH, self._flush_journal)
         self.loop.call_later(SWEEP, self._sweep)
         try:
             self.loop.run()
@@ -194,6 +198,10 @@ class Server:
     def _closed(self, conn: Connection) -> None:
         self.connections.discard(conn)
         self._maybe_stop()
+
+    def _flush_journal(self) -> None:
+        self.journal.flush()
+        self.loop.call_later(JOURNAL_FLUSH, self._flush_journal)
 
     def _sweep(self) -> None:
         now = time.monotonic()

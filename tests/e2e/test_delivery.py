@@ -167,6 +167,8 @@ def test_smtp_source_1000_messages_10_sessions(mailserver: MailServer) -> None:
     for msg in box:
         assert msg["Return-Path"] == "<load@remote.test>"
         assert msg["Received"] is not None
+    # The journal is appended every few milliseconds.
+    wait_for(lambda: sum(r["event"] == "stored" for r in journal_records(mailserver)) >= 1000)
     stored = [r for r in journal_records(mailserver) if r["event"] == "stored"]
     assert len(stored) == 1000
 

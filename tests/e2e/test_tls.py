@@ -204,6 +204,10 @@ def test_smtplib_starttls_delivers_and_says_esmtps(
     assert match is not None, data[:400]
     session, used, used_cipher = (g.decode() for g in match.groups())
     assert (used, used_cipher) == (name, cipher[0])
+    # The journal is appended every few milliseconds: wait for the session's close.
+    wait_for(
+        lambda: any(r["session"] == session and r["event"] == "close" for r in journal(server))
+    )
     events = [r for r in journal(server) if r["session"] == session]
     tls = [r for r in events if r["event"] == "tls"]
     assert [(r["version"], r["cipher"]) for r in tls] == [(name, cipher[0])]
