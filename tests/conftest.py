@@ -16,10 +16,19 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def unavailable(message: str) -> NoReturn:
+    """Something a test needs is missing: skip on a developer's machine, fail in CI
+    (``CI=true``), where the machine is known to have it."""
+    if IN_CI:
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 def need_program(name: str, package: str) -> str:
@@ -28,10 +37,7 @@ def need_program(name: str, package: str) -> str:
         path = shutil.which(folder + name) if folder else shutil.which(name)
         if path:
             return path
-    message = f"{name} not found: install the Debian package {package} (.ci/run does)"
-    if IN_CI:
-        pytest.fail(message)
-    pytest.skip(message)
+    unavailable(f"{name} not found: install the Debian package {package} (.ci/run does)")
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -18,6 +18,7 @@ from smtpkit.delivery.maildir import (
     commit_batch,
 )
 from smtpkit.users import UserStore
+from tests.conftest import unavailable
 
 
 @pytest.fixture
@@ -72,7 +73,7 @@ def test_write_error_is_recorded_not_raised(boxes: list[Path]) -> None:
 
 def test_disk_full_is_reported_as_such(boxes: list[Path]) -> None:
     if not Path("/dev/full").exists():
-        pytest.skip("/dev/full is not available")
+        unavailable("/dev/full is not available")
     spool = Spool([boxes[0]], b"x")
     os.dup2(os.open("/dev/full", os.O_WRONLY), spool.fd)
     spool.write(b"y" * 10)

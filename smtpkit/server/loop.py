@@ -7,6 +7,7 @@ program registered runs later, on the loop, like any other callback.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import os
@@ -120,10 +121,9 @@ class EventLoop:
 
     # --- internals ---------------------------------------------------------------------------
     def _wake(self) -> None:
-        try:
+        # A full pipe (BlockingIOError) means the loop is going to wake anyway.
+        with contextlib.suppress(BlockingIOError):
             os.write(self._wake_w, b"\0")
-        except BlockingIOError:
-            pass  # the pipe is full: the loop is going to wake anyway
 
     def _drain_wake(self, mask: int) -> None:
         try:

@@ -8,6 +8,7 @@ completed before ``run()`` returns.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import resource
 import signal
@@ -91,10 +92,10 @@ class Server:
         # One pool folder per worker: creating and renaming files locks their folder, and
         # workers sharing one would wait for each other.
         pool = SpoolPool(config.server.users_dir / SPOOL_FOLDER / str(worker))
-        try:
+        # Should the folder not be made, the pool stays empty and each message opens its
+        # file in its mailbox's tmp/ instead.
+        with contextlib.suppress(OSError):
             pool.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        except OSError:
-            pass  # the pool stays empty; each message then opens its file in tmp/
         self.delivery = DeliveryWorker(self.loop.call_soon_threadsafe, pool=pool)
         self.ctx = ServerContext(
             hostname=config.server.hostname,

@@ -36,6 +36,14 @@ class RawClient:
         self.sock.sendall(data + b"\r\n")
         return self.reply()
 
+    def start_message(self, sender: bytes, recipient: bytes, helo: bytes | None = None) -> None:
+        """[EHLO,] MAIL, RCPT and DATA, each asserted to succeed: ready for the content."""
+        if helo is not None:
+            assert self.cmd(b"EHLO " + helo)[0] == 250
+        assert self.cmd(b"MAIL FROM:<" + sender + b">")[0] == 250
+        assert self.cmd(b"RCPT TO:<" + recipient + b">")[0] == 250
+        assert self.cmd(b"DATA")[0] == 354
+
     def nothing_pending(self) -> bool:
         """No reply beyond those read arrives within a short wait."""
         if self.buf:

@@ -14,7 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import MailServer, free_port, make_server, need_program, smtpkit
+from tests.conftest import (
+    MailServer,
+    free_port,
+    make_server,
+    need_program,
+    smtpkit,
+    unavailable,
+)
 
 
 def journal_records(server: MailServer) -> list[dict[str, object]]:
@@ -397,7 +404,7 @@ def test_ipv6_listen_address_receives_mail(tmp_path: Path) -> None:
     except OSError:
         port = 0
     if not port:
-        pytest.skip("no IPv6 loopback on this machine")
+        unavailable("no IPv6 loopback on this machine")
     smtpkit("init", str(tmp_path / "d"), "--domain", "example.org", "--listen", f"[::1]:{port}")
     config = tmp_path / "d" / "smtpkit.toml"
     smtpkit("user", "add", "alice@example.org", config=config)

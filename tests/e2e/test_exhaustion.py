@@ -237,10 +237,7 @@ def test_slow_valid_data_is_cut_off_at_the_data_timeout(serve: Callable[..., Mai
     server = serve("command_timeout = 2", "data_timeout = 3")
     c = RawClient(server)
     try:
-        assert c.cmd(b"EHLO drip.example")[0] == 250
-        assert c.cmd(b"MAIL FROM:<a@remote.example>")[0] == 250
-        assert c.cmd(b"RCPT TO:<alice@example.org>")[0] == 250
-        assert c.cmd(b"DATA")[0] == 354
+        c.start_message(b"a@remote.example", b"alice@example.org", helo=b"drip.example")
         t0 = time.monotonic()
         body = b"Subject: drip\r\n\r\n" + b"a perfectly valid line\r\n" * 20 + b".\r\n"
         said, sent = drip(c.sock, body, 0.25, 15)
@@ -293,10 +290,7 @@ def test_100_mb_message_gets_552_with_flat_memory(serve: Callable[..., MailServe
     memory = Memory(server_pids(server))
     c = RawClient(server)
     try:
-        assert c.cmd(b"EHLO big.example")[0] == 250
-        assert c.cmd(b"MAIL FROM:<a@remote.example>")[0] == 250
-        assert c.cmd(b"RCPT TO:<alice@example.org>")[0] == 250
-        assert c.cmd(b"DATA")[0] == 354
+        c.start_message(b"a@remote.example", b"alice@example.org", helo=b"big.example")
         memory.start()
         chunk = (b"x" * 998 + b"\r\n") * 1024  # valid 1000-octet lines, 1 MB
         t0 = time.monotonic()
@@ -309,9 +303,7 @@ def test_100_mb_message_gets_552_with_flat_memory(serve: Callable[..., MailServe
         assert reply == (552, b"5.3.4 Message size exceeds fixed maximum message size")
         assert growth < 20 * 1024
         # The session goes on.
-        assert c.cmd(b"MAIL FROM:<a@remote.example>")[0] == 250
-        assert c.cmd(b"RCPT TO:<alice@example.org>")[0] == 250
-        assert c.cmd(b"DATA")[0] == 354
+        c.start_message(b"a@remote.example", b"alice@example.org")
         assert c.cmd(b"Subject: small\r\n\r\nok\r\n.")[0] == 250
     finally:
         c.close()
@@ -371,9 +363,7 @@ def test_1_mb_command_lines_are_refused_without_buffering(serve: Callable[..., M
         assert growth < 1536
         # The session goes on: a message is still accepted and stored.
         assert c.cmd(b"NOOP") == (250, b"2.0.0 OK")
-        assert c.cmd(b"MAIL FROM:<a@remote.example>")[0] == 250
-        assert c.cmd(b"RCPT TO:<alice@example.org>")[0] == 250
-        assert c.cmd(b"DATA")[0] == 354
+        c.start_message(b"a@remote.example", b"alice@example.org")
         assert c.cmd(b"Subject: after\r\n\r\nstill here\r\n.")[0] == 250
     except EOFError as exc:
         raise AssertionError(f"server closed the session: {exc}") from None

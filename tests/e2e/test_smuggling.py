@@ -84,10 +84,7 @@ def test_smuggled_message_is_never_delivered(server: MailServer, variant: bytes)
     before = snapshot(server)
     c = Client(server)
     try:
-        assert c.cmd(b"EHLO smuggler.test")[0] == 250
-        assert c.cmd(b"MAIL FROM:<sender@remote.example>")[0] == 250
-        assert c.cmd(b"RCPT TO:<alice@example.org>")[0] == 250
-        assert c.cmd(b"DATA")[0] == 354
+        c.start_message(b"sender@remote.example", b"alice@example.org", helo=b"smuggler.test")
         c.sock.sendall(
             b"From: sender@remote.example\r\nSubject: innocent\r\n\r\nhello"
             + variant
@@ -101,9 +98,7 @@ def test_smuggled_message_is_never_delivered(server: MailServer, variant: bytes)
         # Nothing stored, for alice or for the smuggled recipient.
         assert new_messages(server, before) == {"alice@example.org": [], "bob@example.org": []}
         # The session is still usable: a clean message gets 250 and is stored once.
-        assert c.cmd(b"MAIL FROM:<sender@remote.example>")[0] == 250
-        assert c.cmd(b"RCPT TO:<alice@example.org>")[0] == 250
-        assert c.cmd(b"DATA")[0] == 354
+        c.start_message(b"sender@remote.example", b"alice@example.org")
         code, text = c.cmd(b"Subject: clean\r\n\r\nclean body\r\n.")
         assert code == 250 and text.startswith(b"2.0.0 OK: message stored as "), text
         assert c.cmd(b"QUIT")[0] == 221
@@ -131,10 +126,7 @@ def test_look_alikes_without_bare_newlines_stay_content(
     before = snapshot(server)
     c = Client(server)
     try:
-        assert c.cmd(b"EHLO smuggler.test")[0] == 250
-        assert c.cmd(b"MAIL FROM:<sender@remote.example>")[0] == 250
-        assert c.cmd(b"RCPT TO:<alice@example.org>")[0] == 250
-        assert c.cmd(b"DATA")[0] == 354
+        c.start_message(b"sender@remote.example", b"alice@example.org", helo=b"smuggler.test")
         c.sock.sendall(b"Subject: innocent\r\n\r\nhello" + fake_end + SMUGGLED + b"bye" + REAL_END)
         code, text = c.reply()
         assert code == 250 and text.startswith(b"2.0.0 OK: message stored as "), text
