@@ -16,6 +16,7 @@ import click
 from smtpkit import __version__
 from smtpkit.config import CONFIG_ENV, Config, default_config_path, load_config
 from smtpkit.errors import SmtpkitError
+from smtpkit.signals import release_server_signals
 
 __all__ = ["App", "cli", "main", "pass_app", "reports_errors"]
 
@@ -66,6 +67,10 @@ pass_app = click.make_pass_decorator(App)
 @click.pass_context
 def cli(ctx: click.Context, config_path: Path | None) -> None:
     """smtpkit: a small, durable mail server for your own domain."""
+    if ctx.invoked_subcommand != "serve":
+        # Held back by the entry point in case this was `serve`: every other command keeps
+        # the default actions (a hangup ends `journal tail -f`, for example).
+        release_server_signals()
     ctx.obj = App(config_path)
 
 

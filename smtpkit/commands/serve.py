@@ -9,6 +9,7 @@ import click
 from smtpkit.commands import App, pass_app, reports_errors
 from smtpkit.server.listener import bind_all
 from smtpkit.server.server import make_tls_context, serve
+from smtpkit.signals import defer_server_signals
 
 __all__ = ["command"]
 
@@ -24,6 +25,9 @@ __all__ = ["command"]
 @reports_errors
 def command(app: App, quiet: bool, workers: int | None) -> None:
     """Receive mail for the configured domains (stops cleanly on SIGTERM/SIGINT)."""
+    # Until the server's handlers exist, a SIGHUP must wait rather than kill (the entry
+    # point already did this when started as `smtpkit serve`).
+    defer_server_signals()
     config = app.config
     if not config.server.users_dir.is_dir():
         raise click.ClickException(

@@ -30,6 +30,7 @@ from smtpkit.server.listener import TOO_MANY, TOO_MANY_FROM_IP, Listener
 from smtpkit.server.loop import EventLoop
 from smtpkit.server.workers import ConnectionCounts, SharedCounts, Supervisor
 from smtpkit.session import ServerContext
+from smtpkit.signals import defer_server_signals, release_server_signals
 from smtpkit.users import UserStore
 
 __all__ = ["GRACE", "Server", "make_tls_context", "serve"]
@@ -129,11 +130,16 @@ class Server:
         self.loop.add_signal_handler(signal.SIGTERM, self.begin_shutdown)
         self.loop.add_signal_handler(signal.SIGINT, self.begin_shutdown)
         self.loop.add_signal_handler(signal.SIGHUP, self.reload_tls)
+        # Signals that arrived while starting up were held (see smtpkit.signals); they are
+        # handled from here on, by the handlers above.
+        release_server_signals()
         self.loop.call_later(JOURNAL_FLUSH, self._flush_journal)
         self.loop.call_later(SWEEP, self._sweep)
         try:
             self.loop.run()
         finally:
+            # Held again while closing down: the loop that handled them is going away.
+            defer_server_signals()
             self.delivery.close()
             self.journal.write("stop", "-", "-")
             self.journal.close()

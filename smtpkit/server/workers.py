@@ -21,6 +21,8 @@ import time
 import zlib
 from collections.abc import Callable
 
+from smtpkit.signals import SERVER_SIGNALS, defer_server_signals
+
 __all__ = ["ConnectionCounts", "SharedCounts", "Supervisor"]
 
 BUCKETS = 65536  # per-IP buckets; two addresses in one bucket share its cap (rarely)
@@ -79,7 +81,6 @@ class ConnectionCounts:
         cells[self.base + BUCKETS] -= 1
 
 
-_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD}
 # A worker that keeps dying at once is a bug or a broken config, not bad luck: give up.
 MAX_RESTARTS = 5
 RESTART_WINDOW = 10.0
@@ -111,30 +112,29 @@ class Supervisor:
 
     def run(self) -> int:
         """Serve until stopped; returns the exit status for the command."""
-        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        # Blocked for good: sigtimedwait takes them one by one, and one arriving while the
+        # supervisor exits must not turn a clean exit 0 into death by its default action.
+        defer_server_signals()
         status = 0
-        try:
-            for slot in range(self.count):
-                self._spawn(slot)
-            deadline = float("inf")
-            while self.children:
-                info = signal.sigtimedwait(_SIGNALS, 1.0)
-                if info is not None and info.si_signo in (signal.SIGTERM, signal.SIGINT):
-                    if not self.stopping:
-                        self.stopping = True
-                        deadline = time.monotonic() + self.drain_timeout
-                        self._signal_all(signal.SIGTERM)
-                elif info is not None and info.si_signo == signal.SIGHUP:
-                    self._signal_all(signal.SIGHUP)
-                if not self._reap():
-                    status = 1
+        for slot in range(self.count):
+            self._spawn(slot)
+        deadline = float("inf")
+        while self.children:
+            info = signal.sigtimedwait(SERVER_SIGNALS, 1.0)
+            if info is not None and info.si_signo in (signal.SIGTERM, signal.SIGINT):
+                if not self.stopping:
                     self.stopping = True
-                    deadline = min(deadline, time.monotonic() + self.drain_timeout)
+                    deadline = time.monotonic() + self.drain_timeout
                     self._signal_all(signal.SIGTERM)
-                if self.stopping and time.monotonic() > deadline:
-                    self._signal_all(signal.SIGKILL)
-        finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+            elif info is not None and info.si_signo == signal.SIGHUP:
+                self._signal_all(signal.SIGHUP)
+            if not self._reap():
+                status = 1
+                self.stopping = True
+                deadline = min(deadline, time.monotonic() + self.drain_timeout)
+                self._signal_all(signal.SIGTERM)
+            if self.stopping and time.monotonic() > deadline:
+                self._signal_all(signal.SIGKILL)
         return status
 
     def _spawn(self, slot: int, restarted: bool = False) -> None:
@@ -143,8 +143,9 @@ class Supervisor:
         if pid == 0:  # the worker
             code = 0
             try:
+                # The signals stay blocked (inherited) until the worker's event loop has
+                # its handlers: a SIGHUP forwarded to a worker still starting up waits.
                 _exit_with_parent(master)
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
                 self.work(slot, restarted)
             except BaseException as exc:  # noqa: BLE001 - a worker must never return
                 if not isinstance(exc, SystemExit | KeyboardInterrupt):

@@ -8,12 +8,13 @@ import signal
 import smtplib
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_server, need_program
+from tests.conftest import _RUNNING, make_server, need_program
 
 
 def worker_pids(master: int) -> list[int]:
@@ -163,3 +164,88 @@ def test_workers_that_keep_dying_stop_the_server_with_an_error(tmp_path: Path) -
     assert "workers keep dying (5 in 10s); stopping" in server.stderr()
     assert server.stderr().rstrip().endswith("Error: workers kept failing; see the messages above")
     server.process = None
+
+
+def blocked_signals(pid: int) -> set[int]:
+    """The signals a process holds blocked (SigBlk in /proc/PID/status)."""
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("SigBlk:"):
+                mask = int(line.split()[1], 16)
+                return {n for n in range(1, 65) if mask & (1 << (n - 1))}
+    return set()
+
+
+def banner_now(host: str, port: int) -> bool:
+    """One quick try: does the server answer with its 220 greeting?"""
+    try:
+        with socket.create_connection((host, port), timeout=0.5) as s:
+            return s.recv(512).startswith(b"220 ")
+    except OSError:
+        return False
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sighup_from_the_first_moment_of_start_up_is_not_fatal(
+    tmp_path: Path, workers: str
+) -> None:
+    """A reload request (SIGHUP) while the server is still starting waits for the handlers
+    instead of killing the process with the default action (exit 129)."""
+    server = make_server(tmp_path)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "smtpkit", "-c", str(server.config), "serve", "--workers", workers],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    server.process = process
+    _RUNNING.append(server)
+    # The interpreter's own start (tens of milliseconds, before any smtpkit code runs) is the
+    # one window no Python program can close: hangups start once the process shows the
+    # signal held, the first thing its code does.
+    started = time.monotonic()
+    while signal.SIGHUP not in blocked_signals(process.pid):
+        assert process.poll() is None and time.monotonic() - started < 10
+        time.sleep(0.001)
+    held_after = time.monotonic() - started
+    hups = 0
+    deadline = time.monotonic() + 30
+    while not banner_now(server.host, server.port):
+        assert process.poll() is None, f"killed by SIGHUP number {hups}: exit {process.returncode}"
+        assert time.monotonic() < deadline, "the server never answered"
+        process.send_signal(signal.SIGHUP)
+        hups += 1
+    process.send_signal(signal.SIGHUP)
+    send(server.host, server.port, "alice@example.org", "after the hangups")
+    assert process.poll() is None
+    assert len(server.new_files("alice@example.org")) == 1
+    print(
+        f"\nSIGHUP held {held_after * 1000:.0f} ms after spawn; {hups} SIGHUPs during "
+        f"start-up survived ({workers} worker(s))"
+    )
+    assert hups >= 1
+    assert server.stop() == 0
+
+
+@pytest.mark.timeout(60)
+def test_sighup_burst_while_a_replacement_worker_starts_is_not_fatal(tmp_path: Path) -> None:
+    server = make_server(tmp_path)
+    server.start("--workers", "2")
+    assert server.process is not None
+    master = server.process.pid
+    first = wait_for_workers(master, 2)
+    os.kill(first[0], signal.SIGKILL)
+    # Hangups at the supervisor, which forwards each one to its workers, while the
+    # replacement for the killed worker is being forked and started.
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        server.process.send_signal(signal.SIGHUP)
+        time.sleep(0.002)
+    workers = wait_for_workers(master, 2, without=first[0])
+    assert server.process.poll() is None
+    for i in range(4):
+        send(server.host, server.port, "alice@example.org", f"m{i}")
+    assert len(server.new_files("alice@example.org")) == 4
+    assert "killed by SIGHUP" not in server.stderr()
+    assert worker_pids(master) == workers  # no worker died after the first kill
+    assert server.stop() == 0
