@@ -10,11 +10,13 @@ Only bad input raises: ``DnsError`` with one line saying what is wrong.
 
 from __future__ import annotations
 
+import concurrent.futures
 import ipaddress
 import math
 import re
 import socket
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -32,7 +34,10 @@ from smtpkit.addresses import normalize_domain
 from smtpkit.errors import SmtpkitError, UserError
 
 __all__ = [
+    "DEADLINE_FACTOR",
     "DEFAULT_TIMEOUT",
+    "LOOKUP_THREADS",
+    "MAX_MX_HOSTS",
     "DnsError",
     "DnsFailure",
     "HostAddresses",
@@ -48,6 +53,20 @@ __all__ = [
 ]
 
 DEFAULT_TIMEOUT = 5.0
+
+# Senders try only the first few MX hosts (Postfix: smtp_mx_address_limit = 5 addresses,
+# smtp_mx_session_limit = 2 sessions), so looking up more only costs queries: a zone with
+# thousands of MX records would otherwise cost two address queries per record. Ten hosts show
+# more than any sender uses, and bound the address queries of one domain at 20.
+MAX_MX_HOSTS = 10
+
+# Address queries run concurrently on this many threads: one per host looked up.
+LOOKUP_THREADS = MAX_MX_HOSTS
+
+# The default deadline for all the queries of one domain, in multiples of the per-query
+# timeout: one for the MX query and two rounds of address queries (A and AAAA of MAX_MX_HOSTS
+# hosts on LOOKUP_THREADS threads). DNS that answers at all finishes well within it.
+DEADLINE_FACTOR = 3
 
 RouteKind = Literal["mx", "implicit", "null", "nxdomain", "nodata", "servfail", "timeout"]
 """How a domain's mail route was found (or why none was)."""
@@ -137,12 +156,18 @@ class MailRoute:
     has senders pick at random to spread the load; here they are sorted by name so that the
     output is stable, and ``notes`` says so. ``notes`` also records facts worth telling the
     user that do not change the route (the domain is an alias, a null MX mixed with others).
+
+    Only the first ``MAX_MX_HOSTS`` MX records by preference are looked up and listed;
+    ``hosts_left_out`` counts the others. ``deadline_passed`` is set when the deadline for the
+    domain cut queries short: those count as timed out.
     """
 
     domain: str
     kind: RouteKind
     hosts: tuple[MailHost, ...] = ()
     notes: tuple[str, ...] = ()
+    hosts_left_out: int = 0
+    deadline_passed: bool = False
 
     @property
     def usable_hosts(self) -> tuple[MailHost, ...]:
@@ -227,18 +252,31 @@ def parse_nameserver(spec: str) -> Nameserver:
 
 
 class MailResolver:
-    """Resolves mail routes through one nameserver (or the system's), with one timeout.
+    """Resolves mail routes through one nameserver (or the system's), within a deadline.
 
     ``nameserver`` is a ``Nameserver`` or its text form (see ``parse_nameserver``); ``None``
-    uses the resolvers in ``/etc/resolv.conf``. ``timeout`` bounds each DNS query in seconds.
-    Nothing is cached between queries: every answer is what DNS says now.
+    uses the resolvers in ``/etc/resolv.conf``. ``timeout`` bounds each DNS query in seconds;
+    ``deadline`` bounds all the queries for one domain (default ``DEADLINE_FACTOR`` times
+    ``timeout``): what has no answer by then counts as timed out. ``max_hosts`` is how many MX
+    hosts, by preference, are looked up. Address queries run concurrently, on at most
+    ``LOOKUP_THREADS`` threads. Nothing is cached between queries: every answer is what DNS
+    says now.
     """
 
     def __init__(
-        self, *, nameserver: Nameserver | str | None = None, timeout: float = DEFAULT_TIMEOUT
+        self,
+        *,
+        nameserver: Nameserver | str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        deadline: float | None = None,
+        max_hosts: int = MAX_MX_HOSTS,
     ) -> None:
-        if not isinstance(timeout, int | float) or not math.isfinite(timeout) or timeout <= 0:
+        if not _positive(timeout):
             raise DnsError(f"bad timeout {timeout!r}: must be a positive number of seconds")
+        if deadline is not None and not _positive(deadline):
+            raise DnsError(f"bad deadline {deadline!r}: must be a positive number of seconds")
+        if isinstance(max_hosts, bool) or not isinstance(max_hosts, int) or max_hosts < 1:
+            raise DnsError(f"bad host limit {max_hosts!r}: must be a positive integer")
         if nameserver is None:
             try:
                 resolver = dns.resolver.Resolver(configure=True)
@@ -263,15 +301,18 @@ class MailResolver:
         # TCP after a truncated reply.
         resolver.use_edns(0, 0, 1232)
         self.timeout = float(timeout)
+        self.deadline = float(deadline) if deadline is not None else DEADLINE_FACTOR * self.timeout
+        self.max_hosts = max_hosts
         self._resolver = resolver
 
     def resolve(self, domain: str) -> MailRoute:
         """Find the mail hosts of ``domain`` (RFC 5321 5.1); see ``resolve_mail_hosts``."""
         ascii_domain = normalize_mail_domain(domain)
         qname = dns.name.from_text(ascii_domain)
-        reply = self._query(qname, dns.rdatatype.MX)
+        budget = _Budget(self.deadline)
+        reply = self._query(qname, dns.rdatatype.MX, budget)
         if reply.status in ("nxdomain", "servfail", "timeout"):
-            return MailRoute(ascii_domain, reply.status)
+            return MailRoute(ascii_domain, reply.status, deadline_passed=budget.passed)
         notes: list[str] = []
         # RFC 5321 5.1: "If a CNAME record is found, the resulting name is processed as if it
         # were the initial name."
@@ -283,21 +324,29 @@ class MailResolver:
             )
         records = [r for r in reply.records if isinstance(r, MX)]
         if not records:
-            return self._implicit(ascii_domain, target, notes)
+            return self._implicit(ascii_domain, target, notes, budget)
         # RFC 7505 3: a null MX is a single MX record "0 ." and means: no mail, ever.
         null = len(records) == 1 and records[0].exchange == dns.name.root
         if null and records[0].preference == 0:
             return MailRoute(ascii_domain, "null", notes=tuple(notes))
-        additional = _address_map(reply.response)
-        hosts = [self._mx_host(r, additional, len(records)) for r in records]
-        hosts.sort(key=lambda h: (h.preference, h.host))
+        # The order senders try, then only as many as they would: the rest are never looked up.
+        records.sort(key=lambda r: (r.preference, _text(r.exchange)))
+        kept = records[: self.max_hosts]
+        hosts = self._mx_hosts(kept, _address_map(reply.response), len(records), budget)
         preferences = [h.preference for h in hosts]
         if len(set(preferences)) < len(preferences):
             notes.append(
                 "hosts of equal preference are listed by name; "
                 "senders pick among them at random (RFC 5321 5.1)"
             )
-        return MailRoute(ascii_domain, "mx", tuple(hosts), tuple(notes))
+        return MailRoute(
+            ascii_domain,
+            "mx",
+            tuple(hosts),
+            tuple(notes),
+            hosts_left_out=len(records) - len(kept),
+            deadline_passed=budget.passed,
+        )
 
     def lookup_host(self, name: str) -> HostAddresses:
         """The A and AAAA addresses of a host name; a CNAME is followed and reported."""
@@ -308,72 +357,106 @@ class MailResolver:
             qname = dns.name.from_text(text)
         except dns.exception.DNSException:
             raise DnsError(f"{name!r} is not a valid host name") from None
-        return self._addresses(qname, {})
+        return self._addresses([qname], {}, _Budget(self.deadline))[0]
 
-    def _implicit(self, domain: str, target: dns.name.Name, notes: list[str]) -> MailRoute:
+    def _implicit(
+        self, domain: str, target: dns.name.Name, notes: list[str], budget: _Budget
+    ) -> MailRoute:
         # RFC 5321 5.1: "If an empty list of MXs is returned, the address is treated as if it
         # was associated with an implicit MX RR, with a preference of 0, pointing to that host."
-        found = self._addresses(target, {})
+        found = self._addresses([target], {}, budget)[0]
+        passed = budget.passed
         if found.addresses:
             host = MailHost(0, _text(target), found.addresses, problem=found.problem)
-            return MailRoute(domain, "implicit", (host,), tuple(notes))
+            return MailRoute(domain, "implicit", (host,), tuple(notes), deadline_passed=passed)
         if found.failure is not None:
-            return MailRoute(domain, found.failure, notes=tuple(notes))
+            return MailRoute(domain, found.failure, notes=tuple(notes), deadline_passed=passed)
         if found.nxdomain:
             return MailRoute(domain, "nxdomain", notes=tuple(notes))
         return MailRoute(domain, "nodata", notes=tuple(notes))
 
-    def _mx_host(
-        self, record: MX, additional: Mapping[tuple[dns.name.Name, int], list[str]], count: int
-    ) -> MailHost:
-        exchange = record.exchange
-        name = _text(exchange)
-        if exchange == dns.name.root:
-            # A "." among other MX records, or at a preference other than 0, is not a valid
-            # null MX (RFC 7505 3) and not a host either.
-            reason = "mixed with other MX records" if count > 1 else "at a preference other than 0"
-            return MailHost(
-                record.preference,
-                name,
-                (),
-                problem=f"invalid: null MX target '.' {reason} (RFC 7505 3)",
-            )
-        if _is_ip_literal(name):
-            # RFC 5321 5.1: the MX data "MUST contain a domain name"; an address there is a
-            # misconfiguration that senders refuse, so it is not looked up.
-            return MailHost(
-                record.preference,
-                name,
-                (),
-                problem="invalid: an IP address, not a host name (RFC 5321 5.1)",
-            )
-        found = self._addresses(exchange, additional)
-        return MailHost(
-            record.preference,
-            name,
-            found.addresses,
-            cname_target=found.cname_target,
-            problem=found.problem,
-            temporary=found.temporary,
-        )
+    def _mx_hosts(
+        self,
+        records: Sequence[MX],
+        additional: Mapping[tuple[dns.name.Name, int], list[str]],
+        count: int,
+        budget: _Budget,
+    ) -> list[MailHost]:
+        """The hosts of ``records`` (in that order), their addresses looked up concurrently."""
+        # RFC 5321 5.1: the MX data "MUST contain a domain name"; an IP address there is a
+        # misconfiguration that senders refuse, and "." among other MX records (or at a
+        # preference other than 0) is not a valid null MX (RFC 7505 3): neither is looked up.
+        names = [
+            r.exchange
+            for r in records
+            if r.exchange != dns.name.root and not _is_ip_literal(_text(r.exchange))
+        ]
+        found = dict(zip(names, self._addresses(names, additional, budget), strict=True))
+        hosts = []
+        for record in records:
+            exchange = record.exchange
+            name = _text(exchange)
+            if exchange == dns.name.root:
+                reason = (
+                    "mixed with other MX records" if count > 1 else "at a preference other than 0"
+                )
+                problem = f"invalid: null MX target '.' {reason} (RFC 7505 3)"
+                hosts.append(MailHost(record.preference, name, (), problem=problem))
+            elif exchange not in found:
+                problem = "invalid: an IP address, not a host name (RFC 5321 5.1)"
+                hosts.append(MailHost(record.preference, name, (), problem=problem))
+            else:
+                lookup = found[exchange]
+                hosts.append(
+                    MailHost(
+                        record.preference,
+                        name,
+                        lookup.addresses,
+                        cname_target=lookup.cname_target,
+                        problem=lookup.problem,
+                        temporary=lookup.temporary,
+                    )
+                )
+        return hosts
 
     def _addresses(
-        self, name: dns.name.Name, additional: Mapping[tuple[dns.name.Name, int], list[str]]
+        self,
+        names: Sequence[dns.name.Name],
+        additional: Mapping[tuple[dns.name.Name, int], list[str]],
+        budget: _Budget,
+    ) -> list[HostAddresses]:
+        """The A and AAAA addresses of each of ``names``; the queries run concurrently."""
+        # Use the additional section when it holds this record type for this very name: a
+        # name that owns A/AAAA records cannot be a CNAME (RFC 1034 3.6.2), so nothing is
+        # lost. A missing type there proves nothing, so that type is queried.
+        jobs = list(
+            dict.fromkeys(
+                (name, rdtype)
+                for name in names
+                for rdtype in _ADDRESS_TYPES
+                if (name, rdtype) not in additional
+            )
+        )
+        replies = dict(zip(jobs, self._query_all(jobs, budget), strict=True))
+        return [self._host_addresses(name, additional, replies) for name in names]
+
+    def _host_addresses(
+        self,
+        name: dns.name.Name,
+        additional: Mapping[tuple[dns.name.Name, int], list[str]],
+        replies: Mapping[tuple[dns.name.Name, dns.rdatatype.RdataType], _Reply],
     ) -> HostAddresses:
         v4: list[str] = []
         v6: list[str] = []
         cname: dns.name.Name | None = None
         statuses: list[_Status] = []
-        for rdtype, out in ((dns.rdatatype.A, v4), (dns.rdatatype.AAAA, v6)):
-            # Use the additional section when it holds this record type for this very name:
-            # a name that owns A/AAAA records cannot be a CNAME (RFC 1034 3.6.2), so nothing
-            # is lost. A missing type there proves nothing, so that type is queried.
+        for rdtype, out in zip(_ADDRESS_TYPES, (v4, v6), strict=True):
             cached = additional.get((name, rdtype))
             if cached is not None:
                 out.extend(cached)
                 statuses.append("answer")
                 continue
-            reply = self._query(name, rdtype)
+            reply = replies[(name, rdtype)]
             statuses.append(reply.status)
             if reply.canonical != name:
                 cname = reply.canonical
@@ -391,12 +474,46 @@ class MailResolver:
             nxdomain=all(s == "nxdomain" for s in statuses),
         )
 
-    def _query(self, name: dns.name.Name, rdtype: dns.rdatatype.RdataType) -> _Reply:
+    def _query_all(
+        self, jobs: Sequence[tuple[dns.name.Name, dns.rdatatype.RdataType]], budget: _Budget
+    ) -> list[_Reply]:
+        """Run ``jobs`` (name, type) on a bounded pool of threads; replies in the same order."""
+        if len(jobs) <= 1:
+            return [self._query(name, rdtype, budget) for name, rdtype in jobs]
+        pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=min(len(jobs), LOOKUP_THREADS), thread_name_prefix="smtpkit-dns"
+        )
         try:
-            answer = self._resolver.resolve(name, rdtype, raise_on_no_answer=False)
+            futures = [pool.submit(self._query, name, rdtype, budget) for name, rdtype in jobs]
+            # Each query ends by the deadline on its own (its lifetime is clipped to what is
+            # left); the wait is bounded as well, so that nothing here can outlast it by much.
+            concurrent.futures.wait(futures, timeout=max(budget.remaining(), 0.0) + _GRACE)
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+        replies = []
+        for future, (name, _rdtype) in zip(futures, jobs, strict=True):
+            if future.done() and not future.cancelled():
+                replies.append(future.result())
+            else:
+                budget.passed = True
+                replies.append(_Reply("timeout", name))
+        return replies
+
+    def _query(
+        self, name: dns.name.Name, rdtype: dns.rdatatype.RdataType, budget: _Budget
+    ) -> _Reply:
+        left = budget.remaining()
+        if left <= 0:
+            budget.passed = True
+            return _Reply("timeout", name)
+        wait = min(self.timeout, left)
+        try:
+            answer = self._resolver.resolve(name, rdtype, raise_on_no_answer=False, lifetime=wait)
         except dns.resolver.NXDOMAIN as exc:
             return _Reply("nxdomain", _nxdomain_canonical(exc, name))
         except dns.exception.Timeout:
+            if wait < self.timeout:
+                budget.passed = True
             return _Reply("timeout", name)
         except (dns.exception.DNSException, OSError):
             # NoNameservers (SERVFAIL, REFUSED, unreachable server), YXDOMAIN, malformed
@@ -408,7 +525,11 @@ class MailResolver:
 
 
 def resolve_mail_hosts(
-    domain: str, *, nameserver: Nameserver | str | None = None, timeout: float = DEFAULT_TIMEOUT
+    domain: str,
+    *,
+    nameserver: Nameserver | str | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    deadline: float | None = None,
 ) -> MailRoute:
     """Find where mail for ``domain`` goes, following RFC 5321 section 5.1.
 
@@ -420,11 +541,34 @@ def resolve_mail_hosts(
     - an MX target that is a CNAME is followed and reported in ``cname_target``; an MX target
       that is an IP address is reported as a ``problem`` and not used.
 
+    Only the first ``MAX_MX_HOSTS`` MX hosts by preference are looked up, concurrently.
+
     ``domain`` may be internationalised (``bücher.example``). ``nameserver`` is ``HOST``,
     ``HOST:PORT`` or ``[IPv6]:PORT``; ``None`` uses the system resolver. ``timeout`` bounds each
-    query in seconds. Raises ``DnsError`` only for bad input.
+    query in seconds, ``deadline`` all of them (default ``DEADLINE_FACTOR`` times ``timeout``).
+    Raises ``DnsError`` only for bad input.
     """
-    return MailResolver(nameserver=nameserver, timeout=timeout).resolve(domain)
+    resolver = MailResolver(nameserver=nameserver, timeout=timeout, deadline=deadline)
+    return resolver.resolve(domain)
+
+
+_ADDRESS_TYPES = (dns.rdatatype.A, dns.rdatatype.AAAA)
+
+# How long past the deadline to wait for a query thread that has not returned: dnspython
+# clips its own waits to the lifetime given, so this is only a backstop.
+_GRACE = 0.5
+
+
+class _Budget:
+    """The time left for the queries of one domain; shared by the threads that run them."""
+
+    def __init__(self, seconds: float) -> None:
+        self._end = time.monotonic() + seconds
+        # Set (only ever to True) when a query was cut short or not sent for lack of time.
+        self.passed = False
+
+    def remaining(self) -> float:
+        return self._end - time.monotonic()
 
 
 @dataclass(frozen=True, slots=True)
@@ -437,6 +581,15 @@ class _Reply:
 
 def _text(name: dns.name.Name) -> str:
     return "." if name == dns.name.root else name.to_text(omit_final_dot=True).lower()
+
+
+def _positive(value: object) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )
 
 
 def _is_ip_literal(text: str) -> bool:

@@ -6,8 +6,13 @@ Import the fixtures into a test module::
 
 ``dns_server`` starts ``nsd`` on a free loopback port, serving the zones below from a temporary
 folder, waits until it answers, and stops it at teardown. ``silent_nameserver`` is a UDP socket
-that reads queries and never answers, for timeouts. When ``nsd`` is not installed the tests are
-skipped, except under ``CI=true`` where that is a failure: CI must install it.
+that reads queries and never answers, for timeouts. ``filtering_nameserver(upstream, drop)``
+stands between a client and NSD on another loopback port (UDP and TCP): it records every query
+and passes it on, except those ``drop`` picks, which it never answers (lookups that time out
+while the rest of the zone answers). The ``filtered_dns_server`` fixture is one in front of
+``dns_server`` that drops the address queries for the hosts of ``slow.test``. When ``nsd`` is
+not installed the tests are skipped, except under ``CI=true`` where that is a failure: CI must
+install it.
 
 Zones (TEST-NET and documentation addresses only; ``.test`` is reserved by RFC 6761):
 
@@ -31,6 +36,9 @@ selfhosted.mx.test         A 127.0.0.1  (implicit MX to a local smtpkit)
 theirs.mx.test             MX 10 mx-b, 20 mx-c  (elsewhere)
 nosuch.mx.test             (NXDOMAIN)
 *.broken.test              SERVFAIL: NSD is configured for the zone but its file is broken
+slow.test                  MX 10 h01 ... MX 49 h40: 40 hosts without records (a filter drops
+                           their address queries to make them time out)
+many.test                  MX 1 1 ... MX 3000 3000 (3,000 hosts); ``* A 192.0.2.99``
 =========================  ===============================================================
 """
 
@@ -46,19 +54,29 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import dns.exception
 import dns.message
 import dns.query
 import dns.rcode
+import dns.rdatatype
 import pytest
 
 from tests.conftest import unavailable
 
-__all__ = ["DnsServer", "dns_server", "require_nsd", "run_nsd", "silent_nameserver"]
+__all__ = [
+    "DnsServer",
+    "FilteringNameserver",
+    "dns_server",
+    "filtered_dns_server",
+    "filtering_nameserver",
+    "require_nsd",
+    "run_nsd",
+    "silent_nameserver",
+]
 
 INSTALL_HINT = "nsd (authoritative DNS server) is not installed: apt-get install -y nsd"
 STARTUP_TIMEOUT = 10.0
@@ -123,7 +141,32 @@ $ORIGIN broken.test.
 @ IN SOA this is not a valid soa record
 """
 
-ZONES = {"mx.test": MX_TEST_ZONE, "other.test": OTHER_TEST_ZONE, "broken.test": BROKEN_TEST_ZONE}
+SLOW_HOSTS = 40
+SLOW_TEST_ZONE = (
+    "$ORIGIN slow.test.\n$TTL 60\n"
+    "@ IN SOA ns.mx.test. hostmaster.mx.test. 1 3600 600 86400 60\n"
+    "@ IN NS ns.mx.test.\n"
+    + "".join(f"@ IN MX {9 + i} h{i:02d}\n" for i in range(1, SLOW_HOSTS + 1))
+)
+
+# 3,000 MX records with one-to-four-character names: about 63 KB, which still fits in one DNS
+# message over TCP (65,535 octets), where the resolver goes after a truncated UDP reply.
+MANY_HOSTS = 3000
+MANY_TEST_ZONE = (
+    "$ORIGIN many.test.\n$TTL 60\n"
+    "@ IN SOA ns.mx.test. hostmaster.mx.test. 1 3600 600 86400 60\n"
+    "@ IN NS ns.mx.test.\n"
+    + "".join(f"@ IN MX {i} {i}\n" for i in range(1, MANY_HOSTS + 1))
+    + "* IN A 192.0.2.99\n"
+)
+
+ZONES = {
+    "mx.test": MX_TEST_ZONE,
+    "other.test": OTHER_TEST_ZONE,
+    "broken.test": BROKEN_TEST_ZONE,
+    "slow.test": SLOW_TEST_ZONE,
+    "many.test": MANY_TEST_ZONE,
+}
 
 
 @dataclass(frozen=True)
@@ -298,3 +341,186 @@ def silent_nameserver() -> Iterator[str]:
         stop.set()
         thread.join(timeout=2)
         sock.close()
+
+
+# --- a filter in front of NSD -----------------------------------------------------------------
+
+Drop = Callable[[str, str], bool]
+"""``drop(name, rdtype)``: True to leave a query unanswered (name without final dot, lower
+case; rdtype as text, ``"A"``)."""
+
+FORWARD_TIMEOUT = 2.0
+
+
+@dataclass
+class FilteringNameserver:
+    """A running filter: where to send queries, and the queries it has seen."""
+
+    host: str
+    port: int
+    queries: list[tuple[str, str]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def nameserver(self) -> str:
+        """The ``HOST:PORT`` form that ``smtpkit mx --nameserver`` takes."""
+        return f"{self.host}:{self.port}"
+
+    def seen(self) -> list[tuple[str, str]]:
+        """``(name, rdtype)`` of every query so far, in arrival order (UDP and TCP)."""
+        with self.lock:
+            return list(self.queries)
+
+
+def _recv_exact(sock: socket.socket, size: int, stop: threading.Event) -> bytes | None:
+    """``size`` bytes from a socket with a short timeout set; None at EOF or when stopping."""
+    data = b""
+    while len(data) < size:
+        if stop.is_set():
+            return None
+        try:
+            chunk = sock.recv(size - len(data))
+        except TimeoutError:
+            continue
+        except OSError:
+            return None
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
+class _Filter:
+    """Forwards queries to ``upstream`` over the transport they came in on, except dropped ones."""
+
+    def __init__(self, upstream: DnsServer, drop: Drop, record: FilteringNameserver) -> None:
+        self.upstream = (upstream.host, upstream.port)
+        self.drop = drop
+        self.record = record
+        self.stop = threading.Event()
+
+    def passes(self, wire: bytes) -> bool:
+        try:
+            question = dns.message.from_wire(wire).question[0]
+        except (dns.exception.DNSException, IndexError):
+            return True  # let NSD answer what it makes of it
+        name = question.name.to_text(omit_final_dot=True).lower()
+        rdtype = dns.rdatatype.to_text(question.rdtype)
+        with self.record.lock:
+            self.record.queries.append((name, rdtype))
+        return not self.drop(name, rdtype)
+
+    def serve_udp(self, sock: socket.socket) -> None:
+        # One query at a time: NSD answers within a millisecond, and a dropped query costs
+        # nothing, so a burst of concurrent queries is not held up here.
+        while not self.stop.is_set():
+            try:
+                wire, peer = sock.recvfrom(65535)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if not self.passes(wire):
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as up:
+                up.settimeout(FORWARD_TIMEOUT)
+                try:
+                    up.sendto(wire, self.upstream)
+                    reply = up.recv(65535)
+                except OSError:
+                    continue
+            with contextlib.suppress(OSError):
+                sock.sendto(reply, peer)
+
+    def serve_tcp(self, listener: socket.socket, workers: list[threading.Thread]) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            worker = threading.Thread(target=self.tcp_connection, args=(conn,), daemon=True)
+            workers.append(worker)
+            worker.start()
+
+    def tcp_connection(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(0.1)
+            while True:
+                head = _recv_exact(conn, 2, self.stop)
+                wire = _recv_exact(conn, int.from_bytes(head), self.stop) if head else None
+                if wire is None:
+                    return
+                if not self.passes(wire):
+                    continue  # never answered: the client's own timeout ends it
+                try:
+                    with socket.create_connection(self.upstream, timeout=FORWARD_TIMEOUT) as up:
+                        up.sendall(len(wire).to_bytes(2) + wire)
+                        size = _recv_exact(up, 2, self.stop)
+                        reply = _recv_exact(up, int.from_bytes(size), self.stop) if size else None
+                    if reply is None:
+                        return
+                    conn.sendall(len(reply).to_bytes(2) + reply)
+                except OSError:
+                    return
+
+
+def _bind_pair(host: str) -> tuple[socket.socket, socket.socket]:
+    """A UDP and a listening TCP socket on the same free port of ``host``."""
+    for _ in range(20):
+        port = _free_port(host)
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            udp.bind((host, port))
+            tcp.bind((host, port))
+        except OSError:
+            udp.close()
+            tcp.close()
+            continue
+        tcp.listen(16)
+        return udp, tcp
+    raise RuntimeError("no free port for the filtering nameserver")
+
+
+@contextlib.contextmanager
+def filtering_nameserver(
+    upstream: DnsServer, drop: Drop, host: str = "127.0.0.1"
+) -> Iterator[FilteringNameserver]:
+    """Run a filter in front of ``upstream`` on a free port of ``host`` (UDP and TCP)."""
+    udp, tcp = _bind_pair(host)
+    record = FilteringNameserver(host, int(udp.getsockname()[1]))
+    relay = _Filter(upstream, drop, record)
+    udp.settimeout(0.1)
+    tcp.settimeout(0.1)
+    workers: list[threading.Thread] = []
+    threads = [
+        threading.Thread(target=relay.serve_udp, args=(udp,), daemon=True),
+        threading.Thread(target=relay.serve_tcp, args=(tcp, workers), daemon=True),
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        yield record
+    finally:
+        relay.stop.set()
+        for thread in threads:
+            thread.join(timeout=FORWARD_TIMEOUT + 1)
+        for worker in workers:  # complete now that the accepting thread has stopped
+            worker.join(timeout=FORWARD_TIMEOUT + 1)
+        udp.close()
+        tcp.close()
+
+
+def drop_slow_hosts(name: str, rdtype: str) -> bool:
+    """The address queries for the MX hosts of ``slow.test``: never answered."""
+    return rdtype in ("A", "AAAA") and name.endswith(".slow.test")
+
+
+@pytest.fixture
+def filtered_dns_server(dns_server: DnsServer) -> Iterator[FilteringNameserver]:
+    """``dns_server`` behind a filter that never answers the address queries of ``slow.test``'s
+    hosts; ``seen()`` lists the queries of this test only."""
+    with filtering_nameserver(dns_server, drop_slow_hosts) as server:
+        yield server

@@ -10,6 +10,9 @@ import dns.name
 import pytest
 
 from smtpkit.dns import (
+    DEADLINE_FACTOR,
+    LOOKUP_THREADS,
+    MAX_MX_HOSTS,
     DnsError,
     HostAddresses,
     MailHost,
@@ -21,7 +24,13 @@ from smtpkit.dns import (
     resolve_mail_hosts,
 )
 from smtpkit.errors import SmtpkitError
-from tests.dnsserver import DnsServer, dns_server, silent_nameserver  # noqa: F401
+from tests.dnsserver import (  # noqa: F401
+    DnsServer,
+    FilteringNameserver,
+    dns_server,
+    filtered_dns_server,
+    silent_nameserver,
+)
 
 TIES = (
     "hosts of equal preference are listed by name; senders pick among them at random (RFC 5321 5.1)"
@@ -267,6 +276,95 @@ def test_lookup_host_timeout(silent_nameserver: str) -> None:  # noqa: F811
     )
 
 
+# --- limits: at most MAX_MX_HOSTS hosts, a deadline per domain, concurrent lookups --------
+
+
+def address_queries(server: FilteringNameserver) -> list[tuple[str, str]]:
+    return sorted(q for q in server.seen() if q[1] in ("A", "AAAA"))
+
+
+def test_only_the_first_hosts_by_preference_are_looked_up(
+    filtered_dns_server: FilteringNameserver,  # noqa: F811
+) -> None:
+    # many.test has 3,000 MX records (the MX answer comes over TCP after a truncated UDP one).
+    resolver = MailResolver(nameserver=filtered_dns_server.nameserver, timeout=2)
+    route = resolver.resolve("many.test")
+    assert route == MailRoute(
+        "many.test",
+        "mx",
+        tuple(MailHost(i, f"{i}.many.test", ("192.0.2.99",)) for i in range(1, 11)),
+        hosts_left_out=2990,
+    )
+    assert route.outcome == "ok"
+    asked = address_queries(filtered_dns_server)
+    assert 0 < len(asked) <= 2 * MAX_MX_HOSTS
+    assert {name for name, _ in asked} <= {f"{i}.many.test" for i in range(1, 11)}
+
+
+def test_host_limit_is_a_parameter(filtered_dns_server: FilteringNameserver) -> None:  # noqa: F811
+    resolver = MailResolver(nameserver=filtered_dns_server.nameserver, timeout=2, max_hosts=3)
+    route = resolver.resolve("multi.mx.test")
+    assert route.hosts == MULTI_HOSTS[:3]
+    assert route.hosts_left_out == 2
+    assert route.notes == (TIES,)  # mx-a and mx-b, both at 10, are among those kept
+    # mx-d's AAAA and mx-b's AAAA (not in the additional section); none for mx-c or mail.other.
+    assert address_queries(filtered_dns_server) == [
+        ("mx-b.mx.test", "AAAA"),
+        ("mx-d.mx.test", "AAAA"),
+    ]
+
+
+def slow_hosts(problem: str = "A and AAAA lookup timed out") -> tuple[MailHost, ...]:
+    return tuple(
+        MailHost(9 + i, f"h{i:02d}.slow.test", (), problem=problem, temporary=True)
+        for i in range(1, 11)
+    )
+
+
+def test_deadline_bounds_hosts_that_never_answer(
+    filtered_dns_server: FilteringNameserver,  # noqa: F811
+) -> None:
+    # slow.test has 40 MX hosts whose address queries are never answered.
+    resolver = MailResolver(nameserver=filtered_dns_server.nameserver, timeout=0.5, deadline=0.7)
+    started = time.monotonic()
+    route = resolver.resolve("slow.test")
+    elapsed = time.monotonic() - started
+    assert route == MailRoute(
+        "slow.test", "mx", slow_hosts(), hosts_left_out=30, deadline_passed=True
+    )
+    assert route.outcome == "dns-failure"
+    assert elapsed < 0.7 + 3
+    # Never more than the first ten hosts' queries, whatever the deadline left unsent.
+    assert {name for name, _ in address_queries(filtered_dns_server)} <= {
+        f"h{i:02d}.slow.test" for i in range(1, 11)
+    }
+
+
+def test_default_deadline_is_three_timeouts(
+    filtered_dns_server: FilteringNameserver,  # noqa: F811
+) -> None:
+    resolver = MailResolver(nameserver=filtered_dns_server.nameserver, timeout=0.5)
+    assert resolver.deadline == DEADLINE_FACTOR * 0.5 == 1.5
+    started = time.monotonic()
+    route = resolver.resolve("slow.test")
+    elapsed = time.monotonic() - started
+    # Two rounds of 0.5 s on LOOKUP_THREADS threads fit in the deadline: every query had its
+    # full timeout, and the 20 of them took far less than 20 x 0.5 s.
+    assert route == MailRoute("slow.test", "mx", slow_hosts(), hosts_left_out=30)
+    assert LOOKUP_THREADS == MAX_MX_HOSTS == 10
+    assert len(address_queries(filtered_dns_server)) == 20
+    assert elapsed < 1.5 + 3
+
+
+def test_implicit_mx_within_the_deadline(dns_server: DnsServer) -> None:  # noqa: F811
+    route = resolve_mail_hosts(
+        "aonly.mx.test", nameserver=dns_server.nameserver, timeout=2, deadline=10
+    )
+    assert route == MailRoute(
+        "aonly.mx.test", "implicit", (MailHost(0, "aonly.mx.test", ("192.0.2.10",)),)
+    )
+
+
 @pytest.mark.parametrize(
     ("given", "expected"),
     [
@@ -364,3 +462,17 @@ def test_bad_timeout(timeout: float) -> None:
     with pytest.raises(DnsError) as info:
         MailResolver(nameserver="127.0.0.1", timeout=timeout)
     assert str(info.value) == f"bad timeout {timeout!r}: must be a positive number of seconds"
+
+
+@pytest.mark.parametrize("deadline", [0, -1, math.nan, math.inf])
+def test_bad_deadline(deadline: float) -> None:
+    with pytest.raises(DnsError) as info:
+        MailResolver(nameserver="127.0.0.1", deadline=deadline)
+    assert str(info.value) == f"bad deadline {deadline!r}: must be a positive number of seconds"
+
+
+@pytest.mark.parametrize("max_hosts", [0, -1, True])
+def test_bad_host_limit(max_hosts: int) -> None:
+    with pytest.raises(DnsError) as info:
+        MailResolver(nameserver="127.0.0.1", max_hosts=max_hosts)
+    assert str(info.value) == f"bad host limit {max_hosts!r}: must be a positive integer"

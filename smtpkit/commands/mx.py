@@ -31,6 +31,7 @@ import click
 from smtpkit.commands import App, pass_app, reports_errors
 from smtpkit.config import Config
 from smtpkit.dns import (
+    DEADLINE_FACTOR,
     DEFAULT_TIMEOUT,
     DnsError,
     HostAddresses,
@@ -81,8 +82,8 @@ def _route_code(route: MailRoute) -> int:
 
 
 def route_json(route: MailRoute) -> dict[str, Any]:
-    """The ``--json`` object for one domain (the schema of issue 3)."""
-    return {
+    """The ``--json`` object for one domain; ``hosts_left_out`` only when hosts were left out."""
+    found: dict[str, Any] = {
         "domain": route.domain,
         "kind": route.kind,
         "hosts": [
@@ -90,6 +91,9 @@ def route_json(route: MailRoute) -> dict[str, Any]:
             for h in route.hosts
         ],
     }
+    if route.hosts_left_out:
+        found["hosts_left_out"] = route.hosts_left_out
+    return found
 
 
 def _timeout_text(timeout: float) -> str:
@@ -127,12 +131,33 @@ def _label(route: MailRoute, given: str | None) -> str:
     return route.domain if not shown or shown.isascii() else f"{route.domain} ({shown})"
 
 
-def format_route(route: MailRoute, *, timeout: float, given: str | None = None) -> list[str]:
-    """The readable lines for one domain: a header, one line per host, notes."""
+def _limit_notes(route: MailRoute, deadline: float) -> list[str]:
+    notes = []
+    if route.hosts_left_out:
+        notes.append(
+            f"{route.hosts_left_out} more MX hosts not shown: only the first "
+            f"{len(route.hosts)} by preference are looked up (senders try no more than a few)"
+        )
+    if route.deadline_passed:
+        notes.append(
+            f"the {_timeout_text(deadline)} deadline (--deadline) passed: lookups without an "
+            "answer by then count as timed out"
+        )
+    return notes
+
+
+def format_route(
+    route: MailRoute, *, timeout: float, deadline: float | None = None, given: str | None = None
+) -> list[str]:
+    """The readable lines for one domain: a header, one line per host, notes.
+
+    ``timeout`` is the longest wait for one query (the ``--timeout``, or the deadline when that
+    is shorter), ``deadline`` the one for all the queries of the domain.
+    """
     name = _label(route, given)
     lines: list[str]
     if route.kind == "mx":
-        count = len(route.hosts)
+        count = len(route.hosts) + route.hosts_left_out
         if count == 1:
             lines = [f"{name}: 1 mail host (MX)"]
         else:
@@ -157,7 +182,11 @@ def format_route(route: MailRoute, *, timeout: float, given: str | None = None) 
         lines = [
             f"{name}: no DNS answer within {_timeout_text(timeout)} (timeout); try again later"
         ]
-    lines += [f"  note: {note}" for note in route.notes]
+    notes = [
+        *route.notes,
+        *_limit_notes(route, DEADLINE_FACTOR * timeout if deadline is None else deadline),
+    ]
+    lines += [f"  note: {note}" for note in notes]
     return lines
 
 
@@ -193,6 +222,12 @@ def _parse_nameserver(
     metavar="SECONDS",
     help="Seconds to wait for each DNS query.",
 )
+@click.option(
+    "--deadline",
+    type=click.FloatRange(min=0, min_open=True, max=3 * 3600),
+    metavar="SECONDS",
+    help=f"Seconds for all the queries of one domain [default: {DEADLINE_FACTOR} x --timeout].",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per domain per line.")
 @pass_app
 @reports_errors
@@ -202,12 +237,16 @@ def command(
     check: bool,
     nameserver: Nameserver | None,
     timeout: float,
+    deadline: float | None,
     as_json: bool,
 ) -> None:
     """Show the mail hosts of each DOMAIN, in the order senders try them (RFC 5321 5.1).
 
     With --check (and no DOMAIN), tell for every domain in the config whether its mail reaches
     this server, and how to fix the DNS when it does not.
+
+    Only the first 10 MX hosts by preference are looked up, as senders try no more than a
+    few. What has no answer within the deadline counts as timed out.
 
     Exit status: 0 all fine; 3 a domain accepts no mail or does not exist; 4 DNS failure or
     timeout; 5 (--check) a domain's mail goes elsewhere; 1 error; 2 usage error.
@@ -219,14 +258,15 @@ def command(
         raise click.UsageError("give at least one DOMAIN, or --check")
     if check:
         config = app.config
-        resolver = MailResolver(nameserver=nameserver, timeout=timeout)
+        resolver = MailResolver(nameserver=nameserver, timeout=timeout, deadline=deadline)
         ctx.exit(_check(config, resolver, as_json=as_json))
     for given in domains:
         try:
             normalize_mail_domain(given)
         except DnsError as exc:
             raise click.BadParameter(str(exc), ctx=ctx, param_hint="DOMAIN") from None
-    resolver = MailResolver(nameserver=nameserver, timeout=timeout)
+    resolver = MailResolver(nameserver=nameserver, timeout=timeout, deadline=deadline)
+    wait = min(resolver.timeout, resolver.deadline)
     codes = []
     for given in domains:
         route = resolver.resolve(given)
@@ -234,7 +274,7 @@ def command(
         if as_json:
             click.echo(json.dumps(route_json(route)))
         else:
-            for line in format_route(route, timeout=timeout, given=given):
+            for line in format_route(route, timeout=wait, deadline=resolver.deadline, given=given):
                 click.echo(line)
     ctx.exit(exit_status(codes))
 
@@ -418,7 +458,7 @@ def _check(config: Config, resolver: MailResolver, *, as_json: bool) -> int:
     codes = []
     for domain in config.server.domains:
         route = resolver.resolve(domain)
-        code, lines = _check_route(route, server, resolver.timeout)
+        code, lines = _check_route(route, server, min(resolver.timeout, resolver.deadline))
         codes.append(code)
         if as_json:
             click.echo(json.dumps({**route_json(route), "reachable": code == EXIT_OK}))

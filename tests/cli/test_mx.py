@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
 
 from smtpkit.commands import cli
-from tests.dnsserver import DnsServer, dns_server, silent_nameserver  # noqa: F401
+from tests.dnsserver import (  # noqa: F401
+    DnsServer,
+    FilteringNameserver,
+    dns_server,
+    filtered_dns_server,
+    silent_nameserver,
+)
 
 TIES = (
     "  note: hosts of equal preference are listed by name; "
@@ -208,12 +215,130 @@ def test_json_timeout(silent_nameserver: str) -> None:  # noqa: F811
          "expected HOST, HOST:PORT or [IPv6]:PORT"),
         (["--timeout", "0", "example.org"],
          "Error: Invalid value for '--timeout': 0.0 is not in the range 0<x<=3600."),
+        (["--deadline", "0", "example.org"],
+         "Error: Invalid value for '--deadline': 0.0 is not in the range 0<x<=10800."),
     ],
 )  # fmt: skip
 def test_usage_errors(args: list[str], error: str) -> None:
     result = CliRunner().invoke(cli, ["mx", *args])
     assert result.exit_code == 2
     assert lines(result)[-1] == error
+
+
+# --- limits: a deadline per domain, at most 10 hosts, addresses looked up concurrently -----
+
+SLOW = [
+    "slow.test: 40 mail hosts (MX), in the order senders try them",
+    *(f"  {9 + i}  h{i:02d}.slow.test  -  [A and AAAA lookup timed out]" for i in range(1, 11)),
+    "  no usable mail host right now: address lookups failed; try again later",
+    "  note: 30 more MX hosts not shown: only the first 10 by preference are looked up "
+    "(senders try no more than a few)",
+]
+
+
+def timed_mx(server: FilteringNameserver, *args: str) -> tuple[Result, float]:
+    started = time.monotonic()
+    result = CliRunner().invoke(cli, ["mx", "--nameserver", server.nameserver, *args])
+    return result, time.monotonic() - started
+
+
+def test_hosts_that_never_answer_end_by_the_deadline(
+    filtered_dns_server: FilteringNameserver,  # noqa: F811
+) -> None:
+    # 40 MX hosts whose address queries are never answered: 80 queries of 0.5 s each took
+    # 48 s before. Now 10 hosts are looked up, concurrently, within the default deadline of
+    # 3 x --timeout; the bound below is on a hang, not a benchmark.
+    result, elapsed = timed_mx(filtered_dns_server, "--timeout", "0.5", "slow.test")
+    assert lines(result) == SLOW
+    assert result.exit_code == 4
+    assert elapsed < 1.5 + 3
+    asked = [q for q in filtered_dns_server.seen() if q[1] != "MX"]
+    assert sorted(asked) == sorted(
+        (f"h{i:02d}.slow.test", rdtype) for i in range(1, 11) for rdtype in ("A", "AAAA")
+    )
+
+
+def test_deadline_option_cuts_lookups_short(
+    filtered_dns_server: FilteringNameserver,  # noqa: F811
+) -> None:
+    # 20 address queries on 10 threads take two rounds of 0.5 s; the second is cut at 0.7 s.
+    result, elapsed = timed_mx(
+        filtered_dns_server, "--timeout", "0.5", "--deadline", "0.7", "slow.test"
+    )
+    assert lines(result) == [
+        *SLOW,
+        "  note: the 0.7s deadline (--deadline) passed: lookups without an answer by then count "
+        "as timed out",
+    ]
+    assert result.exit_code == 4
+    assert elapsed < 0.7 + 3
+
+
+def test_deadline_shorter_than_timeout_bounds_the_mx_query(silent_nameserver: str) -> None:  # noqa: F811
+    started = time.monotonic()
+    result = CliRunner().invoke(
+        cli,
+        ["mx", "--nameserver", silent_nameserver, "--timeout", "5", "--deadline", "0.3", "x.test"],
+    )
+    elapsed = time.monotonic() - started
+    assert lines(result) == [
+        "x.test: no DNS answer within 0.3s (timeout); try again later",
+        "  note: the 0.3s deadline (--deadline) passed: lookups without an answer by then count "
+        "as timed out",
+    ]
+    assert result.exit_code == 4
+    assert elapsed < 0.3 + 3
+
+
+def test_address_lookups_run_concurrently(
+    filtered_dns_server: FilteringNameserver,  # noqa: F811
+) -> None:
+    # With a deadline out of the way, 10 hosts x 2 queries x 1 s would take 20 s one after the
+    # other; on 10 threads it is two rounds, about 2 s.
+    result, elapsed = timed_mx(
+        filtered_dns_server, "--timeout", "1", "--deadline", "60", "slow.test"
+    )
+    assert lines(result) == SLOW
+    assert result.exit_code == 4
+    assert elapsed < 10 * 1 / 2
+
+
+def many_lines() -> list[str]:
+    return [
+        "many.test: 3000 mail hosts (MX), in the order senders try them",
+        *(f"  {i:>2}  {f'{i}.many.test':<12}  192.0.2.99" for i in range(1, 11)),
+        "  note: 2990 more MX hosts not shown: only the first 10 by preference are looked up "
+        "(senders try no more than a few)",
+    ]
+
+
+def test_only_the_first_ten_hosts_are_looked_up(
+    filtered_dns_server: FilteringNameserver,  # noqa: F811
+) -> None:
+    # 3,000 MX records cost 6,000 address queries before; now those of the first 10 hosts.
+    result, _ = timed_mx(filtered_dns_server, "--timeout", "2", "many.test")
+    assert lines(result) == many_lines()
+    assert result.exit_code == 0
+    first = {f"{i}.many.test" for i in range(1, 11)}
+    asked = [q for q in filtered_dns_server.seen() if q[1] != "MX"]
+    assert 0 < len(asked) <= 20
+    assert {name for name, _ in asked} <= first
+
+
+def test_json_says_how_many_hosts_were_left_out(
+    filtered_dns_server: FilteringNameserver,  # noqa: F811
+) -> None:
+    result, _ = timed_mx(filtered_dns_server, "--timeout", "2", "--json", "many.test")
+    assert json.loads(result.output) == {
+        "domain": "many.test",
+        "kind": "mx",
+        "hosts": [
+            {"preference": i, "host": f"{i}.many.test", "addresses": ["192.0.2.99"]}
+            for i in range(1, 11)
+        ],
+        "hosts_left_out": 2990,
+    }
+    assert result.exit_code == 0
 
 
 # --- --check -----------------------------------------------------------------------------
