@@ -1,8 +1,13 @@
 """The journal: one JSON object per line, one file per hour, ``JOURNAL_DIR/YYYY_MM_DD_HH`` (UTC).
 
-Lines are buffered during one turn of the event loop and appended with a single ``write`` on
-an ``O_APPEND`` descriptor at ``flush()``, so lines from several worker processes never
-interleave inside a line. Every line carries the session id (DESIGN convention 13).
+Lines are buffered in memory and appended with a single ``write`` on an ``O_APPEND``
+descriptor at ``flush()``, which the server calls every 20 ms and at shutdown, so lines from
+several worker processes never interleave inside a line. Every line carries the session id
+(``-`` for the server's own events), so the steps of one connection can be picked out.
+
+Every line is printable ASCII: anything else a client sent (control characters, Unicode spaces
+and line separators, non-ASCII letters) is a JSON ``\\uXXXX`` escape, so showing an hour file
+(``cat``, ``journal tail``) never passes a client's control sequences to a terminal.
 """
 
 from __future__ import annotations
@@ -13,12 +18,21 @@ import os
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-__all__ = ["Journal", "Position", "follow", "hour_name", "position", "render", "tail"]
+__all__ = [
+    "Journal",
+    "Position",
+    "escape_unprintable",
+    "follow",
+    "hour_name",
+    "position",
+    "render",
+    "tail",
+]
 
 
 MAX_CARRY = 1024 * 1024  # unwritten journal bytes kept while the disk is full
@@ -47,7 +61,10 @@ class Journal:
         # Formatting a date costs more than the rest of an event: do it once per second.
         self._second = -1
         self._stamp = ""
-        self._encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+        # ensure_ascii makes every character outside printable ASCII (DEL included) a \uXXXX
+        # escape: no client byte reaches a terminal showing the file. It costs nothing: the
+        # C encoder is as fast with it as without, and faster than scanning the output.
+        self._encode = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
 
     def _now(self) -> str:
         now = time.time()
@@ -90,7 +107,7 @@ class Journal:
             return
         data = self._carry
         if self._pending:
-            data += ("\n".join(self._pending) + "\n").encode("utf-8", "surrogateescape")
+            data += ("\n".join(self._pending) + "\n").encode("ascii")
             self._pending.clear()
         self._carry = b""
         if self._fd < 0:
@@ -138,19 +155,82 @@ class Journal:
             self._fd = -1
 
 
-def render(record: dict[str, Any]) -> str:
-    """One readable line: ``2026-11-26T07:12:00.000Z a1b2c3 127.0.0.1:5012 rcpt to=... 250``."""
-    skip = {"time", "session", "peer", "event"}
-    rest = " ".join(f"{k}={_short(v)}" for k, v in record.items() if k not in skip)
-    head = f"{record.get('time', '?')} {record.get('session', '-')} {record.get('peer', '-')}"
-    return f"{head} {record.get('event', '?')}" + (f" {rest}" if rest else "")
+# --- showing lines ----------------------------------------------------------------------------
+_HEAD_KEYS = frozenset(("time", "session", "peer", "event"))
+_json_string = json.JSONEncoder(ensure_ascii=False).encode  # a str goes straight to C
 
 
-def _short(value: Any) -> str:
-    if isinstance(value, list):
-        return ",".join(str(v) for v in value)
-    text = str(value)
-    return json.dumps(text) if (" " in text or not text) else text
+def render(record: Mapping[str, Any]) -> str:
+    """One readable line: ``2026-11-26T07:12:00.000Z a1b2c3 127.0.0.1:5012 rcpt to=a@b.c code=250``.
+
+    ``None`` and an empty list show as ``-``, booleans as ``yes`` and ``no``, lists joined by
+    commas. A value (or list element) that is empty, or holds a space, ``=``, ``"``, ``\\``
+    (a comma too, in a list) or any character that is not printable (controls, Unicode
+    spaces, line separators) is shown as a JSON string with those characters escaped, such as
+    ``"\\u001b[31m"``: no value can reach the terminal raw or pass for another ``key=value``.
+    """
+    # The server echoes every event through here: plain values take the short paths.
+    line = (
+        f"{_atom(record.get('time', '?'))} {_atom(record.get('session', '-'))} "
+        f"{_atom(record.get('peer', '-'))} {_atom(record.get('event', '?'))}"
+    )
+    for key, value in record.items():
+        if key not in _HEAD_KEYS:
+            line += f" {_atom(key)}={_value(value)}"
+    return line
+
+
+def _value(value: Any) -> str:
+    if type(value) is list:
+        return ",".join(_atom(item, True) for item in value) if value else "-"
+    return _atom(value)
+
+
+def _atom(value: Any, in_list: bool = False) -> str:
+    if type(value) is str:
+        text = value
+    elif value is None:
+        return "-"
+    elif value is True:
+        return "yes"
+    elif value is False:
+        return "no"
+    elif type(value) is int or isinstance(value, int | float):
+        return str(value)
+    else:
+        text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+    if (
+        text
+        and text.isprintable()
+        and " " not in text
+        and "=" not in text
+        and '"' not in text
+        and "\\" not in text
+        and not (in_list and "," in text)  # a comma inside an element would split it
+    ):
+        return text
+    return escape_unprintable(_json_string(text))
+
+
+def escape_unprintable(text: str) -> str:
+    """``text`` with every character ``str.isprintable()`` rejects written as a JSON escape.
+
+    That covers the C0 and C1 controls, DEL, Unicode spaces other than the ASCII space, line and
+    paragraph separators, format characters such as bidirectional overrides, and unassigned
+    code points; printable non-ASCII is kept. A JSON line stays valid JSON: where a line the
+    journal wrote can hold such a character, it is inside a string.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _json_escape(c) for c in text)
+
+
+def _json_escape(char: str) -> str:
+    code = ord(char)
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    code -= 0x10000  # beyond the BMP JSON needs a UTF-16 surrogate pair
+    return f"\\u{0xD800 | code >> 10:04x}\\u{0xDC00 | code & 0x3FF:04x}"
 
 
 def _hour_files(directory: Path) -> list[Path]:

@@ -7,7 +7,7 @@ import json
 import click
 
 from smtpkit.commands import App, pass_app, reports_errors
-from smtpkit.journal import follow, position, render, tail
+from smtpkit.journal import escape_unprintable, follow, position, render, tail
 
 __all__ = ["command"]
 
@@ -18,12 +18,14 @@ def command() -> None:
 
 
 def _show(line: str, as_json: bool) -> str:
+    # Lines written before the journal escaped everything may hold raw control characters.
     if as_json:
-        return line
+        return escape_unprintable(line)
     try:
-        return render(json.loads(line))
-    except (ValueError, AttributeError):
-        return line
+        record = json.loads(line, strict=False)  # strict=False: raw controls inside strings
+    except ValueError:
+        return escape_unprintable(line)
+    return render(record) if isinstance(record, dict) else escape_unprintable(line)
 
 
 @command.command("tail")
@@ -36,7 +38,12 @@ def _show(line: str, as_json: bool) -> str:
     help="How many of the last events to show.",
 )
 @click.option("-f", "--follow", "keep", is_flag=True, help="Keep printing new events.")
-@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON lines.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the JSON lines (characters that are not printable as \\uXXXX escapes).",
+)
 @pass_app
 @reports_errors
 def tail_(app: App, count: int, keep: bool, as_json: bool) -> None:
