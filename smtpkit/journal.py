@@ -17,11 +17,11 @@ import json
 import os
 import sys
 import time
-from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
+from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import IO, Any, TextIO
 
 __all__ = [
     "Journal",
@@ -36,6 +36,7 @@ __all__ = [
 
 
 MAX_CARRY = 1024 * 1024  # unwritten journal bytes kept while the disk is full
+BLOCK = 64 * 1024  # bytes read at a time when reading hour files
 
 
 def hour_name(when: datetime) -> str:
@@ -233,12 +234,22 @@ def _json_escape(char: str) -> str:
     return f"\\u{0xD800 | code >> 10:04x}\\u{0xDC00 | code & 0x3FF:04x}"
 
 
+# --- reading hour files ---------------------------------------------------------------------
+
+
 def _hour_files(directory: Path) -> list[Path]:
     try:
         names = sorted(n for n in os.listdir(directory) if _is_hour_file(n))
     except FileNotFoundError:
         return []
     return [directory / n for n in names]
+
+
+def _open(path: Path) -> IO[bytes] | None:
+    try:
+        return path.open("rb")
+    except FileNotFoundError:
+        return None
 
 
 Position = tuple[Path | None, int]
@@ -253,34 +264,62 @@ def position(directory: Path) -> Position:
 
 
 def tail(directory: Path, count: int, at: Position | None = None) -> list[str]:
-    """The last ``count`` complete lines up to ``at`` (default: now), oldest first."""
+    """The last ``count`` complete lines up to ``at`` (default: now), oldest first.
+
+    Hour files are read backwards from their end, a block at a time, and older hour files only
+    while more lines are needed: memory grows with ``count``, not with the journal.
+    """
     if count <= 0:
         return []
     newest, end = at if at is not None else position(directory)
     if newest is None:
         return []
-    lines: deque[str] = deque(maxlen=count)
-    needed = count
-    chosen: list[Path] = []
-    # Count lines in the newest files first, then read just those files in order.
-    for path in reversed([f for f in _hour_files(directory) if f.name <= newest.name]):
-        chosen.append(path)
-        needed -= _read_upto(path, end if path == newest else None).count(b"\n")
-        if needed <= 0:
-            break
-    for path in reversed(chosen):
-        data = _read_upto(path, end if path == newest else None)
-        for raw in data.split(b"\n")[:-1]:
-            lines.append(raw.decode("utf-8", "replace"))
-    return list(lines)
+    lines: list[str] = []
+    for path in reversed(_hour_files(directory)):
+        if path.name > newest.name:
+            continue
+        fh = _open(path)
+        if fh is None:
+            continue
+        with fh, closing(_backward(fh, end if path.name == newest.name else None)) as raws:
+            for raw in raws:
+                lines.append(raw.decode("utf-8", "replace"))
+                if len(lines) == count:
+                    return lines[::-1]
+    return lines[::-1]
 
 
-def _read_upto(path: Path, end: int | None) -> bytes:
-    try:
-        with path.open("rb") as fh:
-            return fh.read() if end is None else fh.read(end)
-    except FileNotFoundError:
-        return b""
+def _backward(fh: IO[bytes], end: int | None) -> Generator[bytes, None, None]:
+    """The complete lines of ``fh`` before offset ``end`` (default: its size), last first."""
+    size = os.fstat(fh.fileno()).st_size
+    stop = _last_newline(fh, size if end is None else min(end, size))
+    if stop < 0:
+        return
+    # Everything before ``stop`` (the last newline) is whole lines.
+    pending = b""  # the end of a line whose start lies in an earlier block
+    pos = stop
+    while pos > 0:
+        step = min(BLOCK, pos)
+        pos -= step
+        fh.seek(pos)
+        pieces = (fh.read(step) + pending).split(b"\n")
+        pending = pieces[0]
+        yield from reversed(pieces[1:])
+    yield pending
+
+
+def _last_newline(fh: IO[bytes], end: int) -> int:
+    """The offset of the last newline before ``end``, or -1: what follows it is a line still
+    being written."""
+    pos = end
+    while pos > 0:
+        step = min(BLOCK, pos)
+        pos -= step
+        fh.seek(pos)
+        found = fh.read(step).rfind(b"\n")
+        if found >= 0:
+            return pos + found
+    return -1
 
 
 def follow(

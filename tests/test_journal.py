@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import smtpkit.journal
 from smtpkit.journal import (
     Journal,
     escape_unprintable,
@@ -167,6 +170,105 @@ def test_tail_spans_hour_files_in_order(tmp_path: Path) -> None:
     assert tail(tmp_path, 0) == []
     assert len(tail(tmp_path, 100)) == 5
     assert tail(tmp_path / "missing", 5) == []
+
+
+def opened(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record the names of the hour files the journal's readers open."""
+    names: list[str] = []
+    real = smtpkit.journal._open
+
+    def spy(path: Path) -> IO[bytes] | None:
+        names.append(path.name)
+        return real(path)
+
+    monkeypatch.setattr(smtpkit.journal, "_open", spy)
+    return names
+
+
+def test_tail_reads_older_hour_files_only_as_far_as_needed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_hour(tmp_path, "2026_11_26_05", 3, 0)
+    write_hour(tmp_path, "2026_11_26_06", 3, 3)
+    write_hour(tmp_path, "2026_11_26_07", 3, 6)
+    names = opened(monkeypatch)
+    assert [json.loads(x)["event"] for x in tail(tmp_path, 3)] == ["e6", "e7", "e8"]
+    assert names == ["2026_11_26_07"]
+    names.clear()
+    assert [json.loads(x)["event"] for x in tail(tmp_path, 4)] == ["e5", "e6", "e7", "e8"]
+    assert names == ["2026_11_26_07", "2026_11_26_06"]
+
+
+def naive_tail(files: list[Path], count: int, newest: Path, end: int) -> list[str]:
+    """What tail means, read the simple way: whole files, split, the last ``count``."""
+    lines: list[str] = []
+    for path in files:
+        if path.name > newest.name:
+            continue
+        data = path.read_bytes()
+        if path == newest:
+            data = data[:end]
+        lines += [raw.decode() for raw in data.split(b"\n")[:-1]]
+    return lines[-count:] if count else []
+
+
+def test_tail_matches_whole_file_reading_at_every_block_edge(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(smtpkit.journal, "BLOCK", 7)  # lines straddle many blocks
+    lengths = [0, 1, 5, 6, 7, 8, 13, 14, 15, 30, 2]
+    files = []
+    for hour, chunk in (("04", lengths[:4]), ("05", []), ("06", lengths[4:])):
+        path = tmp_path / f"2026_11_26_{hour}"
+        path.write_bytes(b"".join(b"x" * n + str(i).encode() + b"\n" for i, n in enumerate(chunk)))
+        files.append(path)
+    with files[-1].open("ab") as fh:
+        fh.write(b"partial line, still being written")
+    newest = files[-1]
+    for end in range(newest.stat().st_size + 1):
+        for count in range(len(lengths) + 2):
+            expected = naive_tail(files, count, newest, end)
+            assert tail(tmp_path, count, (newest, end)) == expected, (end, count)
+    # ``at`` in an older hour: newer files are not looked at.
+    assert tail(tmp_path, 2, (files[0], files[0].stat().st_size)) == ["xxxxx2", "xxxxxx3"]
+
+
+MEMORY_PROBE = """
+import json, resource, sys
+from pathlib import Path
+from smtpkit.journal import tail
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+lines = tail(Path(sys.argv[1]), int(sys.argv[2]))
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"growth_kb": after - before, "lines": lines}))
+"""
+
+
+def test_tail_of_a_big_hour_file_reads_from_its_end(tmp_path: Path) -> None:
+    one = json.dumps({"time": "2026-11-26T07:00:00.000Z", "event": "rcpt", "to": "a@b.c"})
+    block = ((one + "\n") * (1024 * 1024 // (len(one) + 1))).encode()
+    path = tmp_path / "2026_11_26_07"
+    with path.open("wb") as fh:
+        for _ in range(48):
+            fh.write(block)
+        fh.write(b'{"event":"last"}\n{"event":"still being writ')
+    size = path.stat().st_size
+    assert size > 48 * 1000 * 1000
+    for count, expected in ((1, ['{"event":"last"}']), (3, [one, one, '{"event":"last"}'])):
+        probe = subprocess.run(
+            [sys.executable, "-c", MEMORY_PROBE, str(tmp_path), str(count)],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
+        result = json.loads(probe.stdout)
+        assert result["lines"] == expected
+        # Reading the whole file would cost at least its size (48 MB) in memory.
+        assert result["growth_kb"] < 5 * 1024, f"peak memory grew {result['growth_kb']} KB"
+
+
+# --- follow --------------------------------------------------------------------------------------
 
 
 def test_follow_crosses_the_hour_rollover(tmp_path: Path) -> None:
