@@ -15,6 +15,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping
@@ -29,6 +30,7 @@ __all__ = [
     "escape_unprintable",
     "follow",
     "hour_name",
+    "lines_since",
     "position",
     "render",
     "tail",
@@ -263,30 +265,86 @@ def position(directory: Path) -> Position:
     return (files[-1], files[-1].stat().st_size)
 
 
-def tail(directory: Path, count: int, at: Position | None = None) -> list[str]:
+def tail(
+    directory: Path, count: int, at: Position | None = None, *, since: datetime | None = None
+) -> list[str]:
     """The last ``count`` complete lines up to ``at`` (default: now), oldest first.
 
     Hour files are read backwards from their end, a block at a time, and older hour files only
-    while more lines are needed: memory grows with ``count``, not with the journal.
+    while more lines are needed: memory grows with ``count``, not with the journal. With
+    ``since``, only events at or after that time count (hour files before its hour are not
+    read).
     """
     if count <= 0:
         return []
     newest, end = at if at is not None else position(directory)
     if newest is None:
         return []
+    first = hour_name(since.astimezone(UTC)) if since is not None else ""
     lines: list[str] = []
     for path in reversed(_hour_files(directory)):
         if path.name > newest.name:
             continue
+        if path.name < first:
+            break
         fh = _open(path)
         if fh is None:
             continue
+        keep = _keep_since(since) if since is not None and path.name == first else None
         with fh, closing(_backward(fh, end if path.name == newest.name else None)) as raws:
             for raw in raws:
-                lines.append(raw.decode("utf-8", "replace"))
+                line = raw.decode("utf-8", "replace")
+                if keep is not None and not keep(line):
+                    continue
+                lines.append(line)
                 if len(lines) == count:
                     return lines[::-1]
     return lines[::-1]
+
+
+def lines_since(directory: Path, start: datetime, at: Position | None = None) -> Iterator[str]:
+    """Every complete line of an event at or after ``start``, up to ``at`` (default: now).
+
+    Only the hour files from ``start``'s hour on are read, forwards, a block at a time.
+    """
+    newest, end = at if at is not None else position(directory)
+    if newest is None:
+        return
+    first = hour_name(start.astimezone(UTC))
+    keep = _keep_since(start)
+    for path in _hour_files(directory):
+        if path.name < first or path.name > newest.name:
+            continue
+        fh = _open(path)
+        if fh is None:
+            continue
+        with fh:
+            for raw in _forward(fh, end if path.name == newest.name else None):
+                line = raw.decode("utf-8", "replace")
+                # Only the first hour can hold earlier events; the file name vouches for later ones.
+                if path.name != first or keep(line):
+                    yield line
+
+
+_TIME = re.compile(r'\{"time":"([^"]*)"')
+
+
+def _keep_since(start: datetime) -> Callable[[str], bool]:
+    """Whether a line's event happened at or after ``start``. Lines are in write order, which
+    is not quite time order across worker processes, so every line is looked at."""
+    stamp = start.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+    def keep(line: str) -> bool:
+        found = _TIME.match(line)  # the journal writes time first; anything else is parsed
+        if found is not None:
+            return found.group(1) >= stamp
+        try:
+            when = json.loads(line).get("time")
+        except (ValueError, AttributeError):
+            return False
+        return isinstance(when, str) and when >= stamp
+
+    return keep
 
 
 def _backward(fh: IO[bytes], end: int | None) -> Generator[bytes, None, None]:
@@ -320,6 +378,21 @@ def _last_newline(fh: IO[bytes], end: int) -> int:
         if found >= 0:
             return pos + found
     return -1
+
+
+def _forward(fh: IO[bytes], end: int | None) -> Iterator[bytes]:
+    """The complete lines of ``fh`` before offset ``end`` (default: all), first first."""
+    left = end
+    pending = b""
+    while left is None or left > 0:
+        chunk = fh.read(BLOCK if left is None else min(BLOCK, left))
+        if not chunk:
+            break
+        if left is not None:
+            left -= len(chunk)
+        *complete, pending = (pending + chunk).split(b"\n")
+        yield from complete
+    # ``pending`` is a line still being written: not shown.
 
 
 def follow(

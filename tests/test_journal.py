@@ -1,11 +1,11 @@
-"""The journal: hour files, whole lines, escaping, tail across files, follow."""
+"""The journal: hour files, whole lines, escaping, tail across files, since, follow."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import IO, Any
 
@@ -19,6 +19,7 @@ from smtpkit.journal import (
     escape_unprintable,
     follow,
     hour_name,
+    lines_since,
     position,
     render,
     tail,
@@ -266,6 +267,81 @@ def test_tail_of_a_big_hour_file_reads_from_its_end(tmp_path: Path) -> None:
         assert result["lines"] == expected
         # Reading the whole file would cost at least its size (48 MB) in memory.
         assert result["growth_kb"] < 5 * 1024, f"peak memory grew {result['growth_kb']} KB"
+
+
+# --- since ---------------------------------------------------------------------------------------
+
+
+def at(when: str) -> str:
+    return json.dumps({"time": when, "event": "e"}, separators=(",", ":"))
+
+
+def write_lines(folder: Path, name: str, *lines: str) -> None:
+    with (folder / name).open("a") as fh:
+        fh.write("".join(line + "\n" for line in lines))
+
+
+SINCE = datetime(2026, 11, 30, 4, 30, tzinfo=UTC)
+
+
+@pytest.fixture
+def three_hours(tmp_path: Path) -> Path:
+    write_lines(tmp_path, "2026_11_30_03", at("2026-11-30T03:10:00.000Z"))
+    write_lines(
+        tmp_path,
+        "2026_11_30_04",
+        at("2026-11-30T04:00:00.000Z"),
+        at("2026-11-30T04:31:00.000Z"),
+        # Two workers flush in turn: lines are in write order, not quite time order.
+        at("2026-11-30T04:29:59.999Z"),
+        at("2026-11-30T04:30:00.000Z"),
+        '{"event":"e","time":"2026-11-30T04:40:00.000Z"}',
+        "not json",
+    )
+    write_lines(tmp_path, "2026_11_30_05", at("2026-11-30T05:01:00.000Z"), "not json either")
+    return tmp_path
+
+
+def test_lines_since_reads_only_the_hours_from_then_on(
+    three_hours: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    names = opened(monkeypatch)
+    assert list(lines_since(three_hours, SINCE)) == [
+        at("2026-11-30T04:31:00.000Z"),
+        at("2026-11-30T04:30:00.000Z"),
+        '{"event":"e","time":"2026-11-30T04:40:00.000Z"}',
+        at("2026-11-30T05:01:00.000Z"),
+        "not json either",  # in a later hour: its file name vouches for it
+    ]
+    assert names == ["2026_11_30_04", "2026_11_30_05"]
+    in_paris = SINCE.astimezone(timezone(timedelta(hours=1)))  # 05:30+01:00, the same instant
+    assert list(lines_since(three_hours, in_paris)) == list(lines_since(three_hours, SINCE))
+    assert list(lines_since(three_hours, datetime(2026, 11, 30, 6, tzinfo=UTC))) == []
+    assert list(lines_since(three_hours / "missing", SINCE)) == []
+
+
+def test_tail_since_gives_the_last_of_those(
+    three_hours: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    names = opened(monkeypatch)
+    assert tail(three_hours, 3, since=SINCE) == [
+        '{"event":"e","time":"2026-11-30T04:40:00.000Z"}',
+        at("2026-11-30T05:01:00.000Z"),
+        "not json either",
+    ]
+    assert names == ["2026_11_30_05", "2026_11_30_04"]
+    names.clear()
+    assert len(tail(three_hours, 100, since=SINCE)) == 5
+    assert names == ["2026_11_30_05", "2026_11_30_04"]  # never the hour before
+
+
+def test_lines_since_stops_at_the_snapshot(three_hours: Path) -> None:
+    snapshot = position(three_hours)
+    write_lines(three_hours, "2026_11_30_05", at("2026-11-30T05:59:00.000Z"))
+    since_five = datetime(2026, 11, 30, 5, tzinfo=UTC)
+    # In the first hour a line must show its time: "not json either" does not.
+    assert list(lines_since(three_hours, since_five, snapshot)) == [at("2026-11-30T05:01:00.000Z")]
+    assert list(lines_since(three_hours, since_five))[-1] == at("2026-11-30T05:59:00.000Z")
 
 
 # --- follow --------------------------------------------------------------------------------------
