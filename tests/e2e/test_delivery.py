@@ -327,6 +327,9 @@ def test_a_client_that_never_reads_replies_cannot_grow_memory(tmp_path: Path) ->
 def test_journal_tail_follow_prints_new_events_and_stderr_echoes_them(
     mailserver: MailServer,
 ) -> None:
+    import queue
+    import threading
+
     follower = subprocess.Popen(
         [
             sys.executable,
@@ -337,37 +340,63 @@ def test_journal_tail_follow_prints_new_events_and_stderr_echoes_them(
             "journal",
             "tail",
             "-n",
-            "0",
+            "1",
             "-f",
             "--json",
         ],
         stdout=subprocess.PIPE,
         text=True,
     )
-    try:
-        time.sleep(0.5)  # let it reach the end of the journal
-        with smtplib.SMTP(mailserver.host, mailserver.port) as smtp:
-            smtp.sendmail("f@remote.test", ["bob@example.org"], "Subject: f\r\n\r\nx\r\n")
-        seen = []
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
         assert follower.stdout is not None
-        while not seen or seen[-1]["event"] != "close":
-            seen.append(json.loads(follower.stdout.readline()))
-        assert [r["event"] for r in seen] == [
+        for line in follower.stdout:
+            lines.put(line)
+
+    threading.Thread(target=read, daemon=True).start()
+    hostile = "evil\u009b[31m\u2002code=250"  # a C1 control (CSI) and an EN SPACE
+    try:
+        # The server journals "start" before it listens, so the tail has a line to print.
+        # Once it is printed the follower has taken its snapshot of the journal's end, and
+        # every event after it will be followed: only then send mail.
+        json.loads(lines.get(timeout=30))
+        with smtplib.SMTP(mailserver.host, mailserver.port) as smtp:
+            smtp.send(f"EHLO {hostile}\r\n".encode())  # smtplib itself only sends ASCII
+            assert smtp.getreply()[0] == 250
+            smtp.sendmail("f@remote.test", ["bob@example.org"], "Subject: f\r\n\r\nx\r\n")
+        raw: list[str] = []
+        seen: list[dict[str, object]] = []
+        session = None
+        while not any(r["event"] == "close" and r["session"] == session for r in seen):
+            raw.append(lines.get(timeout=30))
+            seen.append(json.loads(raw[-1]))
+            if seen[-1]["event"] == "stored":
+                session = seen[-1]["session"]
+        mine = [(line, r) for line, r in zip(raw, seen, strict=True) if r["session"] == session]
+        assert [r["event"] for _, r in mine] == [
             "connect",
+            "helo",
             "helo",
             "mail",
             "rcpt",
             "stored",
             "close",
         ]
+        # Stored and shown as printable ASCII, the client's text as JSON escapes.
+        assert all(line.isascii() and line.rstrip("\n").isprintable() for line in raw)
+        assert '"name":"evil\\u009b[31m\\u2002code=250"' in mine[1][0]
+        assert mine[1][1]["name"] == hostile
     finally:
         follower.terminate()
         follower.wait(timeout=10)
-    # The same events, readable, on the server's stderr (no --quiet).
-    echoed = [
-        line for line in mailserver.stderr().splitlines() if f" {seen[4]['session']} " in line
-    ]
-    assert [line.split()[3] for line in echoed][:5] == ["connect", "helo", "mail", "rcpt", "stored"]
+    # The same events, readable, on the server's stderr (no --quiet), the name escaped and
+    # quoted so that it cannot pass for a code=250 field.
+    stderr = mailserver.stderr()
+    echoed = [line for line in stderr.splitlines() if f" {session} " in line]
+    assert [line.split()[3] for line in echoed] == [r["event"] for _, r in mine]
+    assert echoed[1].split(" ", 3)[3] == 'helo name="evil\\u009b[31m\\u2002code=250" extended=yes'
+    assert "\u009b" not in stderr and "\u2002" not in stderr
 
 
 def test_privileged_port_without_the_capability_is_one_line(tmp_path: Path) -> None:
