@@ -14,7 +14,13 @@ import idna
 
 from smtpkit.errors import UserError
 
-__all__ = ["is_valid_domain", "normalize_address", "normalize_domain", "split_address"]
+__all__ = [
+    "is_valid_domain",
+    "normalize_address",
+    "normalize_domain",
+    "normalize_hostname",
+    "split_address",
+]
 
 # RFC 5322 atext minus "/" (a path separator), "|", "`", "{", "}" (shell and quoting trouble in
 # Maildir tooling) and "%", "!" (the percent hack and bang paths of old relays: a mailbox named
@@ -51,6 +57,30 @@ def normalize_domain(domain: str) -> str:
             raise UserError(f"{domain!r} is not a valid domain name") from exc
     if not is_valid_domain(text):
         raise UserError(f"{domain!r} is not a valid domain name")
+    return text
+
+
+def normalize_hostname(name: str) -> str:
+    """Return the ASCII lower-case form of a host name, without a final dot.
+
+    The one host-name rule of smtpkit (nameservers, certificate names, ``server.hostname``
+    lookups): LDH labels of 1-63 octets, no hyphen at either end (RFC 1123 2.1), at most 253
+    octets, one label allowed (``localhost``). An internationalised name is turned into its
+    IDNA form with the same rule as ``normalize_domain`` (IDNA 2008, UTS #46 non-transitional):
+    ``faß.example`` becomes ``xn--fa-hia.example``, never ``fass.example``. Raises ``UserError``
+    for anything else.
+    """
+    text = name.strip()
+    if text.endswith("."):
+        text = text[:-1]
+    text = text.lower()
+    if not text.isascii():
+        try:
+            text = idna.encode(text, uts46=True, transitional=False).decode("ascii")
+        except UnicodeError:  # idna.IDNAError is one
+            raise UserError(f"{name!r} is not a valid host name") from None
+    if not text or len(text) > 253 or not all(_LABEL_RE.match(part) for part in text.split(".")):
+        raise UserError(f"{name!r} is not a valid host name")
     return text
 
 

@@ -8,7 +8,6 @@ from a CA (e.g. Let's Encrypt) and send ``smtpkit serve`` a SIGHUP to load it.
 from __future__ import annotations
 
 import ipaddress
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,7 +18,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from smtpkit.errors import SmtpkitError
+from smtpkit.addresses import normalize_hostname
+from smtpkit.errors import SmtpkitError, UserError
 from smtpkit.fsutil import atomic_write
 
 __all__ = [
@@ -43,8 +43,6 @@ BACKDATE = timedelta(hours=1)
 MAX_DAYS = 36500
 
 _KEY_NAMES: dict[KeyType, str] = {"ecdsa": "ECDSA P-256", "rsa": "RSA 2048"}
-# RFC 1123 2.1 host name labels: letters, digits, hyphens, not at either end, 1-63 octets.
-_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
 
 
 class TlsError(SmtpkitError):
@@ -65,21 +63,18 @@ class SelfSigned:
 
 def san_name(hostname: str) -> x509.GeneralName:
     """The subjectAltName entry for ``hostname``: an IP address, or a DNS name in its ASCII
-    (IDNA) form. Raises ``TlsError`` for anything else."""
-    text = hostname.strip().rstrip(".").lower()
+    form (``smtpkit.addresses.normalize_hostname``: IDNA 2008, so ``faß.example`` is
+    ``xn--fa-hia.example``, as senders look it up, and not ``fass.example``). Raises
+    ``TlsError`` for anything else."""
+    text = hostname.strip()
     try:
-        return x509.IPAddress(ipaddress.ip_address(text.strip("[]")))
+        return x509.IPAddress(ipaddress.ip_address(text.rstrip(".").strip("[]")))
     except ValueError:
         pass
-    if not text.isascii():
-        try:
-            text = text.encode("idna").decode("ascii")
-        except UnicodeError:
-            raise TlsError(f"{hostname!r} is not a valid host name") from None
-    labels = text.split(".")
-    if len(text) > 253 or not all(_LABEL.match(label) for label in labels):
-        raise TlsError(f"{hostname!r} is not a valid host name")
-    return x509.DNSName(text)
+    try:
+        return x509.DNSName(normalize_hostname(text))
+    except UserError:
+        raise TlsError(f"{hostname!r} is not a valid host name") from None
 
 
 def _new_key(key_type: KeyType) -> ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey:

@@ -100,6 +100,11 @@ def test_rsa_keys_and_fresh_serials() -> None:
         ("localhost", x509.DNSName("localhost")),
         ("mail.example.org.", x509.DNSName("mail.example.org")),
         ("bücher.example", x509.DNSName("xn--bcher-kva.example")),
+        # IDNA 2008 (UTS #46 non-transitional), the rule of smtpkit.addresses: the sharp s is
+        # kept, so faß.example and fass.example are two names, as they are in DNS.
+        ("faß.example", x509.DNSName("xn--fa-hia.example")),
+        ("FASS.example", x509.DNSName("fass.example")),
+        ("192.0.2.25.", x509.IPAddress(ipaddress.ip_address("192.0.2.25"))),
         ("192.0.2.25", x509.IPAddress(ipaddress.ip_address("192.0.2.25"))),
         ("[2001:db8::25]", x509.IPAddress(ipaddress.ip_address("2001:db8::25"))),
     ],
@@ -109,11 +114,27 @@ def test_san_name_forms(hostname: str, expected: x509.GeneralName) -> None:
 
 
 @pytest.mark.parametrize(
-    "hostname", ["", "mx..example.org", "-mx.example.org", "mx_1.example.org", "a b", "x" * 64]
-)
+    "hostname",
+    ["", "mx..example.org", "-mx.example.org", "mx_1.example.org", "a b", "x" * 64,
+     "mx.example.org..", "☃.example"],
+)  # fmt: skip
 def test_san_name_refuses_what_is_not_a_host_name(hostname: str) -> None:
-    with pytest.raises(TlsError, match="is not a valid host name"):
+    with pytest.raises(TlsError) as info:
         san_name(hostname)
+    assert str(info.value) == f"{hostname!r} is not a valid host name"
+
+
+def test_certificate_for_an_international_name_keeps_the_sharp_s() -> None:
+    cert_pem, _ = make_self_signed("faß.example")
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["xn--fa-hia.example"]
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == (
+        "xn--fa-hia.example"
+    )
+    other = x509.load_pem_x509_certificate(make_self_signed("fass.example")[0])
+    other_san = other.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert other_san.get_values_for_type(x509.DNSName) == ["fass.example"]
 
 
 @pytest.mark.parametrize("days", [0, -1, 36501])
