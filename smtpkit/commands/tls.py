@@ -10,7 +10,15 @@ import tomli_w
 
 from smtpkit.commands import App, pass_app, reports_errors
 from smtpkit.config import Config, update_config
-from smtpkit.tls import DEFAULT_DAYS, KEY_TYPES, MAX_DAYS, KeyType, write_self_signed
+from smtpkit.tls import (
+    DEFAULT_DAYS,
+    KEY_TYPES,
+    MAX_DAYS,
+    KeyType,
+    TlsError,
+    san_name,
+    write_self_signed,
+)
 
 __all__ = ["command"]
 
@@ -20,8 +28,22 @@ def command() -> None:
     """Certificates for STARTTLS."""
 
 
+def _check_hostname(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A --hostname the certificate cannot name is a usage error, before any file is written."""
+    if value is not None:
+        try:
+            san_name(value)
+        except TlsError as exc:
+            raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+    return value
+
+
 @command.command("self-signed")
-@click.option("--hostname", help="Name the certificate is for [default: server.hostname].")
+@click.option(
+    "--hostname",
+    callback=_check_hostname,
+    help="Name the certificate is for [default: server.hostname].",
+)
 @click.option(
     "--days",
     type=click.IntRange(1, MAX_DAYS),
