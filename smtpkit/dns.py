@@ -1,9 +1,12 @@
 """Mail-host resolution as RFC 5321 section 5.1 describes it, on top of dnspython.
 
-``resolve_mail_hosts("example.org")`` answers the question a sending server asks: which hosts
-receive mail for this domain, in which order, at which addresses. Every DNS outcome is a value
-(``MailRoute.kind``), never a dnspython exception, so callers (``smtpkit mx``, and later the
-delivery queue) can tell "this domain takes no mail" (bounce) from "DNS is failing" (retry).
+``MailResolver().resolve("example.org")`` answers the question a sending server asks: which
+hosts receive mail for this domain, in which order, at which addresses. Every DNS outcome is a
+value, never a dnspython exception and never a sentence: ``MailRoute.kind`` (a ``RouteKind``),
+``MailHost.problem`` (a ``HostProblem``) and their data (a CNAME target, the address queries
+that failed). Callers word them (``smtpkit mx``) or act on them (the delivery queue): the
+verdict ``MailRoute.outcome`` tells "this domain takes no mail" (bounce) from "DNS is failing"
+(retry).
 
 Only bad input raises: ``DnsError`` with one line saying what is wrong.
 """
@@ -11,14 +14,15 @@ Only bad input raises: ``DnsError`` with one line saying what is wrong.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
+import enum
 import ipaddress
 import math
-import re
 import socket
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import assert_never
 
 import dns.exception
 import dns.message
@@ -30,7 +34,7 @@ from dns.rdtypes.ANY.MX import MX
 from dns.rdtypes.IN.A import A
 from dns.rdtypes.IN.AAAA import AAAA
 
-from smtpkit.addresses import normalize_domain
+from smtpkit.addresses import normalize_domain, normalize_hostname
 from smtpkit.errors import SmtpkitError, UserError
 
 __all__ = [
@@ -38,9 +42,9 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "LOOKUP_THREADS",
     "MAX_MX_HOSTS",
+    "AddressType",
     "DnsError",
-    "DnsFailure",
-    "HostAddresses",
+    "HostProblem",
     "MailHost",
     "MailResolver",
     "MailRoute",
@@ -49,7 +53,6 @@ __all__ = [
     "RouteOutcome",
     "normalize_mail_domain",
     "parse_nameserver",
-    "resolve_mail_hosts",
 ]
 
 DEFAULT_TIMEOUT = 5.0
@@ -68,27 +71,70 @@ LOOKUP_THREADS = MAX_MX_HOSTS
 # hosts on LOOKUP_THREADS threads). DNS that answers at all finishes well within it.
 DEADLINE_FACTOR = 3
 
-RouteKind = Literal["mx", "implicit", "null", "nxdomain", "nodata", "servfail", "timeout"]
-"""How a domain's mail route was found (or why none was)."""
-
-RouteOutcome = Literal["ok", "no-mail", "dns-failure"]
-"""The verdict that matters to a sender: deliver, bounce, or retry later."""
-
-DnsFailure = Literal["servfail", "timeout"]
-"""A lookup that failed in a way that may pass: retry later (RFC 5321 5.1, 4.5.4.1)."""
-
-# The outcome of one DNS query, before it is turned into a route or a host problem.
-_Status = Literal["answer", "nxdomain", "nodata", "servfail", "timeout"]
-
-# A nameserver given by name: LDH labels (RFC 1123 2.1), one label allowed ("localhost").
-_HOSTNAME_RE = re.compile(
-    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
-    r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?\Z"
-)
-
 
 class DnsError(SmtpkitError):
     """Bad input to the resolver: a malformed domain, nameserver or timeout."""
+
+
+class RouteKind(enum.Enum):
+    """How a domain's mail route was found, or why none was. The values are stable: scripts
+    read them (``smtpkit mx --json``)."""
+
+    MX = "mx"  # MX records (RFC 5321 5.1)
+    IMPLICIT = "implicit"  # no MX but an address: the domain itself at preference 0
+    NULL = "null"  # a single MX "0 ." (RFC 7505): the domain accepts no mail
+    NXDOMAIN = "nxdomain"  # the domain does not exist
+    NODATA = "nodata"  # neither MX nor A/AAAA records
+    SERVFAIL = "servfail"  # SERVFAIL, REFUSED, an unreachable server: retry later
+    TIMEOUT = "timeout"  # no answer in time: retry later
+
+
+class RouteOutcome(enum.Enum):
+    """The verdict that matters to a sender: deliver, bounce, or retry later."""
+
+    OK = "ok"
+    NO_MAIL = "no-mail"
+    DNS_FAILURE = "dns-failure"
+
+
+class AddressType(enum.Enum):
+    """The two address queries made for a host."""
+
+    A = "A"
+    AAAA = "AAAA"
+
+
+class HostProblem(enum.Enum):
+    """Why a mail host cannot be used, or not fully."""
+
+    # The MX record itself is wrong; such a host is never looked up.
+    NULL_MX_MIXED = "null-mx-mixed"  # "." among other MX records (RFC 7505 3)
+    NULL_MX_PREFERENCE = "null-mx-preference"  # a lone "." at a preference other than 0
+    IP_LITERAL = "ip-literal"  # an IP address where a host name must be (RFC 5321 5.1)
+    # The address lookup found nothing.
+    NXDOMAIN = "nxdomain"  # the host does not exist
+    NO_ADDRESS = "no-address"  # the host exists without A or AAAA records
+    # An address query failed (``MailHost.failed`` says which); the host may still have
+    # addresses from the other one.
+    SERVFAIL = "servfail"
+    TIMEOUT = "timeout"  # at least one of the failed queries timed out
+
+    @property
+    def temporary(self) -> bool:
+        """True for a DNS failure, which may pass on retry; false for a wrong or missing record."""
+        match self:
+            case HostProblem.SERVFAIL | HostProblem.TIMEOUT:
+                return True
+            case (
+                HostProblem.NULL_MX_MIXED
+                | HostProblem.NULL_MX_PREFERENCE
+                | HostProblem.IP_LITERAL
+                | HostProblem.NXDOMAIN
+                | HostProblem.NO_ADDRESS
+            ):
+                return False
+            case _:
+                assert_never(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,48 +149,33 @@ class Nameserver:
 
 
 @dataclass(frozen=True, slots=True)
-class HostAddresses:
-    """The A and AAAA addresses of one host name.
-
-    ``cname_target`` is set when the name is an alias (CNAME) that was followed. ``problem`` is
-    a short human reason when the lookup did not fully succeed; ``failure`` is set when that
-    reason is a DNS failure that may pass on retry rather than a wrong or missing record;
-    ``nxdomain`` when the name does not exist at all.
-    """
-
-    name: str
-    addresses: tuple[str, ...]
-    cname_target: str | None = None
-    problem: str | None = None
-    failure: DnsFailure | None = None
-    nxdomain: bool = False
-
-    @property
-    def temporary(self) -> bool:
-        """True when the problem is a DNS failure that may pass on retry."""
-        return self.failure is not None
-
-
-@dataclass(frozen=True, slots=True)
 class MailHost:
-    """One mail exchanger: an MX target, or the domain itself for an implicit MX.
+    """A host name and its addresses, as a sender finds them.
 
-    ``addresses`` lists IPv4 then IPv6, each in numeric order. A host with ``problem`` set and no
-    addresses cannot be used; ``temporary`` tells whether the problem is a DNS failure (retry)
-    rather than a wrong record (an IP literal as MX target, a host that does not exist).
+    ``preference`` is the MX record's; 0 for an implicit MX (RFC 5321 5.1) and for a name
+    looked up on its own (``MailResolver.lookup_host``). ``host`` is the ASCII name without the
+    final dot (``.`` for a null MX target, the address for an IP literal). ``addresses`` lists
+    IPv4 then IPv6, each in numeric order. ``cname_target`` is set when the name is an alias
+    (CNAME) that was followed. ``problem`` says why the host cannot be used, or not fully;
+    for ``SERVFAIL`` and ``TIMEOUT``, ``failed`` names the address queries that failed.
     """
 
     preference: int
     host: str
-    addresses: tuple[str, ...]
+    addresses: tuple[str, ...] = ()
     cname_target: str | None = None
-    problem: str | None = None
-    temporary: bool = False
+    problem: HostProblem | None = None
+    failed: tuple[AddressType, ...] = ()
 
     @property
     def usable(self) -> bool:
         """True when a sender can connect to this host: it has at least one address."""
         return bool(self.addresses)
+
+    @property
+    def temporary(self) -> bool:
+        """True when the problem is a DNS failure that may pass on retry."""
+        return self.problem is not None and self.problem.temporary
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,10 +183,10 @@ class MailRoute:
     """Where mail for ``domain`` goes, as a sender would find it.
 
     ``domain`` is the ASCII (IDNA) form without the final dot. ``hosts`` is in the order a
-    sender tries them: lowest preference first. Among hosts of equal preference RFC 5321 5.1
-    has senders pick at random to spread the load; here they are sorted by name so that the
-    output is stable, and ``notes`` says so. ``notes`` also records facts worth telling the
-    user that do not change the route (the domain is an alias, a null MX mixed with others).
+    sender tries them: lowest preference first. Among hosts of equal preference (``ties``)
+    RFC 5321 5.1 has senders pick at random to spread the load; here they are sorted by name so
+    that the result is stable. ``alias_of`` is set when the domain is an alias (CNAME): its
+    mail goes where mail for that name goes (RFC 5321 5.1).
 
     Only the first ``MAX_MX_HOSTS`` MX records by preference are looked up and listed;
     ``hosts_left_out`` counts the others. ``deadline_passed`` is set when the deadline for the
@@ -165,7 +196,7 @@ class MailRoute:
     domain: str
     kind: RouteKind
     hosts: tuple[MailHost, ...] = ()
-    notes: tuple[str, ...] = ()
+    alias_of: str | None = None
     hosts_left_out: int = 0
     deadline_passed: bool = False
 
@@ -175,19 +206,35 @@ class MailRoute:
         return tuple(h for h in self.hosts if h.usable)
 
     @property
+    def ties(self) -> bool:
+        """True when some hosts share a preference (senders pick among those at random)."""
+        preferences = [h.preference for h in self.hosts]
+        return len(set(preferences)) < len(preferences)
+
+    @property
     def outcome(self) -> RouteOutcome:
-        """``ok`` with a usable host; ``dns-failure`` when retrying may help; else ``no-mail``.
+        """``OK`` with a usable host; ``DNS_FAILURE`` when retrying may help; else ``NO_MAIL``.
 
         RFC 5321 5.1: a temporary error means queue and retry, while a non-existent domain or
         MX records none of which are usable must be reported as an error.
         """
         if self.usable_hosts:
-            return "ok"
-        if self.kind in ("servfail", "timeout"):
-            return "dns-failure"
-        if any(h.temporary for h in self.hosts):
-            return "dns-failure"
-        return "no-mail"
+            return RouteOutcome.OK
+        match self.kind:
+            case RouteKind.SERVFAIL | RouteKind.TIMEOUT:
+                return RouteOutcome.DNS_FAILURE
+            case (
+                RouteKind.MX
+                | RouteKind.IMPLICIT
+                | RouteKind.NULL
+                | RouteKind.NXDOMAIN
+                | RouteKind.NODATA
+            ):
+                if any(h.temporary for h in self.hosts):
+                    return RouteOutcome.DNS_FAILURE
+                return RouteOutcome.NO_MAIL
+            case _:
+                assert_never(self.kind)
 
 
 def normalize_mail_domain(domain: str) -> str:
@@ -212,7 +259,7 @@ def normalize_mail_domain(domain: str) -> str:
 def parse_nameserver(spec: str) -> Nameserver:
     """Parse ``HOST``, ``HOST:PORT``, a bare IPv6 address, ``[IPv6]`` or ``[IPv6]:PORT``.
 
-    Raises ``DnsError`` with the reason.
+    Raises ``DnsError`` with the reason. A host name is not looked up here.
     """
     text = spec.strip()
     usage = f"bad nameserver {spec!r}: expected HOST, HOST:PORT or [IPv6]:PORT"
@@ -240,9 +287,10 @@ def parse_nameserver(spec: str) -> Nameserver:
         if not host or (sep and not port_text):
             raise DnsError(usage)
         if not _is_ip_literal(host):
-            if not _HOSTNAME_RE.match(host):
-                raise DnsError(usage)
-            host = host.lower()
+            try:
+                host = normalize_hostname(host)
+            except UserError:
+                raise DnsError(usage) from None
     port = 53
     if port_text:
         if not port_text.isdigit() or not 0 < int(port_text) < 65536:
@@ -253,6 +301,9 @@ def parse_nameserver(spec: str) -> Nameserver:
 
 class MailResolver:
     """Resolves mail routes through one nameserver (or the system's), within a deadline.
+
+    Build one and use it for every domain: it holds the dnspython resolver, and a nameserver
+    given by name is looked up once, here.
 
     ``nameserver`` is a ``Nameserver`` or its text form (see ``parse_nameserver``); ``None``
     uses the resolvers in ``/etc/resolv.conf``. ``timeout`` bounds each DNS query in seconds;
@@ -306,74 +357,80 @@ class MailResolver:
         self._resolver = resolver
 
     def resolve(self, domain: str) -> MailRoute:
-        """Find the mail hosts of ``domain`` (RFC 5321 5.1); see ``resolve_mail_hosts``."""
+        """Find where mail for ``domain`` goes, following RFC 5321 section 5.1.
+
+        - MX records, lowest preference first (ties sorted by name; senders randomise them),
+          the first ``max_hosts`` of them each with its A and AAAA addresses (from the answer's
+          additional section when present);
+        - no MX but an address: the implicit MX, the domain itself at preference 0;
+        - a single ``0 .`` MX (RFC 7505): ``NULL``, the domain accepts no mail;
+        - ``NXDOMAIN``, ``NODATA`` (neither MX nor address), ``SERVFAIL`` and ``TIMEOUT``;
+        - an MX target that is a CNAME is followed and reported in ``cname_target``; an MX
+          target that is an IP address is reported as a problem and not looked up.
+
+        ``domain`` may be internationalised (``bücher.example``). Raises ``DnsError`` only for
+        a malformed domain.
+        """
         ascii_domain = normalize_mail_domain(domain)
         qname = dns.name.from_text(ascii_domain)
         budget = _Budget(self.deadline)
         reply = self._query(qname, dns.rdatatype.MX, budget)
-        if reply.status in ("nxdomain", "servfail", "timeout"):
-            return MailRoute(ascii_domain, reply.status, deadline_passed=budget.passed)
-        notes: list[str] = []
+        match reply.status:
+            case _Status.NXDOMAIN:
+                return MailRoute(ascii_domain, RouteKind.NXDOMAIN)
+            case _Status.SERVFAIL:
+                return MailRoute(ascii_domain, RouteKind.SERVFAIL)
+            case _Status.TIMEOUT:
+                return MailRoute(ascii_domain, RouteKind.TIMEOUT, deadline_passed=budget.passed)
+            case _Status.ANSWER | _Status.NODATA:
+                pass
+            case _:
+                assert_never(reply.status)
         # RFC 5321 5.1: "If a CNAME record is found, the resulting name is processed as if it
         # were the initial name."
         target = reply.canonical
-        if target != qname:
-            notes.append(
-                f"{ascii_domain} is an alias (CNAME) of {_text(target)}; "
-                f"its mail goes where mail for {_text(target)} goes (RFC 5321 5.1)"
-            )
+        alias_of = _text(target) if target != qname else None
         records = [r for r in reply.records if isinstance(r, MX)]
         if not records:
-            return self._implicit(ascii_domain, target, notes, budget)
+            return self._implicit(ascii_domain, target, alias_of, budget)
         # RFC 7505 3: a null MX is a single MX record "0 ." and means: no mail, ever.
         null = len(records) == 1 and records[0].exchange == dns.name.root
         if null and records[0].preference == 0:
-            return MailRoute(ascii_domain, "null", notes=tuple(notes))
+            return MailRoute(ascii_domain, RouteKind.NULL, alias_of=alias_of)
         # The order senders try, then only as many as they would: the rest are never looked up.
         records.sort(key=lambda r: (r.preference, _text(r.exchange)))
         kept = records[: self.max_hosts]
         hosts = self._mx_hosts(kept, _address_map(reply.response), len(records), budget)
-        preferences = [h.preference for h in hosts]
-        if len(set(preferences)) < len(preferences):
-            notes.append(
-                "hosts of equal preference are listed by name; "
-                "senders pick among them at random (RFC 5321 5.1)"
-            )
         return MailRoute(
             ascii_domain,
-            "mx",
+            RouteKind.MX,
             tuple(hosts),
-            tuple(notes),
+            alias_of=alias_of,
             hosts_left_out=len(records) - len(kept),
             deadline_passed=budget.passed,
         )
 
-    def lookup_host(self, name: str) -> HostAddresses:
-        """The A and AAAA addresses of a host name; a CNAME is followed and reported."""
-        text = name.strip().rstrip(".")
-        if not text:
-            raise DnsError("empty host name")
+    def lookup_host(self, name: str) -> MailHost:
+        """The A and AAAA addresses of a host name, within the deadline; a CNAME is followed
+        and reported. Raises ``DnsError`` for a malformed name."""
         try:
-            qname = dns.name.from_text(text)
-        except dns.exception.DNSException:
-            raise DnsError(f"{name!r} is not a valid host name") from None
-        return self._addresses([qname], {}, _Budget(self.deadline))[0]
+            ascii_name = normalize_hostname(name)
+        except UserError as exc:
+            raise DnsError(str(exc)) from None
+        return self._lookup([dns.name.from_text(ascii_name)], {}, _Budget(self.deadline))[0]
 
     def _implicit(
-        self, domain: str, target: dns.name.Name, notes: list[str], budget: _Budget
+        self, domain: str, target: dns.name.Name, alias_of: str | None, budget: _Budget
     ) -> MailRoute:
         # RFC 5321 5.1: "If an empty list of MXs is returned, the address is treated as if it
         # was associated with an implicit MX RR, with a preference of 0, pointing to that host."
-        found = self._addresses([target], {}, budget)[0]
-        passed = budget.passed
-        if found.addresses:
-            host = MailHost(0, _text(target), found.addresses, problem=found.problem)
-            return MailRoute(domain, "implicit", (host,), tuple(notes), deadline_passed=passed)
-        if found.failure is not None:
-            return MailRoute(domain, found.failure, notes=tuple(notes), deadline_passed=passed)
-        if found.nxdomain:
-            return MailRoute(domain, "nxdomain", notes=tuple(notes))
-        return MailRoute(domain, "nodata", notes=tuple(notes))
+        host = self._lookup([target], {}, budget)[0]
+        if host.usable:
+            return MailRoute(
+                domain, RouteKind.IMPLICIT, (host,), alias_of, deadline_passed=budget.passed
+            )
+        kind = _kind_without_address(host.problem)
+        return MailRoute(domain, kind, alias_of=alias_of, deadline_passed=budget.passed)
 
     def _mx_hosts(
         self,
@@ -391,41 +448,28 @@ class MailResolver:
             for r in records
             if r.exchange != dns.name.root and not _is_ip_literal(_text(r.exchange))
         ]
-        found = dict(zip(names, self._addresses(names, additional, budget), strict=True))
+        found = dict(zip(names, self._lookup(names, additional, budget), strict=True))
         hosts = []
         for record in records:
             exchange = record.exchange
-            name = _text(exchange)
+            if exchange in found:
+                hosts.append(dataclasses.replace(found[exchange], preference=record.preference))
+                continue
             if exchange == dns.name.root:
-                reason = (
-                    "mixed with other MX records" if count > 1 else "at a preference other than 0"
-                )
-                problem = f"invalid: null MX target '.' {reason} (RFC 7505 3)"
-                hosts.append(MailHost(record.preference, name, (), problem=problem))
-            elif exchange not in found:
-                problem = "invalid: an IP address, not a host name (RFC 5321 5.1)"
-                hosts.append(MailHost(record.preference, name, (), problem=problem))
+                mixed = count > 1
+                problem = HostProblem.NULL_MX_MIXED if mixed else HostProblem.NULL_MX_PREFERENCE
             else:
-                lookup = found[exchange]
-                hosts.append(
-                    MailHost(
-                        record.preference,
-                        name,
-                        lookup.addresses,
-                        cname_target=lookup.cname_target,
-                        problem=lookup.problem,
-                        temporary=lookup.temporary,
-                    )
-                )
+                problem = HostProblem.IP_LITERAL
+            hosts.append(MailHost(record.preference, _text(exchange), problem=problem))
         return hosts
 
-    def _addresses(
+    def _lookup(
         self,
         names: Sequence[dns.name.Name],
         additional: Mapping[tuple[dns.name.Name, int], list[str]],
         budget: _Budget,
-    ) -> list[HostAddresses]:
-        """The A and AAAA addresses of each of ``names``; the queries run concurrently."""
+    ) -> list[MailHost]:
+        """The A and AAAA addresses of each of ``names`` (at preference 0), concurrently."""
         # Use the additional section when it holds this record type for this very name: a
         # name that owns A/AAAA records cannot be a CNAME (RFC 1034 3.6.2), so nothing is
         # lost. A missing type there proves nothing, so that type is queried.
@@ -433,46 +477,12 @@ class MailResolver:
             dict.fromkeys(
                 (name, rdtype)
                 for name in names
-                for rdtype in _ADDRESS_TYPES
+                for _, rdtype in _ADDRESS_QUERIES
                 if (name, rdtype) not in additional
             )
         )
         replies = dict(zip(jobs, self._query_all(jobs, budget), strict=True))
-        return [self._host_addresses(name, additional, replies) for name in names]
-
-    def _host_addresses(
-        self,
-        name: dns.name.Name,
-        additional: Mapping[tuple[dns.name.Name, int], list[str]],
-        replies: Mapping[tuple[dns.name.Name, dns.rdatatype.RdataType], _Reply],
-    ) -> HostAddresses:
-        v4: list[str] = []
-        v6: list[str] = []
-        cname: dns.name.Name | None = None
-        statuses: list[_Status] = []
-        for rdtype, out in zip(_ADDRESS_TYPES, (v4, v6), strict=True):
-            cached = additional.get((name, rdtype))
-            if cached is not None:
-                out.extend(cached)
-                statuses.append("answer")
-                continue
-            reply = replies[(name, rdtype)]
-            statuses.append(reply.status)
-            if reply.canonical != name:
-                cname = reply.canonical
-            out.extend(_rdata_addresses(reply.records))
-        addresses = tuple(sorted(set(v4), key=ipaddress.IPv4Address)) + tuple(
-            sorted(set(v6), key=ipaddress.IPv6Address)
-        )
-        problem, failure = _address_problem(statuses, bool(addresses))
-        return HostAddresses(
-            _text(name),
-            addresses,
-            cname_target=_text(cname) if cname is not None else None,
-            problem=problem,
-            failure=failure,
-            nxdomain=all(s == "nxdomain" for s in statuses),
-        )
+        return [_host(name, additional, replies) for name in names]
 
     def _query_all(
         self, jobs: Sequence[tuple[dns.name.Name, dns.rdatatype.RdataType]], budget: _Budget
@@ -496,7 +506,7 @@ class MailResolver:
                 replies.append(future.result())
             else:
                 budget.passed = True
-                replies.append(_Reply("timeout", name))
+                replies.append(_Reply(_Status.TIMEOUT, name))
         return replies
 
     def _query(
@@ -505,54 +515,44 @@ class MailResolver:
         left = budget.remaining()
         if left <= 0:
             budget.passed = True
-            return _Reply("timeout", name)
+            return _Reply(_Status.TIMEOUT, name)
         wait = min(self.timeout, left)
         try:
             answer = self._resolver.resolve(name, rdtype, raise_on_no_answer=False, lifetime=wait)
         except dns.resolver.NXDOMAIN as exc:
-            return _Reply("nxdomain", _nxdomain_canonical(exc, name))
+            return _Reply(_Status.NXDOMAIN, _nxdomain_canonical(exc, name))
         except dns.exception.Timeout:
             if wait < self.timeout:
                 budget.passed = True
-            return _Reply("timeout", name)
+            return _Reply(_Status.TIMEOUT, name)
         except (dns.exception.DNSException, OSError):
             # NoNameservers (SERVFAIL, REFUSED, unreachable server), YXDOMAIN, malformed
             # replies: all mean "DNS could not answer", which RFC 5321 5.1 treats as temporary.
-            return _Reply("servfail", name)
+            return _Reply(_Status.SERVFAIL, name)
         records = tuple(answer.rrset) if answer.rrset is not None else ()
-        status: _Status = "answer" if records else "nodata"
+        status = _Status.ANSWER if records else _Status.NODATA
         return _Reply(status, answer.canonical_name, records, answer.response)
 
 
-def resolve_mail_hosts(
-    domain: str,
-    *,
-    nameserver: Nameserver | str | None = None,
-    timeout: float = DEFAULT_TIMEOUT,
-    deadline: float | None = None,
-) -> MailRoute:
-    """Find where mail for ``domain`` goes, following RFC 5321 section 5.1.
+class _Status(enum.Enum):
+    """The outcome of one DNS query, before it becomes a route kind or a host problem."""
 
-    - MX records, lowest preference first (ties sorted by name; senders randomise them), each
-      host with its A and AAAA addresses (from the answer's additional section when present);
-    - no MX but an address: the implicit MX, the domain itself at preference 0 (``implicit``);
-    - a single ``0 .`` MX (RFC 7505): ``null``, the domain accepts no mail;
-    - ``nxdomain``, ``nodata`` (neither MX nor address), ``servfail`` and ``timeout`` as kinds;
-    - an MX target that is a CNAME is followed and reported in ``cname_target``; an MX target
-      that is an IP address is reported as a ``problem`` and not used.
-
-    Only the first ``MAX_MX_HOSTS`` MX hosts by preference are looked up, concurrently.
-
-    ``domain`` may be internationalised (``bücher.example``). ``nameserver`` is ``HOST``,
-    ``HOST:PORT`` or ``[IPv6]:PORT``; ``None`` uses the system resolver. ``timeout`` bounds each
-    query in seconds, ``deadline`` all of them (default ``DEADLINE_FACTOR`` times ``timeout``).
-    Raises ``DnsError`` only for bad input.
-    """
-    resolver = MailResolver(nameserver=nameserver, timeout=timeout, deadline=deadline)
-    return resolver.resolve(domain)
+    ANSWER = enum.auto()
+    NODATA = enum.auto()
+    NXDOMAIN = enum.auto()
+    SERVFAIL = enum.auto()
+    TIMEOUT = enum.auto()
 
 
-_ADDRESS_TYPES = (dns.rdatatype.A, dns.rdatatype.AAAA)
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    status: _Status
+    canonical: dns.name.Name
+    records: tuple[object, ...] = ()
+    response: dns.message.Message | None = None
+
+
+_ADDRESS_QUERIES = ((AddressType.A, dns.rdatatype.A), (AddressType.AAAA, dns.rdatatype.AAAA))
 
 # How long past the deadline to wait for a query thread that has not returned: dnspython
 # clips its own waits to the lifetime given, so this is only a backstop.
@@ -571,12 +571,85 @@ class _Budget:
         return self._end - time.monotonic()
 
 
-@dataclass(frozen=True, slots=True)
-class _Reply:
-    status: _Status
-    canonical: dns.name.Name
-    records: tuple[object, ...] = ()
-    response: dns.message.Message | None = None
+def _host(
+    name: dns.name.Name,
+    additional: Mapping[tuple[dns.name.Name, int], list[str]],
+    replies: Mapping[tuple[dns.name.Name, dns.rdatatype.RdataType], _Reply],
+) -> MailHost:
+    """One host from the additional section and the replies to its own queries."""
+    found: dict[AddressType, list[str]] = {}
+    statuses: dict[AddressType, _Status] = {}
+    cname: dns.name.Name | None = None
+    for address_type, rdtype in _ADDRESS_QUERIES:
+        cached = additional.get((name, rdtype))
+        if cached is not None:
+            found[address_type] = cached
+            statuses[address_type] = _Status.ANSWER
+            continue
+        reply = replies[(name, rdtype)]
+        statuses[address_type] = reply.status
+        if reply.canonical != name:
+            cname = reply.canonical
+        found[address_type] = _rdata_addresses(reply.records)
+    addresses = tuple(sorted(set(found.get(AddressType.A, ())), key=ipaddress.IPv4Address)) + (
+        tuple(sorted(set(found.get(AddressType.AAAA, ())), key=ipaddress.IPv6Address))
+    )
+    failed = tuple(t for t, status in statuses.items() if _failed(status))
+    return MailHost(
+        0,
+        _text(name),
+        addresses,
+        cname_target=_text(cname) if cname is not None else None,
+        problem=_address_problem(statuses, failed, bool(addresses)),
+        failed=failed,
+    )
+
+
+def _failed(status: _Status) -> bool:
+    """True for a query that DNS could not answer (as opposed to an answer of "nothing")."""
+    match status:
+        case _Status.SERVFAIL | _Status.TIMEOUT:
+            return True
+        case _Status.ANSWER | _Status.NODATA | _Status.NXDOMAIN:
+            return False
+        case _:
+            assert_never(status)
+
+
+def _address_problem(
+    statuses: Mapping[AddressType, _Status], failed: Sequence[AddressType], have_addresses: bool
+) -> HostProblem | None:
+    """Why an address lookup did not fully succeed, if it did not."""
+    if failed:
+        timed_out = any(statuses[t] is _Status.TIMEOUT for t in failed)
+        return HostProblem.TIMEOUT if timed_out else HostProblem.SERVFAIL
+    if have_addresses:
+        return None
+    if all(status is _Status.NXDOMAIN for status in statuses.values()):
+        return HostProblem.NXDOMAIN
+    return HostProblem.NO_ADDRESS
+
+
+def _kind_without_address(problem: HostProblem | None) -> RouteKind:
+    """The route of a domain without MX records whose own address lookup found none."""
+    match problem:
+        case HostProblem.TIMEOUT:
+            return RouteKind.TIMEOUT
+        case HostProblem.SERVFAIL:
+            return RouteKind.SERVFAIL
+        case HostProblem.NXDOMAIN:
+            return RouteKind.NXDOMAIN
+        case (
+            HostProblem.NO_ADDRESS
+            | HostProblem.NULL_MX_MIXED
+            | HostProblem.NULL_MX_PREFERENCE
+            | HostProblem.IP_LITERAL
+            | None
+        ):
+            # Only NO_ADDRESS comes from an address lookup; each of these means "no address".
+            return RouteKind.NODATA
+        case _:
+            assert_never(problem)
 
 
 def _text(name: dns.name.Name) -> str:
@@ -612,7 +685,8 @@ def _nameserver_addresses(server: Nameserver) -> list[str]:
     try:
         infos = socket.getaddrinfo(server.host, server.port, type=socket.SOCK_DGRAM)
     except OSError as exc:
-        raise DnsError(f"cannot resolve nameserver {server.host!r}: {exc.strerror}") from None
+        reason = exc.strerror or str(exc)
+        raise DnsError(f"cannot resolve nameserver {server.host!r}: {reason}") from None
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
@@ -639,24 +713,3 @@ def _nxdomain_canonical(exc: dns.resolver.NXDOMAIN, name: dns.name.Name) -> dns.
     except (TypeError, KeyError):
         return name
     return canonical if isinstance(canonical, dns.name.Name) else name
-
-
-def _address_problem(
-    statuses: list[_Status], have_addresses: bool
-) -> tuple[str | None, DnsFailure | None]:
-    """A short reason for an address lookup that did not fully succeed, and its failure kind."""
-    failed = [
-        (rdtype, status)
-        for rdtype, status in zip(("A", "AAAA"), statuses, strict=True)
-        if status in ("servfail", "timeout")
-    ]
-    if failed:
-        types = " and ".join(rdtype for rdtype, _ in failed)
-        if any(status == "timeout" for _, status in failed):
-            return f"{types} lookup timed out", "timeout"
-        return f"{types} lookup failed (SERVFAIL)", "servfail"
-    if have_addresses:
-        return None, None
-    if all(status == "nxdomain" for status in statuses):
-        return "host does not exist (NXDOMAIN)", None
-    return "no A or AAAA record", None

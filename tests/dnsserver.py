@@ -22,11 +22,13 @@ name                       records
 multi.mx.test              MX 5 mx-d, 10 mx-b, 10 mx-a, 20 mx-c, 30 mail.other.test
 null.mx.test               MX 0 .  (null MX, RFC 7505)
 mixednull.mx.test          MX 0 ., 10 mx-b  (not a valid null MX)
+lonedot.mx.test            MX 10 .  (not a valid null MX either: preference not 0)
 aonly.mx.test              A 192.0.2.10  (implicit MX)
 aaaaonly.mx.test           AAAA 2001:db8::10  (implicit MX)
 cname.mx.test              MX 10 alias; alias CNAME real; real A/AAAA
 literal.mx.test            MX 10 192.0.2.1.  (an IP address as MX target)
 dangling.mx.test           MX 10 nowhere  (target does not exist)
+noaddr.mx.test             MX 10 nodata  (target exists without an address)
 failing.mx.test            MX 10 mail.broken.test  (target's lookups SERVFAIL)
 nodata.mx.test             TXT only
 xn--bcher-kva.mx.test      MX 10 mx-a  (bücher.mx.test)
@@ -103,6 +105,7 @@ mx-d            IN A     192.0.2.4
 null            IN MX    0 .
 mixednull       IN MX    0 .
 mixednull       IN MX    10 mx-b
+lonedot         IN MX    10 .
 
 aonly           IN A     192.0.2.10
 aaaaonly        IN AAAA  2001:db8::10
@@ -114,6 +117,7 @@ real            IN AAAA  2001:db8::30
 
 literal         IN MX    10 192.0.2.1.
 dangling        IN MX    10 nowhere
+noaddr          IN MX    10 nodata
 failing         IN MX    10 mail.broken.test.
 nodata          IN TXT   "no mail here"
 xn--bcher-kva   IN MX    10 mx-a

@@ -1,6 +1,9 @@
 """``smtpkit mx``: show where mail for a domain goes, and check that ours comes here.
 
-Exit status (documented in docs/mx.md; cron scripts rely on it):
+``smtpkit.dns`` finds the routes as values; every word the user reads is chosen here.
+
+Exit status (documented in README.md, section "Checking your MX records"; cron scripts rely on
+it):
 
 ====  ===================================================================================
 0     every domain has at least one mail host with an address (``--check``: every
@@ -9,7 +12,7 @@ Exit status (documented in docs/mx.md; cron scripts rely on it):
 2     usage error: bad option, bad DOMAIN, bad --nameserver, DOMAIN together with --check
 3     a domain accepts no mail or does not exist: null MX, NXDOMAIN, no MX and no address,
       or MX hosts none of which has an address
-4     DNS failure or timeout: retrying later may give an answer
+4     DNS failure or timeout (also a deadline that passed): retrying later may give an answer
 5     ``--check`` only: a domain's mail goes to hosts that are not this server
 ====  ===================================================================================
 
@@ -24,7 +27,7 @@ import json
 import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, assert_never
 
 import click
 
@@ -34,11 +37,13 @@ from smtpkit.dns import (
     DEADLINE_FACTOR,
     DEFAULT_TIMEOUT,
     DnsError,
-    HostAddresses,
+    HostProblem,
     MailHost,
     MailResolver,
     MailRoute,
     Nameserver,
+    RouteKind,
+    RouteOutcome,
     normalize_mail_domain,
     parse_nameserver,
 )
@@ -76,16 +81,22 @@ def exit_status(codes: Iterable[int]) -> int:
 
 def _route_code(route: MailRoute) -> int:
     outcome = route.outcome
-    if outcome == "ok":
-        return EXIT_OK
-    return EXIT_DNS_FAILURE if outcome == "dns-failure" else EXIT_NO_MAIL
+    match outcome:
+        case RouteOutcome.OK:
+            return EXIT_OK
+        case RouteOutcome.NO_MAIL:
+            return EXIT_NO_MAIL
+        case RouteOutcome.DNS_FAILURE:
+            return EXIT_DNS_FAILURE
+        case _:
+            assert_never(outcome)
 
 
 def route_json(route: MailRoute) -> dict[str, Any]:
     """The ``--json`` object for one domain; ``hosts_left_out`` only when hosts were left out."""
     found: dict[str, Any] = {
         "domain": route.domain,
-        "kind": route.kind,
+        "kind": route.kind.value,
         "hosts": [
             {"preference": h.preference, "host": h.host, "addresses": list(h.addresses)}
             for h in route.hosts
@@ -96,8 +107,36 @@ def route_json(route: MailRoute) -> dict[str, Any]:
     return found
 
 
-def _timeout_text(timeout: float) -> str:
-    return f"{timeout:g}s"
+# --- wording -----------------------------------------------------------------------------
+
+
+def _seconds(seconds: float) -> str:
+    return f"{seconds:g}s"
+
+
+def _problem_text(host: MailHost) -> str | None:
+    """The bracketed reason shown next to a host, or None when it has no problem."""
+    problem = host.problem
+    failed = " and ".join(t.value for t in host.failed)
+    match problem:
+        case None:
+            return None
+        case HostProblem.NULL_MX_MIXED:
+            return "invalid: null MX target '.' mixed with other MX records (RFC 7505 3)"
+        case HostProblem.NULL_MX_PREFERENCE:
+            return "invalid: null MX target '.' at a preference other than 0 (RFC 7505 3)"
+        case HostProblem.IP_LITERAL:
+            return "invalid: an IP address, not a host name (RFC 5321 5.1)"
+        case HostProblem.NXDOMAIN:
+            return "host does not exist (NXDOMAIN)"
+        case HostProblem.NO_ADDRESS:
+            return "no A or AAAA record"
+        case HostProblem.SERVFAIL:
+            return f"{failed} lookup failed (SERVFAIL)"
+        case HostProblem.TIMEOUT:
+            return f"{failed} lookup timed out"
+        case _:
+            assert_never(problem)
 
 
 def _host_remarks(host: MailHost) -> list[str]:
@@ -107,8 +146,9 @@ def _host_remarks(host: MailHost) -> list[str]:
             f"alias (CNAME) of {host.cname_target}: an MX target must not be an alias, "
             "RFC 2181 10.3"
         )
-    if host.problem is not None:
-        remarks.append(host.problem)
+    problem = _problem_text(host)
+    if problem is not None:
+        remarks.append(problem)
     return remarks
 
 
@@ -131,8 +171,19 @@ def _label(route: MailRoute, given: str | None) -> str:
     return route.domain if not shown or shown.isascii() else f"{route.domain} ({shown})"
 
 
-def _limit_notes(route: MailRoute, deadline: float) -> list[str]:
+def _notes(route: MailRoute, deadline: float) -> list[str]:
+    """Facts worth telling that do not change the route."""
     notes = []
+    if route.alias_of is not None:
+        notes.append(
+            f"{route.domain} is an alias (CNAME) of {route.alias_of}; "
+            f"its mail goes where mail for {route.alias_of} goes (RFC 5321 5.1)"
+        )
+    if route.ties:
+        notes.append(
+            "hosts of equal preference are listed by name; "
+            "senders pick among them at random (RFC 5321 5.1)"
+        )
     if route.hosts_left_out:
         notes.append(
             f"{route.hosts_left_out} more MX hosts not shown: only the first "
@@ -140,54 +191,68 @@ def _limit_notes(route: MailRoute, deadline: float) -> list[str]:
         )
     if route.deadline_passed:
         notes.append(
-            f"the {_timeout_text(deadline)} deadline (--deadline) passed: lookups without an "
+            f"the {_seconds(deadline)} deadline (--deadline) passed: lookups without an "
             "answer by then count as timed out"
         )
     return notes
 
 
 def format_route(
-    route: MailRoute, *, timeout: float, deadline: float | None = None, given: str | None = None
+    route: MailRoute, *, timeout: float, deadline: float, given: str | None = None
 ) -> list[str]:
     """The readable lines for one domain: a header, one line per host, notes.
 
-    ``timeout`` is the longest wait for one query (the ``--timeout``, or the deadline when that
-    is shorter), ``deadline`` the one for all the queries of the domain.
+    ``timeout`` and ``deadline`` are the resolver's: the wait for one query and for all the
+    queries of the domain. ``given`` is the name as typed, shown next to its IDNA form.
     """
     name = _label(route, given)
     lines: list[str]
-    if route.kind == "mx":
-        count = len(route.hosts) + route.hosts_left_out
-        if count == 1:
-            lines = [f"{name}: 1 mail host (MX)"]
-        else:
-            lines = [f"{name}: {count} mail hosts (MX), in the order senders try them"]
-        lines += _host_lines(route.hosts)
-        if route.outcome == "no-mail":
-            lines.append("  no usable mail host: mail to this domain bounces (RFC 5321 5.1)")
-        elif route.outcome == "dns-failure":
-            lines.append("  no usable mail host right now: address lookups failed; try again later")
-    elif route.kind == "implicit":
-        lines = [f"{name}: no MX record; implicit MX: its own address receives mail (RFC 5321 5.1)"]
-        lines += _host_lines(route.hosts)
-    elif route.kind == "null":
-        lines = [f"{name}: null MX (RFC 7505): this domain accepts no mail"]
-    elif route.kind == "nxdomain":
-        lines = [f"{name}: no such domain (NXDOMAIN)"]
-    elif route.kind == "nodata":
-        lines = [f"{name}: no MX and no A/AAAA record: this domain receives no mail"]
-    elif route.kind == "servfail":
-        lines = [f"{name}: DNS failure (SERVFAIL or refused); try again later"]
-    else:
-        lines = [
-            f"{name}: no DNS answer within {_timeout_text(timeout)} (timeout); try again later"
-        ]
-    notes = [
-        *route.notes,
-        *_limit_notes(route, DEADLINE_FACTOR * timeout if deadline is None else deadline),
-    ]
-    lines += [f"  note: {note}" for note in notes]
+    kind = route.kind
+    match kind:
+        case RouteKind.MX:
+            count = len(route.hosts) + route.hosts_left_out
+            if count == 1:
+                lines = [f"{name}: 1 mail host (MX)"]
+            else:
+                lines = [f"{name}: {count} mail hosts (MX), in the order senders try them"]
+            lines += _host_lines(route.hosts)
+            outcome = route.outcome
+            match outcome:
+                case RouteOutcome.OK:
+                    pass
+                case RouteOutcome.NO_MAIL:
+                    lines.append(
+                        "  no usable mail host: mail to this domain bounces (RFC 5321 5.1)"
+                    )
+                case RouteOutcome.DNS_FAILURE:
+                    lines.append(
+                        "  no usable mail host right now: address lookups failed; try again later"
+                    )
+                case _:
+                    assert_never(outcome)
+        case RouteKind.IMPLICIT:
+            lines = [
+                f"{name}: no MX record; implicit MX: its own address receives mail (RFC 5321 5.1)",
+                *_host_lines(route.hosts),
+            ]
+        case RouteKind.NULL:
+            lines = [f"{name}: null MX (RFC 7505): this domain accepts no mail"]
+        case RouteKind.NXDOMAIN:
+            lines = [f"{name}: no such domain (NXDOMAIN)"]
+        case RouteKind.NODATA:
+            lines = [f"{name}: no MX and no A/AAAA record: this domain receives no mail"]
+        case RouteKind.SERVFAIL:
+            lines = [f"{name}: DNS failure (SERVFAIL or refused); try again later"]
+        case RouteKind.TIMEOUT:
+            wait = _seconds(min(timeout, deadline))
+            lines = [f"{name}: no DNS answer within {wait} (timeout); try again later"]
+        case _:
+            assert_never(kind)
+    lines += [f"  note: {note}" for note in _notes(route, deadline)]
     return lines
+
+
+# --- the command -------------------------------------------------------------------------
 
 
 def _parse_nameserver(
@@ -266,7 +331,6 @@ def command(
         except DnsError as exc:
             raise click.BadParameter(str(exc), ctx=ctx, param_hint="DOMAIN") from None
     resolver = MailResolver(nameserver=nameserver, timeout=timeout, deadline=deadline)
-    wait = min(resolver.timeout, resolver.deadline)
     codes = []
     for given in domains:
         route = resolver.resolve(given)
@@ -274,7 +338,10 @@ def command(
         if as_json:
             click.echo(json.dumps(route_json(route)))
         else:
-            for line in format_route(route, timeout=wait, deadline=resolver.deadline, given=given):
+            lines = format_route(
+                route, timeout=resolver.timeout, deadline=resolver.deadline, given=given
+            )
+            for line in lines:
                 click.echo(line)
     ctx.exit(exit_status(codes))
 
@@ -287,7 +354,7 @@ class _Server:
     """What "this server" means for the check: the addresses senders must reach."""
 
     hostname: str
-    hostname_lookup: HostAddresses
+    hostname_lookup: MailHost
     listen_addresses: tuple[_IPAddress, ...]  # specific addresses from server.listen
     wildcard: bool  # listening on 0.0.0.0 or ::, so server.hostname's addresses count
     listen_text: str
@@ -324,9 +391,10 @@ def _this_server(config: Config, resolver: MailResolver) -> _Server:
         ips, any_address = _listen_ips(address.host, address.port)
         wildcard = wildcard or any_address
         listen += [ip for ip in ips if ip not in listen]
+    lookup = resolver.lookup_host(config.server.hostname)
     return _Server(
-        hostname=config.server.hostname.rstrip(".").lower(),
-        hostname_lookup=resolver.lookup_host(config.server.hostname),
+        hostname=lookup.host,  # the ASCII form, as it appears in MX records
+        hostname_lookup=lookup,
         listen_addresses=tuple(listen),
         wildcard=wildcard,
         listen_text=", ".join(str(a) for a in config.server.listen),
@@ -341,7 +409,7 @@ def _server_lines(server: _Server) -> list[str]:
         f"(listening on {server.listen_text})"
     ]
     if server.wildcard and not server.hostname_lookup.addresses:
-        problem = server.hostname_lookup.problem or "no address"
+        problem = _problem_text(server.hostname_lookup) or "no address"
         lines.append(
             f"  note: listening on a wildcard address, so MX hosts are matched against "
             f"{server.hostname}, which has no address ({problem})"
@@ -365,7 +433,7 @@ def _ours(host: MailHost, server: _Server) -> bool:
 def _describe(hosts: Iterable[MailHost]) -> str:
     parts = []
     for h in hosts:
-        detail = ", ".join(h.addresses) if h.addresses else (h.problem or "no address")
+        detail = ", ".join(h.addresses) if h.addresses else (_problem_text(h) or "no address")
         parts.append(f"{h.host} ({detail})")
     return ", ".join(parts)
 
@@ -374,12 +442,19 @@ def _fix_lines(route: MailRoute, server: _Server) -> list[str]:
     """The DNS records to add so that mail for ``route.domain`` reaches this server."""
     record = f"{route.domain}. IN MX 10 {server.hostname}."
     fixes: list[str] = []
-    if route.kind == "null":
-        fixes.append(f"replace the null MX with: {record}")
-    elif route.kind == "nxdomain":
-        fixes.append(f"register {route.domain} (or correct server.domains), then add: {record}")
-    elif route.kind != "mx" or all(h.host != server.hostname for h in route.hosts):
-        fixes.append(f"add: {record}")
+    kind = route.kind
+    match kind:
+        case RouteKind.NULL:
+            fixes.append(f"replace the null MX with: {record}")
+        case RouteKind.NXDOMAIN:
+            fixes.append(f"register {route.domain} (or correct server.domains), then add: {record}")
+        case RouteKind.MX:
+            if all(h.host != server.hostname for h in route.hosts):
+                fixes.append(f"add: {record}")
+        case RouteKind.IMPLICIT | RouteKind.NODATA | RouteKind.SERVFAIL | RouteKind.TIMEOUT:
+            fixes.append(f"add: {record}")
+        case _:
+            assert_never(kind)
     lookup = server.hostname_lookup
     known = [ipaddress.ip_address(a) for a in lookup.addresses]
     if not lookup.temporary and not any(ip in server.addresses for ip in known):
@@ -393,8 +468,36 @@ def _fix_lines(route: MailRoute, server: _Server) -> list[str]:
     return [f"  {'fix' if i == 0 else 'and'}: {fix}" for i, fix in enumerate(fixes)]
 
 
-def _check_route(route: MailRoute, server: _Server, timeout: float) -> tuple[int, list[str]]:
+def _check_route(
+    route: MailRoute, server: _Server, *, timeout: float, deadline: float
+) -> tuple[int, list[str]]:
     """Exit code and lines for one configured domain."""
+    name = route.domain
+    kind = route.kind
+    match kind:
+        case RouteKind.MX:
+            return _check_hosts(route, server, implicit=False)
+        case RouteKind.IMPLICIT:
+            return _check_hosts(route, server, implicit=True)
+        case RouteKind.TIMEOUT:
+            why = f"no DNS answer within {_seconds(min(timeout, deadline))}"
+            return EXIT_DNS_FAILURE, [f"{name}: cannot tell: {why}; try again later"]
+        case RouteKind.SERVFAIL:
+            why = "DNS failure (SERVFAIL or refused)"
+            return EXIT_DNS_FAILURE, [f"{name}: cannot tell: {why}; try again later"]
+        case RouteKind.NULL:
+            why = "null MX (RFC 7505): the domain refuses all mail"
+        case RouteKind.NXDOMAIN:
+            why = "the domain does not exist (NXDOMAIN)"
+        case RouteKind.NODATA:
+            why = "no MX record and no address"
+        case _:
+            assert_never(kind)
+    return EXIT_NO_MAIL, [f"{name}: NOT this server: {why}", *_fix_lines(route, server)]
+
+
+def _check_hosts(route: MailRoute, server: _Server, *, implicit: bool) -> tuple[int, list[str]]:
+    """Exit code and lines for a domain with mail hosts: MX records or its implicit MX."""
     name = route.domain
     mine = [h for h in route.usable_hosts if _ours(h, server)]
     if mine:
@@ -402,50 +505,38 @@ def _check_route(route: MailRoute, server: _Server, timeout: float) -> tuple[int
         addresses = ", ".join(
             a for a in best.addresses if ipaddress.ip_address(a) in server.addresses
         )
-        if route.kind == "implicit":
-            lines = [
+        if implicit:
+            return EXIT_OK, [
                 f"{name}: ok: no MX record, but its implicit MX {best.host} ({addresses}) "
                 "is this server",
                 f"  tip: an explicit MX is clearer: {name}. IN MX 10 {server.hostname}.",
             ]
-        else:
-            lines = [
-                f"{name}: ok: {best.host} ({addresses}) at preference {best.preference} "
-                "is this server"
-            ]
-            earlier = [h for h in route.usable_hosts if h.preference < best.preference]
-            if earlier:
-                lines.append(f"  note: tried first, and not this server: {_describe(earlier)}")
+        lines = [
+            f"{name}: ok: {best.host} ({addresses}) at preference {best.preference} is this server"
+        ]
+        earlier = [h for h in route.usable_hosts if h.preference < best.preference]
+        if earlier:
+            lines.append(f"  note: tried first, and not this server: {_describe(earlier)}")
         return EXIT_OK, lines
     lookup = server.hostname_lookup
     if server.wildcard and lookup.temporary and route.usable_hosts:
         # Listening on a wildcard address, this server's addresses are those of its name.
-        why = f"looking up this server's name {server.hostname} failed ({lookup.problem})"
+        why = f"looking up this server's name {server.hostname} failed ({_problem_text(lookup)})"
         return EXIT_DNS_FAILURE, [f"{name}: cannot tell: {why}; try again later"]
-    if route.outcome == "dns-failure" or (
-        route.kind == "mx" and any(h.temporary for h in route.hosts)
-    ):
-        if route.kind == "timeout":
-            why = f"no DNS answer within {_timeout_text(timeout)}"
-        elif route.kind == "servfail":
-            why = "DNS failure (SERVFAIL or refused)"
-        else:
-            why = f"address lookups failed for {_describe(h for h in route.hosts if h.temporary)}"
+    # An MX host whose lookup failed might be this server. (The host of an implicit MX has an
+    # address, or the route would not be implicit.)
+    failing = [h for h in route.hosts if h.temporary]
+    if failing and not implicit:
+        why = f"address lookups failed for {_describe(failing)}"
         return EXIT_DNS_FAILURE, [f"{name}: cannot tell: {why}; try again later"]
-    code = EXIT_NO_MAIL
-    if route.kind == "null":
-        why = "null MX (RFC 7505): the domain refuses all mail"
-    elif route.kind == "nxdomain":
-        why = "the domain does not exist (NXDOMAIN)"
-    elif route.kind == "nodata":
-        why = "no MX record and no address"
-    elif route.kind == "implicit":
+    if implicit:
         code = EXIT_ELSEWHERE
         why = f"no MX record; mail goes to its own address, {_describe(route.hosts)}"
     elif route.usable_hosts:
         code = EXIT_ELSEWHERE
         why = f"its mail goes to {_describe(route.hosts)}"
     else:
+        code = EXIT_NO_MAIL
         why = f"none of its MX hosts has an address: {_describe(route.hosts)}"
     return code, [f"{name}: NOT this server: {why}", *_fix_lines(route, server)]
 
@@ -458,7 +549,9 @@ def _check(config: Config, resolver: MailResolver, *, as_json: bool) -> int:
     codes = []
     for domain in config.server.domains:
         route = resolver.resolve(domain)
-        code, lines = _check_route(route, server, min(resolver.timeout, resolver.deadline))
+        code, lines = _check_route(
+            route, server, timeout=resolver.timeout, deadline=resolver.deadline
+        )
         codes.append(code)
         if as_json:
             click.echo(json.dumps({**route_json(route), "reachable": code == EXIT_OK}))

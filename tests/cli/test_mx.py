@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
+import dns.resolver
 import pytest
 from click.testing import CliRunner, Result
 
 from smtpkit.commands import cli
+from smtpkit.dns import DEADLINE_FACTOR, MAX_MX_HOSTS
 from tests.dnsserver import (  # noqa: F401
     DnsServer,
     FilteringNameserver,
@@ -100,6 +103,21 @@ def test_every_kind_of_answer(dns_server: DnsServer) -> None:  # noqa: F811
         TIES,
     ]
     # Domains without mail (3) and DNS failures (4) together: the permanent finding wins.
+    assert result.exit_code == 3
+
+
+def test_every_host_problem_has_its_words(dns_server: DnsServer) -> None:  # noqa: F811
+    # The two host problems test_every_kind_of_answer does not show (the others are there and
+    # in the slow.test tests below).
+    result = mx(dns_server, "lonedot.mx.test", "noaddr.mx.test")
+    assert lines(result) == [
+        "lonedot.mx.test: 1 mail host (MX)",
+        "  10  .  -  [invalid: null MX target '.' at a preference other than 0 (RFC 7505 3)]",
+        "  no usable mail host: mail to this domain bounces (RFC 5321 5.1)",
+        "noaddr.mx.test: 1 mail host (MX)",
+        "  10  nodata.mx.test  -  [no A or AAAA record]",
+        "  no usable mail host: mail to this domain bounces (RFC 5321 5.1)",
+    ]
     assert result.exit_code == 3
 
 
@@ -223,6 +241,34 @@ def test_usage_errors(args: list[str], error: str) -> None:
     result = CliRunner().invoke(cli, ["mx", *args])
     assert result.exit_code == 2
     assert lines(result)[-1] == error
+
+
+def test_one_resolver_per_invocation(
+    dns_server: DnsServer,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    built: list[dns.resolver.Resolver] = []
+
+    class Counted(dns.resolver.Resolver):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            built.append(self)
+
+    monkeypatch.setattr(dns.resolver, "Resolver", Counted)
+    result = mx(dns_server, "multi.mx.test", "aonly.mx.test", "null.mx.test")
+    assert result.exit_code == 3
+    assert len(built) == 1
+    built.clear()
+    assert check(dns_server, tmp_path, "ours.mx.test", "selfhosted.mx.test").exit_code == 0
+    assert len(built) == 1
+
+
+def test_help_names_the_limits() -> None:
+    result = CliRunner().invoke(cli, ["mx", "--help"])
+    text = " ".join(result.output.split())
+    assert f"Only the first {MAX_MX_HOSTS} MX hosts by preference are looked up" in text
+    assert f"[default: {DEADLINE_FACTOR} x --timeout]" in text
 
 
 # --- limits: a deadline per domain, at most 10 hosts, addresses looked up concurrently -----
