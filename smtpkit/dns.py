@@ -8,7 +8,8 @@ that failed). Callers word them (``smtpkit mx``) or act on them (the delivery qu
 verdict ``MailRoute.outcome`` tells "this domain takes no mail" (bounce) from "DNS is failing"
 (retry).
 
-Only bad input raises: ``DnsError`` with one line saying what is wrong.
+Only bad input raises: ``DnsError`` (``NameserverError`` for a nameserver that cannot be used)
+with one line saying what is wrong.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ __all__ = [
     "MailResolver",
     "MailRoute",
     "Nameserver",
+    "NameserverError",
     "RouteKind",
     "RouteOutcome",
     "normalize_mail_domain",
@@ -74,6 +76,10 @@ DEADLINE_FACTOR = 3
 
 class DnsError(SmtpkitError):
     """Bad input to the resolver: a malformed domain, nameserver or timeout."""
+
+
+class NameserverError(DnsError):
+    """A nameserver that is malformed or whose name does not resolve."""
 
 
 class RouteKind(enum.Enum):
@@ -259,7 +265,7 @@ def normalize_mail_domain(domain: str) -> str:
 def parse_nameserver(spec: str) -> Nameserver:
     """Parse ``HOST``, ``HOST:PORT``, a bare IPv6 address, ``[IPv6]`` or ``[IPv6]:PORT``.
 
-    Raises ``DnsError`` with the reason. A host name is not looked up here.
+    Raises ``NameserverError`` with the reason. A host name is not looked up here.
     """
     text = spec.strip()
     usage = f"bad nameserver {spec!r}: expected HOST, HOST:PORT or [IPv6]:PORT"
@@ -267,34 +273,36 @@ def parse_nameserver(spec: str) -> Nameserver:
     if text.startswith("["):
         host, sep, rest = text[1:].partition("]")
         if not sep or (rest and not rest.startswith(":")):
-            raise DnsError(usage)
+            raise NameserverError(usage)
         port_text = rest[1:] if rest else ""
         if rest and not port_text:
-            raise DnsError(usage)
+            raise NameserverError(usage)
         try:
             ipaddress.IPv6Address(host)
         except ValueError:
-            raise DnsError(f"bad nameserver {spec!r}: {host!r} is not an IPv6 address") from None
+            raise NameserverError(
+                f"bad nameserver {spec!r}: {host!r} is not an IPv6 address"
+            ) from None
     elif text.count(":") > 1:
         # More than one colon without brackets can only be a bare IPv6 address.
         host = text
         try:
             ipaddress.IPv6Address(host)
         except ValueError:
-            raise DnsError(usage) from None
+            raise NameserverError(usage) from None
     else:
         host, sep, port_text = text.partition(":")
         if not host or (sep and not port_text):
-            raise DnsError(usage)
+            raise NameserverError(usage)
         if not _is_ip_literal(host):
             try:
                 host = normalize_hostname(host)
             except UserError:
-                raise DnsError(usage) from None
+                raise NameserverError(usage) from None
     port = 53
     if port_text:
         if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise DnsError(f"bad nameserver {spec!r}: port must be 1-65535")
+            raise NameserverError(f"bad nameserver {spec!r}: port must be 1-65535")
         port = int(port_text)
     return Nameserver(host, port)
 
@@ -303,7 +311,7 @@ class MailResolver:
     """Resolves mail routes through one nameserver (or the system's), within a deadline.
 
     Build one and use it for every domain: it holds the dnspython resolver, and a nameserver
-    given by name is looked up once, here.
+    given by name is looked up once, here (``NameserverError`` when that fails).
 
     ``nameserver`` is a ``Nameserver`` or its text form (see ``parse_nameserver``); ``None``
     uses the resolvers in ``/etc/resolv.conf``. ``timeout`` bounds each DNS query in seconds;
@@ -686,7 +694,7 @@ def _nameserver_addresses(server: Nameserver) -> list[str]:
         infos = socket.getaddrinfo(server.host, server.port, type=socket.SOCK_DGRAM)
     except OSError as exc:
         reason = exc.strerror or str(exc)
-        raise DnsError(f"cannot resolve nameserver {server.host!r}: {reason}") from None
+        raise NameserverError(f"cannot resolve nameserver {server.host!r}: {reason}") from None
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 

@@ -6,6 +6,7 @@ Results are values (kinds, problems, names), never text: the wording is tests/cl
 from __future__ import annotations
 
 import math
+import socket
 import time
 from typing import Any
 
@@ -24,6 +25,7 @@ from smtpkit.dns import (
     MailResolver,
     MailRoute,
     Nameserver,
+    NameserverError,
     RouteKind,
     RouteOutcome,
     normalize_mail_domain,
@@ -434,6 +436,17 @@ def test_nameserver_by_international_name() -> None:
     )
 
 
+def test_nameserver_that_does_not_resolve(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The name is looked up once, when the resolver is built; no query leaves the machine.
+    def no_such_name(*args: object, **kwargs: object) -> object:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_such_name)
+    with pytest.raises(NameserverError) as info:
+        MailResolver(nameserver="bogus")
+    assert str(info.value) == "cannot resolve nameserver 'bogus': Name or service not known"
+
+
 def test_nameserver_str() -> None:
     assert str(Nameserver("::1", 5353)) == "[::1]:5353"
     assert str(Nameserver("127.0.0.1")) == "127.0.0.1:53"
@@ -464,10 +477,11 @@ USAGE = "expected HOST, HOST:PORT or [IPv6]:PORT"
     ],
 )
 def test_bad_nameserver(spec: str, message: str) -> None:
-    with pytest.raises(DnsError) as info:
+    with pytest.raises(NameserverError) as info:
         parse_nameserver(spec)
     assert str(info.value) == message
-    with pytest.raises(DnsError):
+    assert isinstance(info.value, DnsError)
+    with pytest.raises(NameserverError):
         MailResolver(nameserver=spec)
 
 

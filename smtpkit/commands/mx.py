@@ -9,7 +9,8 @@ it):
 0     every domain has at least one mail host with an address (``--check``: every
       configured domain has a mail host that resolves to this server)
 1     error: unreadable config, no system resolver, ...
-2     usage error: bad option, bad DOMAIN, bad --nameserver, DOMAIN together with --check
+2     usage error: bad option, bad DOMAIN, bad --nameserver (also one whose name does not
+      resolve), DOMAIN together with --check
 3     a domain accepts no mail or does not exist: null MX, NXDOMAIN, no MX and no address,
       or MX hosts none of which has an address
 4     DNS failure or timeout (also a deadline that passed): retrying later may give an answer
@@ -42,6 +43,7 @@ from smtpkit.dns import (
     MailResolver,
     MailRoute,
     Nameserver,
+    NameserverError,
     RouteKind,
     RouteOutcome,
     normalize_mail_domain,
@@ -266,6 +268,17 @@ def _parse_nameserver(
         raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
 
 
+def _resolver(
+    ctx: click.Context, nameserver: Nameserver | None, timeout: float, deadline: float | None
+) -> MailResolver:
+    """The one resolver of this invocation; a --nameserver whose name does not resolve is a
+    usage error like any other bad --nameserver."""
+    try:
+        return MailResolver(nameserver=nameserver, timeout=timeout, deadline=deadline)
+    except NameserverError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param_hint="'--nameserver'") from None
+
+
 @click.command("mx")
 @click.argument("domains", nargs=-1, metavar="[DOMAIN]...")
 @click.option(
@@ -323,14 +336,13 @@ def command(
         raise click.UsageError("give at least one DOMAIN, or --check")
     if check:
         config = app.config
-        resolver = MailResolver(nameserver=nameserver, timeout=timeout, deadline=deadline)
-        ctx.exit(_check(config, resolver, as_json=as_json))
+        ctx.exit(_check(config, _resolver(ctx, nameserver, timeout, deadline), as_json=as_json))
     for given in domains:
         try:
             normalize_mail_domain(given)
         except DnsError as exc:
             raise click.BadParameter(str(exc), ctx=ctx, param_hint="DOMAIN") from None
-    resolver = MailResolver(nameserver=nameserver, timeout=timeout, deadline=deadline)
+    resolver = _resolver(ctx, nameserver, timeout, deadline)
     codes = []
     for given in domains:
         route = resolver.resolve(given)

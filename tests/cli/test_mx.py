@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -241,6 +243,31 @@ def test_usage_errors(args: list[str], error: str) -> None:
     result = CliRunner().invoke(cli, ["mx", *args])
     assert result.exit_code == 2
     assert lines(result)[-1] == error
+
+
+def refuse_to_resolve(real: Callable[..., Any], name: str) -> Callable[..., Any]:
+    """``socket.getaddrinfo`` for which ``name`` does not exist: no query leaves the machine."""
+
+    def getaddrinfo(host: object, *args: Any, **kwargs: Any) -> Any:
+        if host == name:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return real(host, *args, **kwargs)
+
+    return getaddrinfo
+
+
+@pytest.mark.parametrize("extra", [["example.org"], ["--check"]])
+def test_nameserver_that_does_not_resolve_is_a_usage_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, extra: list[str]
+) -> None:
+    monkeypatch.setattr(socket, "getaddrinfo", refuse_to_resolve(socket.getaddrinfo, "bogus"))
+    path = config(tmp_path, ["example.org"], ["127.0.0.1:25"], "mail.example.org")
+    result = CliRunner().invoke(cli, ["-c", str(path), "mx", "--nameserver", "bogus", *extra])
+    assert result.exit_code == 2
+    assert lines(result)[-1] == (
+        "Error: Invalid value for '--nameserver': cannot resolve nameserver 'bogus': "
+        "Name or service not known"
+    )
 
 
 def test_one_resolver_per_invocation(
