@@ -274,6 +274,18 @@ def parse_config(data: Mapping[str, Any], path: Path) -> Config:
         max_errors=lim.get(
             "max_errors", _positive_int, "a positive integer", base_limits.max_errors
         ),
+        max_junk_commands=lim.get(
+            "max_junk_commands",
+            _positive_int,
+            "a positive integer",
+            base_limits.max_junk_commands,
+        ),
+        max_session_time=lim.get(
+            "max_session_time",
+            _positive_number,
+            "a positive number of seconds",
+            base_limits.max_session_time,
+        ),
     )
     lim.finish()
 

@@ -20,11 +20,26 @@ class Limits:
     # RFC 5321 4.5.3.1.8 asks for at least 100 recipients; more gets 452 4.5.3.
     max_recipients: int = 100
     # Postfix smtpd_hard_error_limit precedent: too many errors end the session with 421 4.7.0.
+    # Every refused command counts, except as the two limits below say.
     max_errors: int = 10
+    # Postfix smtpd_junk_command_limit precedent: NOOP, RSET, VRFY and HELP cost nothing until
+    # this many since the last delivered message, then each one counts as an error.
+    max_junk_commands: int = 100
+    # Postfix smtpd_recipient_overshoot_limit precedent: the 452 for recipients past
+    # max_recipients counts once per transaction (RFC 5321 4.5.3.1.10: that 452 is temporary,
+    # the client sends the rest later; one that pipelined them all, RFC 2920, must still get
+    # its first ones delivered), until this many more; then each one counts.
+    max_recipient_overshoot: int = 1000
     # RFC 5321 4.5.3.2.7: the server waits at least 5 minutes for the next command.
     command_timeout: float = 300.0
     # RFC 5321 4.5.3.2.5-6: data blocks and the final dot; 10 minutes covers both.
     data_timeout: float = 600.0
+    # Not an RFC rule: a session older than this is closed with 421 4.7.0 at its next pause
+    # (never while its message is being made durable), whatever it keeps sending.
+    max_session_time: float = 1800.0
+    # A closed session whose client does not take its last replies keeps its socket (and
+    # its place under the connection limits) this long at most.
+    close_linger: float = 5.0
     # Accept gating (not an RFC rule): beyond these, new connections get 421 4.7.0 and close.
     max_connections: int = 1000
     max_connections_per_ip: int = 20

@@ -25,7 +25,11 @@ from smtpkit.protocol import NEED_DATA, PAUSED, ServerConnection, State, replies
 from smtpkit.protocol import events as ev
 from smtpkit.protocol.replies import Reply
 
-__all__ = ["ServerContext", "Session", "TlsInfo", "Transport", "new_session_id"]
+__all__ = ["REPEAT_LINE", "ServerContext", "Session", "TlsInfo", "Transport", "new_session_id"]
+
+# A refusal repeated this many times gets a ``repeated`` journal line with the count, so a
+# long session's journal stays bounded by what it did, not by how often it did it.
+REPEAT_LINE = 1000
 
 Submit = Callable[[Spool, Callable[[DeliveryResult], None]], None]
 
@@ -41,6 +45,11 @@ class Transport(Protocol):
     def start_tls(self) -> None:
         """Begin the TLS handshake once everything written so far has been sent; call
         ``Session.tls_started`` when it completes."""
+
+    @property
+    def congested(self) -> bool:
+        """Replies wait unsent past the transport's bound: the session stops answering
+        (parses nothing more) until ``Session.resume()`` is called."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,12 +112,22 @@ class Session:
         self.id = session_id or new_session_id()
         self.conn = ServerConnection(ctx.limits)
         self.errors = 0
+        self.junk = 0  # junk commands since the last delivered message
+        self.stalled = False  # stopped answering until the transport drains (resume())
         self.closed = False
+        self.close_reason = ""
         self.waiting = False  # a message is being made durable; replies wait for it
         self.draining = False  # shutdown asked: close after the current transaction
         self.tls: TlsInfo | None = None
         self.helo_name = ""
         self.messages = 0
+        # Journal lines in bounded space: a refusal repeated is counted, not written again
+        # (reply text -> repeats not yet journaled); junk commands and repeated greetings,
+        # which get no line of their own, are counted per verb. Both are journaled as
+        # ``repeated`` lines at the end.
+        self._repeats: dict[str, int] = {}
+        self._repeated_commands: dict[str, int] = {}
+        self._last_helo: tuple[str, bool] | None = None
         self._reset_transaction()
 
     # --- driving ---------------------------------------------------------------------------
@@ -127,12 +146,25 @@ class Session:
     def in_data(self) -> bool:
         return self.conn.state is State.DATA or self.waiting
 
+    def resume(self) -> None:
+        """The transport drained: go on with what the client pipelined."""
+        self.stalled = False
+        self._pump()
+
     def timeout(self) -> None:
         """The idle deadline passed (RFC 5321 4.5.3.2)."""
         if not self.closed:
             self._journal("timeout", state=self.conn.state.name)
             self._abort_spool()
             self._reply(replies.TIMEOUT)
+
+    def expire(self) -> None:
+        """The session outlived ``limits.max_session_time``; a message in flight is dropped
+        (never acknowledged, so the sender retries it)."""
+        if not self.closed:
+            self._journal("timeout", state=self.conn.state.name, limit="session")
+            self._abort_spool()
+            self._reply(replies.SESSION_TOO_LONG)
 
     def shutdown(self) -> None:
         """Server is stopping: close now, or after the message in flight is answered."""
@@ -159,30 +191,71 @@ class Session:
         self._pump()
 
     def connection_lost(self, reason: str = "") -> None:
-        """The socket is gone (reset, error, or closed after our last reply)."""
+        """The socket is gone: ``reason`` is why (a reset, an error, a timeout), or
+        ``"closed"`` when it closed after our last reply, which the session names better
+        (``quit``, ``peer closed``, or the 421 sent)."""
         if self.spool is not None:
             self._abort_spool()
-        if not self.closed:
-            self.closed = True
+        self.closed = True
+        if reason == "closed" and self.close_reason:
+            reason = self.close_reason
+        for text, count in self._repeats.items():
+            if count:
+                self._journal("repeated", reply=text, count=count)
+        for verb, count in self._repeated_commands.items():
+            self._journal("repeated", command=verb, count=count)
         self._journal("close", reason=reason or "peer closed", messages=self.messages)
 
     # --- the one choke point ----------------------------------------------------------------
-    def _reply(self, reply: Reply, *, counted: bool = False) -> None:
+    def _reply(self, reply: Reply) -> None:
+        """Every reply leaves here: errors are journaled, and a 421 or 221 closes."""
         if self.closed:
             return
         self.transport.write(self.conn.send(reply))
         if reply.code >= 400:
-            self._journal("reply", code=reply.code, text=str(reply))
-        if counted:
-            self.errors += 1
-            if self.errors >= self.ctx.limits.max_errors and not reply.closes:
-                self.transport.write(self.conn.send(replies.TOO_MANY_ERRORS))
-                self._journal("reply", code=421, text=str(replies.TOO_MANY_ERRORS))
-                reply = replies.TOO_MANY_ERRORS
+            self._journal_reply(reply)
         if reply.closes or reply.code == 221:
             self.closed = True
+            self.close_reason = "quit" if reply.code == 221 else str(reply)
             self._abort_spool()
             self.transport.close()
+
+    def _refuse(self, reply: Reply, *, counts: bool = True) -> None:
+        """A refused command: answered, and counted against ``limits.max_errors``, which
+        ends the session with 421 4.7.0 once reached."""
+        self._reply(reply)
+        if counts:
+            self._count_error()
+
+    def _count_error(self) -> None:
+        self.errors += 1
+        if self.errors >= self.ctx.limits.max_errors:
+            self._reply(replies.TOO_MANY_ERRORS)
+
+    def _junk_command(self, event: ev.Event, reply: Reply) -> None:
+        """NOOP, RSET, VRFY, HELP: free up to ``limits.max_junk_commands`` since the last
+        delivered message, then each counts as an error."""
+        verb = type(event).__name__.upper()
+        self._repeated_commands[verb] = self._repeated_commands.get(verb, 0) + 1
+        self.junk += 1
+        self._reply(reply)
+        if self.junk > self.ctx.limits.max_junk_commands:
+            self._count_error()
+
+    def _journal_reply(self, reply: Reply) -> None:
+        """The first of each refusal gets its own line; identical ones after it are counted
+        and journaled as one ``repeated`` line (at close, or every ``REPEAT_LINE`` of them)."""
+        text = str(reply)
+        count = self._repeats.get(text)
+        if count is None or reply.closes:
+            self._repeats[text] = 0
+            self._journal("reply", code=reply.code, text=text)
+            return
+        count += 1
+        if count >= REPEAT_LINE:
+            self._journal("repeated", reply=text, count=count)
+            count = 0
+        self._repeats[text] = count
 
     def _journal(self, event: str, **fields: Any) -> None:
         self.ctx.journal.write(event, self.id, self.peer, **fields)
@@ -190,7 +263,13 @@ class Session:
     # --- events -----------------------------------------------------------------------------
     def _pump(self) -> None:
         conn = self.conn
+        transport = self.transport
         while not self.closed and not self.waiting:
+            if transport.congested:
+                # The client is not reading: answer nothing more until it does, so its
+                # pipelined commands wait in the buffers, not as replies in our memory.
+                self.stalled = True
+                return
             event = conn.next_event()
             if event is NEED_DATA or event is PAUSED:
                 return
@@ -200,6 +279,7 @@ class Session:
     def _reset_transaction(self) -> None:
         self.sender: str | None = None
         self.recipients: list[str] = []
+        self._overshoot = 0  # RCPTs refused for being past max_recipients
         self.mailboxes: dict[Path, None] = {}
         self.spool: Spool | None = None
 
@@ -212,10 +292,16 @@ class Session:
         self._reset_transaction()
         decision = self.ctx.policy.check_helo(event)
         if not isinstance(decision, Accept):
-            self._reply(decision.reply, counted=True)
+            self._refuse(decision.reply)
             return
+        if (event.name, event.extended) == self._last_helo:
+            # The same greeting again only counts: a repeated EHLO is not worth a line each.
+            verb = "EHLO" if event.extended else "HELO"
+            self._repeated_commands[verb] = self._repeated_commands.get(verb, 0) + 1
+        else:
+            self._last_helo = (event.name, event.extended)
+            self._journal("helo", name=event.name, extended=event.extended)
         self.helo_name = event.name
-        self._journal("helo", name=event.name, extended=event.extended)
         if event.extended:
             self._reply(replies.ehlo(self.ctx.hostname, event.name, self._extensions()))
         else:
@@ -238,21 +324,24 @@ class Session:
         decision = self.ctx.policy.check_mail(event)
         if not isinstance(decision, Accept):
             self._journal("mail", sender=event.address, code=decision.reply.code)
-            self._reply(decision.reply, counted=decision.reply.code >= 500)
+            self._refuse(decision.reply)
             return
         self.sender = event.address
         self._journal("mail", sender=event.address, size=event.size, code=250)
         self._reply(replies.OK_SENDER)
 
     def _on_rcpt(self, event: ev.RcptTo) -> None:
-        if len(self.recipients) >= self.ctx.limits.max_recipients:
+        limits = self.ctx.limits
+        if len(self.recipients) >= limits.max_recipients:
+            self._overshoot += 1
             self._journal("rcpt", to=event.address, code=452)
-            self._reply(replies.TOO_MANY_RECIPIENTS)
+            counts = self._overshoot == 1 or self._overshoot > limits.max_recipient_overshoot
+            self._refuse(replies.TOO_MANY_RECIPIENTS, counts=counts)
             return
         decision = self.ctx.policy.check_rcpt(event)
         if not isinstance(decision, Accept):
             self._journal("rcpt", to=event.address, code=decision.reply.code)
-            self._reply(decision.reply, counted=decision.reply.code >= 500)
+            self._refuse(decision.reply)
             return
         self.recipients.append(event.address)
         for box in decision.mailboxes:
@@ -305,7 +394,7 @@ class Session:
         if event.error is not None:
             spool.abort()
             self._journal("rejected", size=event.size, code=event.error.code)
-            self._finish(event.error)
+            self._finish(event.error, refused=True)
             return
         if spool.error is not None:
             spool.abort()
@@ -327,57 +416,61 @@ class Session:
                 to=self.recipients,
                 files=[str(Path(*p.parts[-3:])) for p in result.files],
             )
+            self.junk = 0
             self._finish(replies.stored(self._queue_id()))
         else:
             self._journal("error", id=self._queue_id(), error=str(error))
             self._finish(replies.STORAGE_FULL if error.disk_full else replies.LOCAL_ERROR)
         self._pump()
 
-    def _finish(self, reply: Reply) -> None:
-        """Answer the final dot; the transaction is over either way."""
+    def _finish(self, reply: Reply, *, refused: bool = False) -> None:
+        """Answer the final dot; the transaction is over either way. A message refused for
+        its content counts as an error; a storage failure is ours and does not."""
         self._reset_transaction()
-        self._reply(reply)
+        self._refuse(reply, counts=refused)
         if self.draining:
             self._reply(replies.SHUTTING_DOWN)
 
     def _on_rset(self, event: ev.Rset) -> None:
         self._reset_transaction()
-        self._reply(replies.OK)
+        self._junk_command(event, replies.OK)
 
     def _on_noop(self, event: ev.Noop) -> None:
-        self._reply(replies.OK)
+        self._junk_command(event, replies.OK)
 
     def _on_quit(self, event: ev.Quit) -> None:
         self._reply(replies.closing(self.ctx.hostname))
 
     def _on_vrfy(self, event: ev.Vrfy) -> None:
         # RFC 5321 3.5.3 allows 252: we reveal nothing about which users exist.
-        self._reply(replies.CANNOT_VRFY)
+        self._junk_command(event, replies.CANNOT_VRFY)
 
     def _on_expn(self, event: ev.Expn) -> None:
-        self._reply(replies.EXPN_DISABLED)
+        self._refuse(replies.EXPN_DISABLED)
 
     def _on_help(self, event: ev.Help) -> None:
-        self._reply(replies.help_text())
+        self._junk_command(event, replies.help_text())
 
     def _on_starttls(self, event: ev.StartTls) -> None:
         if self.tls is not None:
-            self._reply(replies.TLS_ALREADY_ACTIVE, counted=True)
+            self._refuse(replies.TLS_ALREADY_ACTIVE)
         elif not self.ctx.tls_available:
-            self._reply(replies.TLS_NOT_AVAILABLE)
+            self._refuse(replies.TLS_NOT_AVAILABLE)
         else:
             # RFC 3207 4.2: everything about the session so far is forgotten.
             self._reset_transaction()
             self.helo_name = ""
+            self._last_helo = None  # the greeting under TLS gets its own line
             self._reply(replies.TLS_READY)
             self.transport.start_tls()
 
     def _on_bad(self, event: ev.BadCommand) -> None:
-        self._reply(event.reply, counted=True)
+        self._refuse(event.reply)
 
     def _on_closed(self, event: ev.ConnectionClosed) -> None:
         self._abort_spool()
         self.closed = True
+        self.close_reason = "peer closed"
         self.transport.close()
 
 

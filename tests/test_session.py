@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +22,7 @@ class ListTransport:
         self.out = bytearray()
         self.closed = False
         self.tls = False
+        self.congested = False
 
     def write(self, data: bytes) -> None:
         self.out += data
@@ -180,3 +182,100 @@ def test_shutdown_waits_for_the_message_in_flight(h: Harness) -> None:
     lines = h.say(b"\r\n.\r\n")
     assert codes(lines) == ["250", "421"]
     assert lines[-1] == "421 4.3.2 Service shutting down, closing connection"
+
+
+def journal_events(h: Harness) -> list[dict[str, object]]:
+    h.journal.flush()
+    lines = []
+    for path in sorted((h.journal.directory).iterdir()):
+        lines += [json.loads(line) for line in path.read_text().splitlines()]
+    return lines
+
+
+def test_every_refused_command_spends_the_error_budget(h: Harness) -> None:
+    """STARTTLS without TLS (454) and EXPN (502) count like syntax errors (max_errors 5)."""
+    lines = h.say(b"STARTTLS\r\n" * 3 + b"EXPN staff\r\n" * 3)
+    assert lines == ["454 4.7.0 TLS not available"] * 3 + [
+        "502 5.5.1 EXPN is not supported",
+        "502 5.5.1 EXPN is not supported",
+        "421 4.7.0 Too many errors, closing connection",
+    ]
+    assert h.transport.closed
+
+
+def test_junk_commands_count_only_past_their_budget(tmp_path: Path) -> None:
+    h = Harness(tmp_path, Limits(max_errors=3, max_junk_commands=4))
+    h.transport.take()
+    # 4 junk commands are free; the 5th and 6th count; the 7th is the 3rd error.
+    lines = h.say(b"NOOP\r\nRSET\r\nHELP\r\nVRFY x\r\n" + b"NOOP\r\n" * 5)
+    assert codes(lines) == ["250", "250", "214", "252", "250", "250", "250", "421"]
+    assert lines[-1] == "421 4.7.0 Too many errors, closing connection"
+
+
+def test_a_delivered_message_renews_the_junk_budget(tmp_path: Path) -> None:
+    h = Harness(tmp_path, Limits(max_errors=3, max_junk_commands=2))
+    h.transport.take()
+    message = b"MAIL FROM:<>\r\nRCPT TO:<bob@example.org>\r\nDATA\r\nhi\r\n.\r\n"
+    lines = h.say(b"HELO c\r\n" + b"NOOP\r\n" * 3 + message + b"NOOP\r\n" * 3)
+    # 3 NOOPs: one error; a message; 3 NOOPs again: one more error only, so no 421.
+    assert codes(lines) == ["250"] * 4 + ["250", "250", "354", "250"] + ["250"] * 3
+    assert not h.transport.closed
+
+
+def test_recipients_past_the_limit_count_once_then_past_the_overshoot(tmp_path: Path) -> None:
+    h = Harness(tmp_path, Limits(max_recipients=2, max_errors=3, max_recipient_overshoot=3))
+    h.transport.take()
+    rcpt = b"RCPT TO:<bob@example.org>\r\n"
+    lines = h.say(b"HELO c\r\nMAIL FROM:<>\r\n" + rcpt * 8)
+    # 2 accepted; 452 #1 counts (error 1), #2-#3 free, #4 and #5 count (errors 2 and 3).
+    assert codes(lines) == ["250", "250", "250", "250"] + ["452"] * 5 + ["421"]
+
+
+def test_a_refused_message_counts_and_a_storage_failure_does_not(tmp_path: Path) -> None:
+    h = Harness(tmp_path, Limits(max_errors=2, max_message_size=10))
+    h.transport.take()
+    big = b"MAIL FROM:<>\r\nRCPT TO:<bob@example.org>\r\nDATA\r\n" + b"x" * 20 + b"\r\n.\r\n"
+    lines = h.say(b"HELO c\r\n" + big)
+    assert codes(lines) == ["250", "250", "250", "354", "552"]
+    (h.bob / "new").rename(h.bob / "moved")
+    small = b"MAIL FROM:<>\r\nRCPT TO:<bob@example.org>\r\nDATA\r\nx\r\n.\r\n"
+    lines = h.say(small + small)
+    assert codes(lines) == ["250", "250", "354", "451"] * 2
+    assert not h.transport.closed
+    assert codes(h.say(big)) == ["250", "250", "354", "552", "421"]
+
+
+def test_session_time_limit_closes_with_421(h: Harness) -> None:
+    h.say(b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<bob@example.org>\r\nDATA\r\npart")
+    h.session.expire()
+    assert h.transport.take() == ["421 4.7.0 Session time limit exceeded, closing connection"]
+    assert h.transport.closed
+    assert list((h.bob / "tmp").iterdir()) == [] and list((h.bob / "new").iterdir()) == []
+
+
+def test_a_congested_transport_stops_the_answers_until_resume(h: Harness) -> None:
+    h.transport.congested = True
+    assert h.say(b"NOOP\r\nNOOP\r\n") == []
+    assert h.session.stalled
+    h.transport.congested = False
+    h.session.resume()
+    assert h.transport.take() == ["250 2.0.0 OK"] * 2
+
+
+def test_repeats_are_journaled_in_bounded_space(h: Harness) -> None:
+    h.say(b"EHLO c\r\nEHLO c\r\nEHLO c\r\nNOOP\r\nNOOP\r\nSTARTTLS\r\nSTARTTLS\r\nSTARTTLS\r\n")
+    h.say(b"QUIT\r\n")
+    h.session.connection_lost("closed")
+    events = [
+        {k: v for k, v in e.items() if k not in ("time", "session", "peer")}
+        for e in journal_events(h)
+    ]
+    assert events == [
+        {"event": "connect"},
+        {"event": "helo", "name": "c", "extended": True},
+        {"event": "reply", "code": 454, "text": "454 4.7.0 TLS not available"},
+        {"event": "repeated", "reply": "454 4.7.0 TLS not available", "count": 2},
+        {"event": "repeated", "command": "EHLO", "count": 2},
+        {"event": "repeated", "command": "NOOP", "count": 2},
+        {"event": "close", "reason": "quit", "messages": 0},
+    ]

@@ -20,6 +20,8 @@ __all__ = [
     "LOCAL_ERROR",
     "MESSAGE_TOO_BIG",
     "NEED_HELO",
+    "NON_ASCII_ADDRESS",
+    "NON_ASCII_HELO",
     "NO_VALID_RECIPIENTS",
     "OK",
     "OK_RECIPIENT",
@@ -27,6 +29,7 @@ __all__ = [
     "RELAY_DENIED",
     "Reply",
     "SENDER_ALREADY",
+    "SESSION_TOO_LONG",
     "SHUTTING_DOWN",
     "START_DATA",
     "STORAGE_FULL",
@@ -103,6 +106,7 @@ TLS_READY = _r(220, "2.0.0", "Ready to start TLS")
 SHUTTING_DOWN = _r(421, "4.3.2", "Service shutting down, closing connection")
 TIMEOUT = _r(421, "4.4.2", "Timeout exceeded, closing connection")
 TOO_MANY_ERRORS = _r(421, "4.7.0", "Too many errors, closing connection")
+SESSION_TOO_LONG = _r(421, "4.7.0", "Session time limit exceeded, closing connection")
 TOO_MANY_CONNECTIONS = _r(421, "4.7.0", "Too many connections, try again later")
 TOO_MANY_CONNECTIONS_FROM_IP = _r(421, "4.7.0", "Too many connections from your address")
 LOCAL_ERROR = _r(451, "4.3.0", "Local error in processing, try again later")
@@ -122,6 +126,9 @@ SENDER_ALREADY = _r(503, "5.5.1", "Sender already specified")
 NO_VALID_RECIPIENTS = _r(503, "5.5.1", "No valid recipients")
 TLS_ALREADY_ACTIVE = _r(503, "5.5.1", "TLS already active")
 SYNTAX_ERROR_PARAMS = _r(501, "5.5.4", "Syntax error in MAIL or RCPT parameters")
+NON_ASCII_HELO = _r(501, "5.5.2", "HELO/EHLO name must be ASCII")
+# RFC 6531 3.5 / RFC 6533 3: a UTF-8 address needs SMTPUTF8, which is not offered.
+NON_ASCII_ADDRESS = _r(553, "5.6.7", "Non-ASCII addresses are not permitted without SMTPUTF8")
 UNKNOWN_PARAMETER = _r(
     555, "5.5.4", "MAIL FROM/RCPT TO parameter not recognized or not implemented"
 )
@@ -139,13 +146,23 @@ def greeting(hostname: str) -> Reply:
     return _r(220, None, f"{hostname} ESMTP smtpkit")
 
 
+# RFC 5321 4.5.3.1.5: a reply line is at most 512 octets with its code and CRLF.
+_MAX_REPLY_LINE = 512
+
+
+def _hello_line(hostname: str, client: str) -> str:
+    """``<hostname> Hello <client>``, the client's name cut so the line fits 512 octets."""
+    room = _MAX_REPLY_LINE - len("250-") - len(hostname) - len(" Hello ") - len("\r\n")
+    return f"{hostname} Hello {client[: max(0, room)]}"
+
+
 def ehlo(hostname: str, client: str, extensions: tuple[str, ...]) -> Reply:
     """RFC 5321 4.1.1.1: first line greets, one extension keyword per following line."""
-    return _r(250, None, f"{hostname} Hello {client}", *extensions)
+    return _r(250, None, _hello_line(hostname, client), *extensions)
 
 
 def helo(hostname: str, client: str) -> Reply:
-    return _r(250, None, f"{hostname} Hello {client}")
+    return _r(250, None, _hello_line(hostname, client))
 
 
 def closing(hostname: str) -> Reply:

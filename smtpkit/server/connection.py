@@ -26,8 +26,13 @@ READ_SIZE = 256 * 1024
 # One read buffer for every connection of this loop's thread: recv() would allocate (and, at
 # this size, mmap and munmap) a fresh 256 KB object per read; recv_into reuses this one.
 _READ_VIEW = memoryview(bytearray(READ_SIZE))
-# Stop reading from a client that has this much unsent output (it pipelines but never reads).
+# Stop answering (and reading) a client that has this much unsent output: it pipelines but
+# never reads.
 MAX_OUTPUT = 256 * 1024
+# The kernel's send buffer per client socket, fixed: with autotuning a client that never
+# reads could tie up to tcp_wmem's maximum (4 MB by default) of kernel memory each. Replies
+# are small; this holds hundreds of them.
+SEND_BUFFER = 64 * 1024
 # Stop reading from a client whose unparsed input exceeds this (see _read_interest).
 MAX_BUFFERED = 1024 * 1024
 
@@ -39,12 +44,11 @@ class Connection:
     __slots__ = (
         "_closing",
         "_events",
+        "_expires",
         "_flush_scheduled",
         "_gone",
         "_handshaking",
         "_on_closed",
-        "_on_release",
-        "_released",
         "_out",
         "_tls_context",
         "_want_tls",
@@ -62,16 +66,13 @@ class Connection:
         peer: tuple[str, int],
         ctx: ServerContext,
         tls_context: ssl.SSLContext | None,
-        on_release: Callable[[Connection], None],
         on_closed: Callable[[Connection], None],
     ) -> None:
         self.loop = loop
         self.sock = sock
         self.peer = peer
         self._tls_context = tls_context
-        self._on_release = on_release  # stop counting this connection against the limits
-        self._on_closed = on_closed  # the socket is closed
-        self._released = False
+        self._on_closed = on_closed  # the socket is closed: it stops counting against limits
         self._out = bytearray()
         self._closing = False
         self._gone = False
@@ -79,8 +80,15 @@ class Connection:
         self._want_tls = False
         self._handshaking = False
         self._events = _READ
-        self.deadline = time.monotonic() + ctx.limits.command_timeout
+        now = time.monotonic()
+        self.deadline = now + ctx.limits.command_timeout
+        # The whole session's limit: no stream of cheap commands keeps a connection forever.
+        self._expires = now + ctx.limits.max_session_time
         sock.setblocking(False)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+        except OSError:
+            pass  # not fatal: the output bound above still holds
         self.session = Session(ctx, self, (peer[0], peer[1]))
         loop.register(sock, _READ, self._on_event)
         self.session.start()
@@ -88,20 +96,30 @@ class Connection:
     # --- Transport --------------------------------------------------------------------------
     def write(self, data: bytes) -> None:
         self._out += data
-        # A reply means the client may go on: its next command gets a fresh deadline.
-        limits = self.session.ctx.limits
-        self.deadline = time.monotonic() + (
-            limits.data_timeout if self.session.in_data else limits.command_timeout
-        )
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self.loop.call_soon(self._flush)
+        if not self._closing:
+            # A reply means the client may go on: its next command gets a fresh deadline.
+            limits = self.session.ctx.limits
+            self.deadline = time.monotonic() + (
+                limits.data_timeout if self.session.in_data else limits.command_timeout
+            )
+        self._schedule_flush()
+
+    @property
+    def congested(self) -> bool:
+        """Replies are piling up unsent: the session stops answering until they drain."""
+        return len(self._out) > MAX_OUTPUT
 
     def close(self) -> None:
-        # The session is over: stop counting it against the connection limits now, before
-        # the last reply is sent, or a client that reconnects at once could be refused.
-        self._release()
+        # The socket, and with it the connection's place under the limits, stays until the
+        # last reply is sent or the linger runs out: a client that never reads cannot hold
+        # sockets the limits no longer count.
+        if self._closing:
+            return
         self._closing = True
+        self.deadline = time.monotonic() + self.session.ctx.limits.close_linger
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self._flush)
@@ -143,8 +161,7 @@ class Connection:
             self.session.receive(data)
         if not data and not self._gone:
             # The peer closed its side: answer what it sent, then close.
-            self._closing = True
-            self._flush()
+            self.close()
         elif self._events & _READ and not self._read_interest() and not self._gone:
             self._set_events(self._events & ~_READ)
 
@@ -163,9 +180,12 @@ class Connection:
             del self._out[:sent]
         if self._out:
             # Back-pressure: stop reading while the client is not taking our replies.
-            # Not reading either while the reply to STARTTLS waits: see _on_event.
-            full = len(self._out) > MAX_OUTPUT or self._want_tls
+            # Not reading either while the reply to STARTTLS waits (see _on_event), nor
+            # once the session is over.
+            full = len(self._out) > MAX_OUTPUT or self._want_tls or self._closing
             self._set_events(_WRITE if full else self._read_interest() | _WRITE)
+            if not full and self.session.stalled:
+                self.session.resume()
             return
         if self._closing:
             self._close_notify()
@@ -175,6 +195,8 @@ class Connection:
             self._begin_tls()
             return
         self._set_events(self._read_interest())
+        if self.session.stalled:
+            self.session.resume()
 
     def _set_events(self, events: int) -> None:
         if events == self._events:
@@ -244,13 +266,20 @@ class Connection:
 
     # --- ending -----------------------------------------------------------------------------
     def check_deadline(self, now: float) -> None:
-        if self._handshaking and now >= self.deadline:
-            self._lost("tls handshake timeout")
-        # While the message is being made durable the wait is ours, not the client's.
-        elif now >= self.deadline and not self.session.waiting and not self.session.closed:
+        if self._closing:
+            if now >= self.deadline:
+                self._lost("close timeout")  # our last replies could not be delivered
+        elif self._handshaking:
+            if now >= self.deadline or now >= self._expires:
+                self._lost("tls handshake timeout")
+        # While a message is being made durable the wait is ours, not the client's: the
+        # limits apply once its reply is sent.
+        elif self.session.waiting or self.session.closed:
+            return
+        elif now >= self._expires:
+            self.session.expire()
+        elif now >= self.deadline:
             self.session.timeout()
-        elif now >= self.deadline + 30 and self.session.closed:
-            self._lost("close timeout")  # our last reply could not be delivered
 
     def shutdown(self) -> None:
         if self._handshaking:
@@ -260,16 +289,10 @@ class Connection:
             return
         self.session.shutdown()
 
-    def _release(self) -> None:
-        if not self._released:
-            self._released = True
-            self._on_release(self)
-
     def _lost(self, reason: str) -> None:
         if self._gone:
             return
         self._gone = True
-        self._release()
         self.loop.unregister(self.sock)
         try:
             self.sock.close()

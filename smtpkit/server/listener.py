@@ -15,7 +15,7 @@ from smtpkit.protocol import replies
 if TYPE_CHECKING:
     from smtpkit.server.loop import EventLoop
 
-__all__ = ["BindError", "Listener", "bind_all"]
+__all__ = ["BindError", "Listener", "bind_all", "refuse"]
 
 BACKLOG = 1024
 PAUSE_WHEN_FULL = 0.1  # seconds without accepting after running out of descriptors
@@ -65,6 +65,16 @@ def _bind(address: ListenAddress) -> socket.socket:
     return sock
 
 
+def refuse(client: socket.socket, reply: bytes) -> None:
+    """Send a 421 to a client not admitted, as far as it fits without waiting, and close."""
+    try:
+        client.setblocking(False)
+        client.send(reply)
+    except OSError:
+        pass
+    client.close()
+
+
 class Listener:
     """Accepts on one listening socket; hands accepted sockets to ``on_accept`` unless a limit
     is reached, in which case the client gets ``421 4.7.0`` and is closed at once."""
@@ -100,12 +110,7 @@ class Listener:
             peer = (addr[0], addr[1])
             refusal = self._admit(peer[0])
             if refusal is not None:
-                try:
-                    client.setblocking(False)
-                    client.send(refusal)
-                except OSError:
-                    pass
-                client.close()
+                refuse(client, refusal)
                 continue
             self._on_accept(client, peer)
 

@@ -26,9 +26,10 @@ from smtpkit.journal import Journal
 from smtpkit.policy import LocalPolicy
 from smtpkit.protocol import replies
 from smtpkit.server.connection import Connection
-from smtpkit.server.listener import TOO_MANY, TOO_MANY_FROM_IP, Listener
+from smtpkit.server.counts import ConnectionCounts, SharedCounts
+from smtpkit.server.listener import TOO_MANY, TOO_MANY_FROM_IP, Listener, refuse
 from smtpkit.server.loop import EventLoop
-from smtpkit.server.workers import ConnectionCounts, SharedCounts, Supervisor
+from smtpkit.server.workers import Supervisor
 from smtpkit.session import ServerContext
 from smtpkit.signals import defer_server_signals, release_server_signals
 from smtpkit.users import UserStore
@@ -108,8 +109,10 @@ class Server:
             tls_available=self.tls_context is not None,
         )
         self.connections: set[Connection] = set()
-        # Connection counts shared by all worker processes (DESIGN: limits are global).
-        self.counts = counts if counts is not None else SharedCounts(1).slot(0)
+        # Connection counts shared by all worker processes: the limits are global.
+        if counts is None:
+            counts = SharedCounts(1, config.limits.max_connections).slot(0)
+        self.counts = counts
         self.listeners: list[Listener] = []
         self.stopping = False
 
@@ -193,16 +196,16 @@ class Server:
         return None
 
     def _accept(self, sock: socket.socket, peer: tuple[str, int]) -> None:
-        self.counts.add(peer[0])
-        conn = Connection(
-            self.loop, sock, peer, self.ctx, self.tls_context, self._release, self._closed
-        )
+        if not self.counts.add(peer[0]):
+            refuse(sock, TOO_MANY)
+            return
+        conn = Connection(self.loop, sock, peer, self.ctx, self.tls_context, self._closed)
         self.connections.add(conn)
 
-    def _release(self, conn: Connection) -> None:
-        self.counts.remove(conn.peer[0])
-
     def _closed(self, conn: Connection) -> None:
+        # Only now, with the socket closed, does the connection stop counting: see
+        # Connection.close for why not at the session's end.
+        self.counts.remove(conn.peer[0])
         self.connections.discard(conn)
         self._maybe_stop()
 
@@ -236,7 +239,7 @@ def serve(
     spool = users.users_dir / SPOOL_FOLDER
     pools = [p for p in spool.iterdir() if p.is_dir()] if spool.is_dir() else []
     cleaned = clean_tmp([u.path / "tmp" for u in users.list()] + [spool, *pools])
-    table = SharedCounts(workers)
+    table = SharedCounts(workers, config.limits.max_connections)
 
     def work(slot: int, restarted: bool = False) -> None:
         server = Server(

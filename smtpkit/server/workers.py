@@ -3,83 +3,24 @@
 The supervisor binds the sockets, forks the workers, replaces one that dies, forwards SIGHUP,
 and on SIGTERM/SIGINT lets every worker drain before it exits 0.
 
-Connection limits stay global across workers without a lock: each worker counts its own
-connections in its own row of a shared memory table (per-IP counts hashed into buckets, plus
-a total), and reads every row to decide. Only the owner writes a row; the supervisor zeroes
-the row of a worker that died, so its connections stop counting.
+Connection limits stay global across workers (``smtpkit.server.counts``): each worker counts
+its own connections in its own row of a shared table and reads every row to decide; the
+supervisor zeroes the row of a worker that died, so its connections stop counting.
 """
 
 from __future__ import annotations
 
 import ctypes
-import mmap
 import os
 import signal
 import socket
 import sys
 import time
-import zlib
 from collections.abc import Callable
 
 from smtpkit.signals import SERVER_SIGNALS, defer_server_signals
 
-__all__ = ["ConnectionCounts", "SharedCounts", "Supervisor"]
-
-BUCKETS = 65536  # per-IP buckets; two addresses in one bucket share its cap (rarely)
-_ROW = BUCKETS + 1  # the last cell of a row is the worker's total
-
-
-class SharedCounts:
-    """The shared table: one row per worker slot. Create before forking."""
-
-    def __init__(self, slots: int) -> None:
-        self.slots = slots
-        self._mem = mmap.mmap(-1, slots * _ROW * 4)  # anonymous and shared across fork()
-        self.cells = memoryview(self._mem).cast("i")
-
-    def slot(self, index: int) -> ConnectionCounts:
-        return ConnectionCounts(self, index)
-
-    def clear(self, index: int) -> None:
-        start = index * _ROW
-        self.cells[start : start + _ROW] = memoryview(bytes(_ROW * 4)).cast("i")
-
-    def total(self) -> int:
-        cells = self.cells
-        return sum(cells[i * _ROW + BUCKETS] for i in range(self.slots))
-
-    def for_ip(self, bucket: int) -> int:
-        cells = self.cells
-        return sum(cells[i * _ROW + bucket] for i in range(self.slots))
-
-
-class ConnectionCounts:
-    """One worker's view: it writes its own row and reads all of them."""
-
-    def __init__(self, table: SharedCounts, index: int) -> None:
-        self.table = table
-        self.base = index * _ROW
-
-    @staticmethod
-    def bucket(ip: str) -> int:
-        return zlib.crc32(ip.encode()) % BUCKETS
-
-    def total(self) -> int:
-        return self.table.total()
-
-    def for_ip(self, ip: str) -> int:
-        return self.table.for_ip(self.bucket(ip))
-
-    def add(self, ip: str) -> None:
-        cells = self.table.cells
-        cells[self.base + self.bucket(ip)] += 1
-        cells[self.base + BUCKETS] += 1
-
-    def remove(self, ip: str) -> None:
-        cells = self.table.cells
-        cells[self.base + self.bucket(ip)] -= 1
-        cells[self.base + BUCKETS] -= 1
-
+__all__ = ["Supervisor"]
 
 # A worker that keeps dying at once is a bug or a broken config, not bad luck: give up.
 MAX_RESTARTS = 5

@@ -8,6 +8,7 @@ before, so a short spike between two samples cannot hide.
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import selectors
@@ -16,9 +17,11 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from smtpkit.server.connection import SEND_BUFFER
 from tests.conftest import MailServer, make_server
 from tests.e2e.rawclient import RawClient
 
@@ -119,6 +122,21 @@ def refused_with(server: MailServer, source: str) -> bytes:
         rest = s.recv(1024)
     assert rest == b"", rest  # closed right after the refusal
     return first
+
+
+def journal_records(
+    server: MailServer, until: Callable[[list[dict[str, Any]]], bool], timeout: float = 10
+) -> list[dict[str, Any]]:
+    """The journal's events once ``until(events)`` holds (workers append every 20 ms)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records: list[dict[str, Any]] = []
+        for path in sorted((server.directory / "journal").iterdir()):
+            records += [json.loads(line) for line in path.read_text().splitlines()]
+        if until(records):
+            return records
+        assert time.monotonic() < deadline, f"journal never got there: {records[-5:]}"
+        time.sleep(0.05)
 
 
 def send_one(server: MailServer) -> float:
@@ -257,15 +275,17 @@ def test_slow_valid_data_is_cut_off_at_the_data_timeout(serve: Callable[..., Mai
 def test_client_that_never_reads_its_replies_is_not_buffered(
     serve: Callable[..., MailServer],
 ) -> None:
-    """Pipelined NOOPs for 3 s, never reading a reply: the server stops reading once its
-    replies pile up, so the flood waits in the kernel's socket buffers, not in our memory."""
+    """Pipelined EHLOs for 3 s (a command that is neither refused nor junk, so the error
+    budget never ends the session), never reading a reply: the server stops answering and
+    reading once its replies pile up, so the flood waits in the kernel's socket buffers, not
+    in our memory."""
     server = serve()
     memory = Memory(server_pids(server))
     c = RawClient(server)
     try:
         memory.start()
         c.sock.setblocking(False)
-        flood = b"NOOP\r\n" * 100_000
+        flood = b"EHLO flood.example\r\n" * 30_000
         sent = 0
         stop = time.monotonic() + 3
         while time.monotonic() < stop:
@@ -312,27 +332,37 @@ def test_100_mb_message_gets_552_with_flat_memory(serve: Callable[..., MailServe
     assert list((server.maildir("alice@example.org") / "tmp").iterdir()) == []
 
 
+def pipeline_rcpts(c: RawClient, count: int) -> list[tuple[int, bytes]]:
+    """``count`` RCPTs pipelined 500 per write; the replies, up to a 421 that ends them."""
+    replies: list[tuple[int, bytes]] = []
+    for start in range(0, count, 500):
+        users = [b"alice" if i % 2 else b"bob" for i in range(start, min(count, start + 500))]
+        try:
+            c.sock.sendall(b"".join(b"RCPT TO:<%s@example.org>\r\n" % u for u in users))
+            for _ in users:
+                replies.append(c.reply())
+                if replies[-1][0] == 421:
+                    return replies
+        except (EOFError, ConnectionResetError):
+            break
+    return replies
+
+
 @pytest.mark.timeout(90)
-def test_10000_recipients_hit_the_recipient_limit(serve: Callable[..., MailServer]) -> None:
+def test_1100_pipelined_recipients_still_deliver_to_the_first_100(
+    serve: Callable[..., MailServer],
+) -> None:
+    """The 452 for recipients past the limit counts once per transaction (and then each
+    one only past 1,000 more): a client that pipelines them all still gets its message to
+    the first 100."""
     server = serve()
     c = RawClient(server)
-    codes: dict[tuple[int, bytes], int] = {}
     try:
         assert c.cmd(b"EHLO many.example")[0] == 250
         assert c.cmd(b"MAIL FROM:<a@remote.example>")[0] == 250
-        t0 = time.monotonic()
-        replies = []
-        for start in range(0, 10_000, 500):  # pipelined, 500 commands per write
-            users = [b"alice" if i % 2 else b"bob" for i in range(start, start + 500)]
-            c.sock.sendall(b"".join(b"RCPT TO:<%s@example.org>\r\n" % u for u in users))
-            replies += [c.reply() for _ in users]
-        took = time.monotonic() - t0
-        for reply in replies:
-            codes[reply] = codes.get(reply, 0) + 1
-        print(f"\n10,000 RCPT in {took:.1f}s: {codes}")
+        replies = pipeline_rcpts(c, 1_100)
         assert replies[:100] == [(250, b"2.1.5 Recipient OK")] * 100
-        assert replies[100:] == [(452, b"4.5.3 Too many recipients")] * 9_900
-        # 452 is not an error that ends the session: the message still goes to the 100.
+        assert replies[100:] == [(452, b"4.5.3 Too many recipients")] * 1_000
         assert c.cmd(b"DATA")[0] == 354
         assert c.cmd(b"Subject: many\r\n\r\nhi\r\n.")[0] == 250
         assert c.cmd(b"QUIT")[0] == 221
@@ -340,6 +370,36 @@ def test_10000_recipients_hit_the_recipient_limit(serve: Callable[..., MailServe
         c.close()
     assert len(server.new_files("alice@example.org")) == 1
     assert len(server.new_files("bob@example.org")) == 1
+    journal = journal_records(
+        server, lambda rs: any(r["event"] == "close" and r["messages"] == 1 for r in rs)
+    )
+    rcpt = [r for r in journal if r["event"] == "rcpt"]
+    assert len(rcpt) == 1_100  # every rcpt keeps its line
+    # The 1,000 identical 452 replies: one line, then one line with the count.
+    assert [r["count"] for r in journal if r["event"] == "repeated"] == [999]
+
+
+@pytest.mark.timeout(90)
+def test_10000_recipients_end_the_session_past_the_overshoot(
+    serve: Callable[..., MailServer],
+) -> None:
+    server = serve()
+    c = RawClient(server)
+    try:
+        assert c.cmd(b"EHLO many.example")[0] == 250
+        assert c.cmd(b"MAIL FROM:<a@remote.example>")[0] == 250
+        t0 = time.monotonic()
+        replies = pipeline_rcpts(c, 10_000)
+        took = time.monotonic() - t0
+        print(f"\n10,000 pipelined RCPT: cut after {len(replies)} replies in {took:.1f}s")
+        # 100 accepted; the first 452 counts, the next ones up to 1,000 past the limit are
+        # free, then each counts: the 1,009th 452 is the 10th error (max_errors).
+        assert replies[:100] == [(250, b"2.1.5 Recipient OK")] * 100
+        assert replies[100:-1] == [(452, b"4.5.3 Too many recipients")] * 1_009
+        assert replies[-1] == (421, b"4.7.0 Too many errors, closing connection")
+    finally:
+        c.close()
+    assert server.new_files("alice@example.org") == []
 
 
 @pytest.mark.timeout(60)
@@ -370,3 +430,248 @@ def test_1_mb_command_lines_are_refused_without_buffering(serve: Callable[..., M
     finally:
         c.close()
     assert len(server.new_files("alice@example.org")) == 1
+
+
+# --- sockets held past the session, exact per-address counts -----------------------------------
+
+
+def sockets_from(server: MailServer, source: str) -> int:
+    """Sockets the server's processes hold open to clients at ``source``."""
+    inodes: set[str] = set()
+    for pid in server_pids(server):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    want = f"{int.from_bytes(socket.inet_aton(source), 'little'):08X}"
+    held = 0
+    with open("/proc/net/tcp") as fh:
+        next(fh)
+        for line in fh:
+            fields = line.split()
+            if fields[2].split(":")[0] == want and fields[9] in inodes:
+                held += 1
+    return held
+
+
+def connect_from(server: MailServer, source: str, rcvbuf: int = 0) -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # before connect: the window
+    s.bind((source, 0))
+    s.settimeout(10)
+    s.connect((server.host, server.port))
+    return s
+
+
+def first_reply_code(s: socket.socket) -> bytes:
+    """The code of the first reply, peeked: nothing is taken from the receive queue."""
+    deadline = time.monotonic() + 10
+    while len(got := s.recv(3, socket.MSG_PEEK)) < 3:
+        assert got and time.monotonic() < deadline, "no reply"
+    return got
+
+
+def kernel_absorbs(write_size: int) -> int:
+    """How many bytes a server socket with smtpkit's send buffer takes on loopback, in writes
+    of ``write_size``, for a peer with a 2 KB receive buffer that never reads (sender and
+    receiver buffers together)."""
+    with socket.create_server(("127.0.0.1", 0)) as listener, socket.socket() as client:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+        client.connect(listener.getsockname())
+        conn, _ = listener.accept()
+        with conn:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+            conn.setblocking(False)
+            total = 0
+            for _ in range(3):  # until the kernel's buffers stop growing
+                try:
+                    while True:
+                        total += conn.send(b"x" * write_size)
+                except BlockingIOError:
+                    time.sleep(0.05)
+            return total
+
+
+@pytest.mark.timeout(90)
+def test_clients_that_never_read_cannot_hold_more_sockets_than_the_cap(
+    serve: Callable[..., MailServer],
+) -> None:
+    """Each client pipelines EHLOs and QUIT into a 2 KB receive window and never reads: its
+    session ends with 221 while 128 KB of its replies (past what the kernel's buffers take)
+    still wait in the server. Its socket, and its place under the per-address cap, are held
+    until the socket is really closed, after a linger of 5 s, not kept for minutes with
+    the place already given back."""
+    server = serve("max_connections_per_ip = 5", "max_connections = 100")
+    probe = RawClient(server)
+    probe.sock.sendall(b"EHLO never-reads.example\r\nQUIT\r\n")
+    reply_size = len(b"".join(iter(lambda: probe.sock.recv(65536), b""))) - len(
+        b"221 2.0.0 mx.test.example Service closing transmission channel\r\n"
+    )
+    probe.close()
+    count = (kernel_absorbs(reply_size) + 128 * 1024) // reply_size
+    payload = b"EHLO never-reads.example\r\n" * count + b"QUIT\r\n"
+    memory = Memory(server_pids(server))
+    memory.start()
+    source = "127.0.0.9"
+    held: list[socket.socket] = []
+    codes: list[bytes] = []
+    peak = 0
+    try:
+        t0 = time.monotonic()
+        for _ in range(30):
+            s = connect_from(server, source, rcvbuf=2048)
+            held.append(s)
+            codes.append(first_reply_code(s))
+            if codes[-1] == b"220":
+                s.sendall(payload)
+            peak = max(peak, sockets_from(server, source))
+        opened = time.monotonic() - t0
+        growth = memory.peak_growth_kb()
+        greeted = codes.count(b"220")
+        print(
+            f"\n30 never-reading clients ({count} EHLOs each) in {opened:.1f}s: {greeted} "
+            f"served, {codes.count(b'421')} refused; at most {peak} sockets held; "
+            f"server peak RSS growth {growth} kB"
+        )
+        assert greeted == 5
+        assert codes.count(b"421") == 25
+        assert peak <= 5
+        assert growth < 20 * 1024
+        # Another address is served all along.
+        assert send_one(server) < 5
+        t1 = time.monotonic()
+        while sockets_from(server, source):
+            assert time.monotonic() - t1 < 20, "sockets still held after the linger"
+            time.sleep(0.1)
+        print(f"held sockets closed {time.monotonic() - t1:.1f}s after the last client")
+    finally:
+        for s in held:
+            s.close()
+    records = journal_records(
+        server, lambda rs: sum(r["event"] == "close" and source in r["peer"] for r in rs) >= 5
+    )
+    reasons = [r["reason"] for r in records if r["event"] == "close" and source in r["peer"]]
+    assert reasons == ["close timeout"] * 5
+
+
+@pytest.mark.timeout(60)
+def test_per_address_limit_counts_the_exact_address(serve: Callable[..., MailServer]) -> None:
+    """127.1.140.160 and 127.0.0.2 share a hash bucket under crc32 % 65536: counting by
+    bucket let the first lock the second out. Counted by the exact address, it cannot."""
+    server = serve("max_connections_per_ip = 3")
+    held = open_idle(server, 3, "127.1.140.160")
+    try:
+        assert refused_with(server, "127.1.140.160") == (
+            b"421 4.7.0 Too many connections from your address\r\n"
+        )
+        victim = open_idle(server, 3, "127.0.0.2")
+        held += victim
+        assert refused_with(server, "127.0.0.2") == (
+            b"421 4.7.0 Too many connections from your address\r\n"
+        )
+    finally:
+        for s in held:
+            s.close()
+
+
+# --- the error budget: no endless sessions, no journal amplification ---------------------------
+
+
+def journal_bytes(server: MailServer) -> int:
+    return sum(p.stat().st_size for p in (server.directory / "journal").iterdir())
+
+
+def replies_until_eof(c: RawClient) -> list[tuple[int, bytes]]:
+    got: list[tuple[int, bytes]] = []
+    try:
+        while True:
+            got.append(c.reply())
+    except (EOFError, ConnectionResetError):
+        return got
+
+
+def flood(c: RawClient, data: bytes) -> int:
+    """Send as much of ``data`` as the server takes before it closes; bytes sent."""
+    sent = 0
+    try:
+        while sent < len(data):
+            sent += c.sock.send(data[sent : sent + 65536])
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    return sent
+
+
+@pytest.mark.timeout(60)
+def test_a_refusal_flood_is_cut_and_journals_in_bounded_space(
+    serve: Callable[..., MailServer],
+) -> None:
+    """8 MB of pipelined STARTTLS without TLS (454): before, every one was answered and
+    journaled and the session never ended. Now each 454 spends the error budget."""
+    server = serve()
+    c = RawClient(server)
+    before = journal_bytes(server)
+    try:
+        t0 = time.monotonic()
+        sent = flood(c, b"STARTTLS\r\n" * 800_000)
+        got = replies_until_eof(c)
+        took = time.monotonic() - t0
+    finally:
+        c.close()
+    assert got == [(454, b"4.7.0 TLS not available")] * 10 + [
+        (421, b"4.7.0 Too many errors, closing connection")
+    ]
+    records = journal_records(
+        server, lambda rs: any(r["event"] == "close" and r["reason"].startswith("421") for r in rs)
+    )
+    grown = journal_bytes(server) - before
+    print(
+        f"\nSTARTTLS flood: {sent / MB:.1f} MB taken before the cut after {took:.2f}s; "
+        f"journal grew {grown} bytes ({len(records)} lines in all)"
+    )
+    assert grown < 4096
+    assert [r["event"] for r in records[-4:]] == ["reply", "reply", "repeated", "close"]
+    assert records[-2]["count"] == 9
+
+
+@pytest.mark.timeout(60)
+def test_junk_commands_are_free_only_up_to_their_budget(serve: Callable[..., MailServer]) -> None:
+    server = serve()
+    c = RawClient(server)
+    try:
+        c.sock.sendall(b"NOOP\r\n" * 150)
+        got = replies_until_eof(c)
+    finally:
+        c.close()
+    # 100 are free, the next 10 are errors: the 110th ends the session.
+    assert got == [(250, b"2.0.0 OK")] * 110 + [(421, b"4.7.0 Too many errors, closing connection")]
+
+
+@pytest.mark.timeout(60)
+def test_a_session_that_keeps_busy_ends_at_the_session_time_limit(
+    serve: Callable[..., MailServer],
+) -> None:
+    """A NOOP every 0.5 s never lets the command timeout (2 s) pass: the session limit
+    (3 s) ends the session all the same."""
+    server = serve("command_timeout = 2", "max_session_time = 3")
+    c = RawClient(server)
+    try:
+        t0 = time.monotonic()
+        replies = []
+        while True:
+            c.sock.sendall(b"NOOP\r\n")
+            replies.append(c.reply())
+            if replies[-1][0] != 250:
+                break
+            assert time.monotonic() - t0 < 15, "the session was never ended"
+            time.sleep(0.5)  # the client's pace, not a synchronisation
+        took = time.monotonic() - t0
+        print(f"\nbusy session ended after {took:.1f}s (max_session_time = 3)")
+        assert replies[-1] == (421, b"4.7.0 Session time limit exceeded, closing connection")
+        assert 2.5 <= took <= 6
+        assert c.at_eof()
+    finally:
+        c.close()
