@@ -59,6 +59,8 @@ class LocalPolicy:
         return Accept()
 
     def check_mail(self, event: MailFrom) -> Decision:
+        if not event.address.isascii():
+            return Reject(replies.NON_ASCII_ADDRESS)
         # RFC 1870 6: a declared size over our maximum is refused at once, 552 5.3.4.
         if event.size is not None and event.size > self.limits.max_message_size:
             return Reject(replies.MESSAGE_TOO_BIG)

@@ -47,6 +47,7 @@ from smtpkit.protocol.replies import (
     COMMAND_TOO_LONG,
     DATA_LINE_TOO_LONG,
     MESSAGE_TOO_BIG,
+    NON_ASCII_HELO,
     SYNTAX_ERROR_ARGS,
     SYNTAX_ERROR_PARAMS,
     UNKNOWN_COMMAND,
@@ -294,6 +295,10 @@ class ServerConnection:
             # further: real clients send bare host names; the session may judge it.
             if not argument or " " in argument:
                 return SYNTAX_ERROR_ARGS
+            # RFC 5321 4.1.2 Domain is ASCII; U-labels need SMTPUTF8 (RFC 6531 3.3), which is
+            # not offered. The name goes into Received: headers and the journal.
+            if not argument.isascii():
+                return NON_ASCII_HELO
             return Hello(argument, verb is Verb.EHLO)
         if verb is Verb.MAIL:
             return _parse_mail(argument, self._extended)
@@ -346,6 +351,8 @@ _ATEXT = rf"[A-Za-z0-9!#$%&'*+\-/=?^_`{{|}}~{_NON_ASCII}]"
 _DOT_STRING = rf"{_ATEXT}+(?:\.{_ATEXT}+)*"
 # RFC 5321 4.1.2 Quoted-string: qtextSMTP or a backslash pair.
 _QUOTED_STRING = rf'"(?:[\x20\x21\x23-\x5b\x5d-\x7e{_NON_ASCII}]|\\[\x20-\x7e])*"'
+_QUOTED_PAIR: Final = re.compile(r"\\([\x20-\x7e])")
+_DOT_STRING_RE: Final = re.compile(_DOT_STRING)
 _LET_DIG = rf"[A-Za-z0-9{_NON_ASCII}]"
 _SUB_DOMAIN = rf"{_LET_DIG}(?:[A-Za-z0-9\-{_NON_ASCII}]*{_LET_DIG})?"
 _DOMAIN = rf"{_SUB_DOMAIN}(?:\.{_SUB_DOMAIN})*"
@@ -417,12 +424,19 @@ def _parse_path(text: str, *, postmaster: bool) -> tuple[str, str] | Reply:
         return SYNTAX_ERROR_ARGS
     groups = match.groupdict()
     local, domain = groups.get("local"), groups.get("domain")
+    mailbox = match.group("mailbox")
     if local is not None and domain is not None:
         if _octets(local) > _MAX_LOCAL_PART or _octets(domain) > _MAX_DOMAIN:
             return SYNTAX_ERROR_ARGS
         if domain.startswith("[") and not _valid_literal(domain[1:-1]):
             return SYNTAX_ERROR_ARGS
-    return match.group("mailbox"), text[match.end() :]
+        if local.startswith('"'):
+            # RFC 5321 4.1.2: a quoted local part that needs no quoting is the same mailbox
+            # as its dot-string ("alice"@x is alice@x); give it in that one form.
+            unquoted = _QUOTED_PAIR.sub(r"\1", local[1:-1])
+            if _DOT_STRING_RE.fullmatch(unquoted):
+                mailbox = f"{unquoted}@{domain}"
+    return mailbox, text[match.end() :]
 
 
 def _split_params(rest: str) -> list[str] | Reply:

@@ -304,7 +304,8 @@ def test_a_client_that_never_reads_replies_cannot_grow_memory(tmp_path: Path) ->
         sock = socket.create_connection((server.host, server.port), timeout=10)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.settimeout(3)
-        chunk = b"NOOP\r\n" * 10000
+        # EHLO: neither refused nor junk, so only back-pressure can stop it.
+        chunk = b"EHLO x.example\r\n" * 4000
         sent = 0
         try:
             while sent < 100 * 1024 * 1024:  # at most 100 MB, far more than buffers hold
@@ -355,15 +356,17 @@ def test_journal_tail_follow_prints_new_events_and_stderr_echoes_them(
             lines.put(line)
 
     threading.Thread(target=read, daemon=True).start()
-    hostile = "evil\u009b[31m\u2002code=250"  # a C1 control (CSI) and an EN SPACE
+    hostile = "evil\u009b31m\u2002code=250"  # a C1 control (CSI) and an EN SPACE
     try:
         # The server journals "start" before it listens, so the tail has a line to print.
         # Once it is printed the follower has taken its snapshot of the journal's end, and
         # every event after it will be followed: only then send mail.
         json.loads(lines.get(timeout=30))
         with smtplib.SMTP(mailserver.host, mailserver.port) as smtp:
-            smtp.send(f"EHLO {hostile}\r\n".encode())  # smtplib itself only sends ASCII
-            assert smtp.getreply()[0] == 250
+            assert smtp.ehlo()[0] == 250
+            # A non-ASCII sender is refused (no SMTPUTF8), and journaled as sent.
+            smtp.send(f"MAIL FROM:<{hostile}@remote.test>\r\n".encode())
+            assert smtp.getreply()[0] == 553
             smtp.sendmail("f@remote.test", ["bob@example.org"], "Subject: f\r\n\r\nx\r\n")
         raw: list[str] = []
         seen: list[dict[str, object]] = []
@@ -377,7 +380,8 @@ def test_journal_tail_follow_prints_new_events_and_stderr_echoes_them(
         assert [r["event"] for _, r in mine] == [
             "connect",
             "helo",
-            "helo",
+            "mail",
+            "reply",
             "mail",
             "rcpt",
             "stored",
@@ -385,8 +389,8 @@ def test_journal_tail_follow_prints_new_events_and_stderr_echoes_them(
         ]
         # Stored and shown as printable ASCII, the client's text as JSON escapes.
         assert all(line.isascii() and line.rstrip("\n").isprintable() for line in raw)
-        assert '"name":"evil\\u009b[31m\\u2002code=250"' in mine[1][0]
-        assert mine[1][1]["name"] == hostile
+        assert '"sender":"evil\\u009b31m\\u2002code=250@remote.test"' in mine[2][0]
+        assert mine[2][1]["sender"] == f"{hostile}@remote.test"
     finally:
         follower.terminate()
         follower.wait(timeout=10)
@@ -395,7 +399,9 @@ def test_journal_tail_follow_prints_new_events_and_stderr_echoes_them(
     stderr = mailserver.stderr()
     echoed = [line for line in stderr.splitlines() if f" {session} " in line]
     assert [line.split()[3] for line in echoed] == [r["event"] for _, r in mine]
-    assert echoed[1].split(" ", 3)[3] == 'helo name="evil\\u009b[31m\\u2002code=250" extended=yes'
+    assert echoed[2].split(" ", 3)[3] == (
+        'mail sender="evil\\u009b31m\\u2002code=250@remote.test" code=553'
+    )
     assert "\u009b" not in stderr and "\u2002" not in stderr
 
 

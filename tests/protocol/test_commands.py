@@ -173,6 +173,34 @@ def test_ehlo_reply_is_multiline_and_echoes_name() -> None:
     assert out.wire[1].startswith(b"250-mx.test Hello client.example\r\n250-PIPELINING\r\n")
 
 
+@pytest.mark.parametrize(
+    "name",
+    ["m\u00fcller.example", "a\u0085b", "x\u2028y", "c\u0080", "en\u2002space", "\u212aelvin"],
+)
+def test_non_ascii_hello_names_are_refused(name: str) -> None:
+    """Without SMTPUTF8 a HELO/EHLO name is ASCII (RFC 5321 4.1.2): C1 controls, line and
+    Unicode spaces never reach a Received: header or the journal."""
+    for verb in (b"EHLO ", b"HELO "):
+        out = run([verb + name.encode() + b"\r\n"])
+        assert out.replies[1:] == [r.NON_ASCII_HELO]
+        assert out.wire[1] == b"501 5.5.2 HELO/EHLO name must be ASCII\r\n"
+
+
+def test_a_long_hello_name_is_cut_in_the_reply_line() -> None:
+    """RFC 5321 4.5.3.1.5: a reply line is at most 512 octets, whatever the name echoed:
+    the longest name a command line can carry (505 octets) behind a 60-octet host name."""
+    hostname = "mx." + "h" * 49 + ".example"
+    name = "a" * 497 + ".example"
+    assert len(b"EHLO " + name.encode() + b"\r\n") == 512  # fits a command line
+    ehlo_first = r.ehlo(hostname, name, ("PIPELINING",)).to_bytes().split(b"\r\n")[0]
+    helo_line = r.helo(hostname, name).to_bytes()
+    assert len(ehlo_first + b"\r\n") == 512 and len(helo_line) == 512
+    assert ehlo_first.startswith(f"250-{hostname} Hello aaaa".encode())
+    assert r.helo(hostname, "client.example").to_bytes() == (
+        f"250 {hostname} Hello client.example\r\n".encode()
+    )
+
+
 def test_hello_allowed_in_every_state_and_resets_transaction() -> None:
     assert codes(EHLO + MAIL + EHLO + RCPT) == [250, 250, 250, 503]
     assert codes(EHLO + MAIL + RCPT + b"HELO x\r\nDATA\r\n") == [250, 250, 250, 250, 503]
@@ -248,6 +276,12 @@ def test_commands_after_quit_are_not_read() -> None:
         (b'FROM:<"a>b"@example.org>', '"a>b"@example.org'),
         (b'FROM:<"a\\"b"@example.org>', '"a\\"b"@example.org'),
         (b'FROM:<""@example.org>', '""@example.org'),
+        # RFC 5321 4.1.2: quoting that changes nothing is dropped, so one mailbox has one form.
+        (b'FROM:<"alice"@example.org>', "alice@example.org"),
+        (b'FROM:<"al\\ice"@example.org>', "alice@example.org"),
+        (b'FROM:<"a.b"@example.org>', "a.b@example.org"),
+        (b'FROM:<"a..b"@example.org>', '"a..b"@example.org'),
+        (b'FROM:<"alice@example.org"@example.org>', '"alice@example.org"@example.org'),
         (b"FROM:<a@[192.0.2.1]>", "a@[192.0.2.1]"),
         (b"FROM:<a@[IPv6:2001:db8::1]>", "a@[IPv6:2001:db8::1]"),
         (b"FROM:<a@[ipv6:::1]>", "a@[ipv6:::1]"),
