@@ -4,9 +4,11 @@ folder."""
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import socket
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +16,8 @@ from pathlib import Path
 __all__ = [
     "atomic_write",
     "fsync_dir",
+    "make_dirs",
+    "open_below",
     "host_part",
     "place_durably",
     "unique_name",
@@ -30,6 +34,53 @@ def fsync_dir(path: Path | str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+_DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+def open_below(base: Path, *parts: str) -> int:
+    """A descriptor of the folder ``base/parts...``, following no symbolic link below
+    ``base`` (``base`` itself is the admin's choice and may be one). Raises ``OSError``:
+    ``ELOOP`` when a part is a symbolic link, ``ENOTDIR`` when it is no folder."""
+    fd = os.open(base, _DIRECTORY_FLAGS)
+    try:
+        for part in parts:
+            try:
+                inner = os.open(part, _DIRECTORY_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+            except NotADirectoryError:
+                # Linux says ENOTDIR, not ELOOP, for a link opened with O_DIRECTORY: tell
+                # the two apart, since a planted link is worth naming as such.
+                if stat.S_ISLNK(os.stat(part, dir_fd=fd, follow_symlinks=False).st_mode):
+                    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), part) from None
+                raise
+            os.close(fd)
+            fd = inner
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def make_dirs(path: Path, mode: int = 0o750) -> None:
+    """Create ``path`` and any missing parents with exactly ``mode``, whatever the umask
+    (``mkdir`` applies the umask: under umask 000 the default is 0777). Folders that exist
+    are left as they are."""
+    missing: list[Path] = []
+    top = path
+    while not os.path.lexists(top):
+        missing.append(top)
+        top = top.parent
+    if not missing and not path.is_dir():
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path))
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder, mode)
+        except FileExistsError:
+            if not folder.is_dir():
+                raise
+            continue
+        os.chmod(folder, mode)
 
 
 def host_part() -> str:

@@ -93,7 +93,7 @@ def test_batch_keeps_order_and_isolates_failures(boxes: list[Path], tmp_path: Pa
 def test_clean_tmp_removes_leftovers(boxes: list[Path]) -> None:
     (boxes[0] / "tmp" / "half").write_bytes(b"partial")
     (boxes[1] / "tmp" / "half2").write_bytes(b"partial")
-    assert clean_tmp([b / "tmp" for b in boxes]) == 2
+    assert clean_tmp(boxes[0].parent, [(b.name, "tmp") for b in boxes]) == 2
     assert list((boxes[0] / "tmp").iterdir()) == []
 
 

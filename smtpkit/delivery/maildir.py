@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from smtpkit.errors import DeliveryError
-from smtpkit.fsutil import fsync_dir, place_durably, unique_name, write_all
+from smtpkit.fsutil import open_below, unique_name, write_all
 
 __all__ = [
     "SPOOL_FOLDER",
@@ -49,13 +49,28 @@ SPOOL_FOLDER = ".spool"  # under users/: the pool of ready spool files
 
 def delivery_error(exc: OSError, what: str) -> DeliveryError:
     """Every OSError on the storage path is temporary (4xx); ENOSPC/EDQUOT say disk full."""
-    return DeliveryError(
-        f"{what}: {exc.strerror or exc}", temporary=True, disk_full=exc.errno in _DISK_FULL
-    )
+    if exc.errno == errno.ELOOP:
+        why = "a symbolic link where a Maildir folder must be (refused)"
+    elif exc.errno == errno.ENOTDIR:
+        why = "not a folder where a Maildir folder must be"
+    else:
+        why = exc.strerror or str(exc)
+    return DeliveryError(f"{what}: {why}", temporary=True, disk_full=exc.errno in _DISK_FULL)
+
+
+_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _create(path: Path) -> int:
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    return os.open(path, _FILE_FLAGS, 0o600)
+
+
+def open_folder(mailbox: Path, sub: str) -> int:
+    """A descriptor of ``mailbox/sub`` (``tmp``, ``new``): no symbolic link is followed from
+    the data folder down (``users``, the mailbox, the sub-folder), so a link planted in a
+    Maildir can never send a message, or a clean-up, somewhere else."""
+    users = mailbox.parent
+    return open_below(users.parent, users.name, mailbox.name, sub)
 
 
 class SpoolPool:
@@ -123,13 +138,14 @@ class SpoolPool:
 
 
 class Spool:
-    """One message being received, streamed into ``tmp/`` of its first mailbox.
+    """One message being received, streamed into a ready file of the pool, or else into
+    ``tmp/`` of its first mailbox (``folder_fd`` then holds that folder, opened safely).
 
     Write errors are recorded, not raised: the data keeps being read and discarded, and the
-    error is reported once at the final dot (DESIGN convention 8).
+    error is reported once at the final dot.
     """
 
-    __slots__ = ("error", "fd", "mailboxes", "name", "size", "tmp_path")
+    __slots__ = ("error", "fd", "folder_fd", "mailboxes", "name", "size", "tmp_path")
 
     def __init__(
         self, mailboxes: Sequence[Path], header: bytes, pool: SpoolPool | None = None
@@ -138,6 +154,7 @@ class Spool:
         self.name = unique_name()
         self.size = 0
         self.error: DeliveryError | None = None
+        self.folder_fd = -1
         ready = pool.take_for(self.mailboxes[0]) if pool is not None else None
         if ready is not None:
             self.fd, self.tmp_path = ready
@@ -145,9 +162,11 @@ class Spool:
             self.fd = -1
             self.tmp_path = self.mailboxes[0] / "tmp" / self.name
             try:
-                self.fd = _create(self.tmp_path)
+                self.folder_fd = open_folder(self.mailboxes[0], "tmp")
+                self.fd = os.open(self.name, _FILE_FLAGS, 0o600, dir_fd=self.folder_fd)
             except OSError as exc:
                 self.error = delivery_error(exc, f"cannot create {self.tmp_path}")
+                self.close_folder()
                 return
         # Written at once, not with the first data: a full disk is then refused at DATA,
         # before the client sends the message (452 4.3.1).
@@ -172,10 +191,47 @@ class Spool:
                 os.close(fd)
             except OSError:
                 pass
+        self.remove_file()
+        self.close_folder()
+
+    def remove_file(self) -> None:
+        """Unlink the spool file where it was created (best effort)."""
         try:
-            self.tmp_path.unlink(missing_ok=True)
+            if self.folder_fd >= 0:
+                os.unlink(self.name, dir_fd=self.folder_fd)
+            else:
+                self.tmp_path.unlink()
         except OSError:
             pass
+
+    def rename_into(self, folder_fd: int, name: str) -> None:
+        """Move the spool file to ``name`` in the folder ``folder_fd``."""
+        if self.folder_fd >= 0:
+            os.rename(self.name, name, src_dir_fd=self.folder_fd, dst_dir_fd=folder_fd)
+        else:
+            os.rename(self.tmp_path, name, dst_dir_fd=folder_fd)
+
+    def open_read(self) -> int:
+        """The spool file, opened for reading (to copy it across filesystems)."""
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+        if self.folder_fd >= 0:
+            return os.open(self.name, flags, dir_fd=self.folder_fd)
+        return os.open(self.tmp_path, flags)
+
+    def link_into(self, folder_fd: int, name: str) -> None:
+        """Hard-link the spool file as ``name`` into the folder ``folder_fd``."""
+        if self.folder_fd >= 0:
+            os.link(self.name, name, src_dir_fd=self.folder_fd, dst_dir_fd=folder_fd)
+        else:
+            os.link(self.tmp_path, name, dst_dir_fd=folder_fd)
+
+    def close_folder(self) -> None:
+        if self.folder_fd >= 0:
+            fd, self.folder_fd = self.folder_fd, -1
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 @dataclass(slots=True)
@@ -185,50 +241,93 @@ class DeliveryResult:
     spool: Spool
     files: list[Path] = field(default_factory=list)
     error: DeliveryError | None = None
+    # (folder descriptor, name) of each file placed, to undo them on a later failure.
+    placed: list[tuple[int, str]] = field(default_factory=list)
 
 
-def _link_all(spool: Spool, result: DeliveryResult) -> None:
+class _Folders:
+    """The ``new/`` (and ``tmp/``) folders one batch touches, each opened once, safely
+    (``open_folder``), and closed at the end of the batch."""
+
+    def __init__(self) -> None:
+        self.fds: dict[tuple[Path, str], int] = {}
+
+    def get(self, mailbox: Path, sub: str) -> int:
+        fd = self.fds.get((mailbox, sub))
+        if fd is None:
+            fd = self.fds[(mailbox, sub)] = open_folder(mailbox, sub)
+        return fd
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+
+
+def _link_all(spool: Spool, result: DeliveryResult, folders: _Folders) -> None:
     # Other mailboxes first (hard links), the first mailbox last (rename of the spool file):
     # if anything fails the spool file still exists and every link made is undone.
     first, *others = spool.mailboxes
     for mailbox in others:
-        target = mailbox / "new" / unique_name()
+        name = unique_name()
+        new = _new_folder(folders, mailbox)
         try:
-            os.link(spool.tmp_path, target)
+            spool.link_into(new, name)
         except OSError as exc:
             if exc.errno != errno.EXDEV:
                 raise
-            _copy_into(spool.tmp_path, mailbox, target)  # a mailbox on another filesystem
-        result.files.append(target)
-    target = first / "new" / spool.name
+            _copy_into(spool, folders, mailbox, name)  # a mailbox on another filesystem
+        result.placed.append((new, name))
+        result.files.append(mailbox / "new" / name)
+    new = _new_folder(folders, first)
     try:
-        os.rename(spool.tmp_path, target)
+        spool.rename_into(new, spool.name)
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise
-        _copy_into(spool.tmp_path, first, target)
-        spool.tmp_path.unlink()
-    result.files.append(target)
+        _copy_into(spool, folders, first, spool.name)
+        spool.remove_file()
+    result.placed.append((new, spool.name))
+    result.files.append(first / "new" / spool.name)
 
 
-def _copy_into(source: Path, mailbox: Path, target: Path) -> None:
+def _new_folder(folders: _Folders, mailbox: Path) -> int:
+    try:
+        return folders.get(mailbox, "new")
+    except OSError as exc:
+        raise delivery_error(exc, f"cannot open {mailbox}/new") from None
+
+
+def _copy_into(spool: Spool, folders: _Folders, mailbox: Path, name: str) -> None:
     """A durable copy for a mailbox on another filesystem, where a link cannot reach: the
-    usual recipe (its own tmp/, fsync, rename); the folder is synced with the batch."""
-
-    def copy(fd: int) -> None:
-        with open(source, "rb") as src:
-            while chunk := src.read(1 << 20):
-                write_all(fd, chunk)
-
-    place_durably(mailbox / "tmp" / target.name, target, copy)
+    usual recipe (its own tmp/, fsync, rename into new/); the folder is synced with the
+    batch."""
+    tmp = folders.get(mailbox, "tmp")
+    fd = os.open(name, _FILE_FLAGS, 0o600, dir_fd=tmp)
+    try:
+        try:
+            with os.fdopen(spool.open_read(), "rb") as src:
+                while chunk := src.read(1 << 20):
+                    write_all(fd, chunk)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(name, name, src_dir_fd=tmp, dst_dir_fd=folders.get(mailbox, "new"))
+    except BaseException:
+        try:
+            os.unlink(name, dir_fd=tmp)
+        except OSError:
+            pass
+        raise
 
 
 def _undo(result: DeliveryResult) -> None:
-    for path in result.files:
+    for folder, name in result.placed:
         try:
-            path.unlink(missing_ok=True)
+            os.unlink(name, dir_fd=folder)
         except OSError:
             pass
+    result.placed.clear()
     result.files.clear()
 
 
@@ -263,8 +362,8 @@ def _sync_files(results: Sequence[DeliveryResult]) -> None:
     """Make the data of every spool durable, recording per-message errors.
 
     One syncfs(2) per filesystem covers a whole batch: one journal commit instead of one per
-    file, the lever DESIGN convention 10 measured. Should it fail, per-file fsync tells which
-    message the error belongs to.
+    file, the lever ARCHITECTURE.md's "Durability" section measures. Should it fail,
+    per-file fsync tells which message the error belongs to.
     """
     for group in _by_device(results, lambda r: os.fstat(r.spool.fd).st_dev):
         if _syncfs is not None and len(group) > 1:
@@ -280,27 +379,23 @@ def _sync_files(results: Sequence[DeliveryResult]) -> None:
                 result.error = delivery_error(exc, f"cannot sync {result.spool.tmp_path}")
 
 
-def _sync_folders(folders: dict[Path, list[DeliveryResult]]) -> None:
+def _sync_folders(folders: dict[int, list[DeliveryResult]], names: dict[int, Path]) -> None:
     """Make the renames into ``new/`` durable: one fsync per folder, or one syncfs for the
     folders of one filesystem."""
-    for group in _by_device(list(folders), lambda folder: os.stat(folder).st_dev):
+    for group in _by_device(list(folders), lambda fd: os.fstat(fd).st_dev):
         if _syncfs is not None and len(group) > 1:
             try:
-                fd = os.open(group[0], os.O_RDONLY | os.O_DIRECTORY)
-                try:
-                    _syncfs(fd)
-                finally:
-                    os.close(fd)
+                _syncfs(group[0])
                 continue
             except OSError:
                 pass
-        for folder in group:
+        for fd in group:
             try:
-                fsync_dir(folder)
+                os.fsync(fd)
             except OSError as exc:
-                for result in folders[folder]:
+                for result in folders[fd]:
                     if result.error is None:
-                        result.error = delivery_error(exc, f"cannot sync folder {folder}")
+                        result.error = delivery_error(exc, f"cannot sync folder {names[fd]}")
                         _undo(result)
 
 
@@ -312,7 +407,7 @@ def commit_batch(spools: Sequence[Spool]) -> list[DeliveryResult]:
     matters for safety: no name appears in ``new/`` before its data is on disk, so a crash
     never leaves a partial message there. A failure fails only the messages it touched, and
     their files are removed from ``new/`` again, so a 4xx never leaves a file that a retry
-    would duplicate.
+    would duplicate. Every folder is reached without following symbolic links.
     """
     results = [DeliveryResult(spool) for spool in spools]
     live = []
@@ -322,24 +417,36 @@ def commit_batch(spools: Sequence[Spool]) -> list[DeliveryResult]:
         else:
             live.append(result)
     _sync_files(live)
-    for result in live:
-        spool = result.spool
-        os.close(spool.fd)
-        spool.fd = -1
-        if result.error is not None:
-            spool.abort()
-            continue
-        try:
-            _link_all(spool, result)
-        except OSError as exc:
-            result.error = delivery_error(exc, "cannot move message into new/")
-            _undo(result)
-            spool.abort()
-    folders: dict[Path, list[DeliveryResult]] = {}
-    for result in live:
-        for path in result.files:
-            folders.setdefault(path.parent, []).append(result)
-    _sync_folders(folders)
+    opened = _Folders()
+    try:
+        for result in live:
+            spool = result.spool
+            os.close(spool.fd)
+            spool.fd = -1
+            if result.error is not None:
+                spool.abort()
+                continue
+            try:
+                _link_all(spool, result, opened)
+            except (OSError, DeliveryError) as exc:
+                result.error = (
+                    exc
+                    if isinstance(exc, DeliveryError)
+                    else delivery_error(exc, "cannot move message into new/")
+                )
+                _undo(result)
+                spool.abort()
+                continue
+            spool.close_folder()  # the file itself has moved
+        folders: dict[int, list[DeliveryResult]] = {}
+        names: dict[int, Path] = {}
+        for result in live:
+            for (fd, _), path in zip(result.placed, result.files, strict=True):
+                folders.setdefault(fd, []).append(result)
+                names[fd] = path.parent
+        _sync_folders(folders, names)
+    finally:
+        opened.close()
     return results
 
 
@@ -348,21 +455,29 @@ def commit(spool: Spool) -> DeliveryResult:
     return commit_batch([spool])[0]
 
 
-def clean_tmp(folders: Sequence[Path]) -> int:
-    """Remove leftovers in spool folders (each mailbox's ``tmp/``, the spool pool): messages
-    never acknowledged. Returns how many. Run at start-up, before any worker starts."""
+def clean_tmp(users_dir: Path, folders: Sequence[Sequence[str]]) -> int:
+    """Remove leftovers in spool folders, given as parts below ``users_dir`` (each
+    mailbox's ``(NAME, "tmp")``, the spool pool's ``(".spool", N)``): messages never
+    acknowledged. Returns how many. Run at start-up, before any worker starts. No symbolic
+    link is followed below the data folder, so a link planted in a Maildir can never make
+    this delete files elsewhere."""
     removed = 0
-    for folder in folders:
+    for parts in folders:
         try:
-            entries = list(os.scandir(folder))
+            fd = open_below(users_dir.parent, users_dir.name, *parts)
         except OSError:
             continue
-        for entry in entries:
-            try:
-                os.unlink(entry.path)
-                removed += 1
-            except OSError:
-                pass
+        try:
+            for entry in list(os.scandir(fd)):
+                if entry.is_dir(follow_symlinks=False):
+                    continue
+                try:
+                    os.unlink(entry.name, dir_fd=fd)
+                    removed += 1
+                except OSError:
+                    pass
+        finally:
+            os.close(fd)
     return removed
 
 

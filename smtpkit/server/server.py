@@ -22,6 +22,7 @@ from smtpkit.config import Config, TlsConfig
 from smtpkit.delivery.maildir import SPOOL_FOLDER, DeliveryWorker, Spool, SpoolPool, clean_tmp
 from smtpkit.delivery.router import Router
 from smtpkit.errors import ConfigError
+from smtpkit.fsutil import make_dirs
 from smtpkit.journal import Journal
 from smtpkit.policy import LocalPolicy
 from smtpkit.protocol import replies
@@ -97,7 +98,7 @@ class Server:
         # Should the folder not be made, the pool stays empty and each message opens its
         # file in its mailbox's tmp/ instead.
         with contextlib.suppress(OSError):
-            pool.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            make_dirs(pool.folder, 0o700)
         self.delivery = DeliveryWorker(self.loop.call_soon_threadsafe, pool=pool)
         self.ctx = ServerContext(
             hostname=config.server.hostname,
@@ -238,7 +239,8 @@ def serve(
     users = UserStore(config.server.users_dir, config.server.domains)
     spool = users.users_dir / SPOOL_FOLDER
     pools = [p for p in spool.iterdir() if p.is_dir()] if spool.is_dir() else []
-    cleaned = clean_tmp([u.path / "tmp" for u in users.list()] + [spool, *pools])
+    folders = [(u.address, "tmp") for u in users.list()] + [(SPOOL_FOLDER,)]
+    cleaned = clean_tmp(users.users_dir, folders + [(SPOOL_FOLDER, p.name) for p in pools])
     table = SharedCounts(workers, config.limits.max_connections)
 
     def work(slot: int, restarted: bool = False) -> None:

@@ -12,7 +12,9 @@ the immutable attribute (``chattr +i``, e2fsprogs) or a read-only bind mount.
 
 from __future__ import annotations
 
+import json
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -277,3 +279,62 @@ def test_one_message_for_mailboxes_on_two_filesystems_is_delivered(storage: Stor
         assert (stage, reply.code) == ("dot", 250), (recipients, stage, reply)
         assert storage.stored(ALICE) == storage.stored(BOB) == [f"m{i}" for i in range(1, n + 1)]
     storage.assert_clean_and_serving()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("part", ["new", "tmp", "mailbox"])
+def test_a_symlink_in_a_maildir_is_refused_never_followed(
+    storage: Storage, tmp_path: Path, part: str
+) -> None:
+    """Someone with write access to alice's Maildir swaps a folder for a symbolic link to
+    another folder: mail is refused with 451 and a journal line that says why, and nothing
+    is ever written, nor removed at start-up, through the link."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "precious").write_bytes(b"keep me\n")
+    box = storage.server.maildir(ALICE)
+    real = box if part == "mailbox" else box / part
+    if part == "mailbox":
+        for sub in ("new", "tmp", "cur"):
+            (elsewhere / sub).mkdir()
+    moved = real.with_name(real.name + ".real")
+    real.rename(moved)
+    real.symlink_to(elsewhere)
+
+    def repair() -> None:
+        real.unlink()
+        moved.rename(real)
+
+    storage.undo.append(repair)
+    stage, reply = storage.transaction([ALICE])
+    assert sorted(p.name for p in elsewhere.rglob("*") if p.is_file()) == ["precious"]
+    assert storage.stored(BOB) == []
+    if part == "tmp" and reply.code == 250:
+        # The message streamed into a ready file of the spool pool, never into tmp/: it
+        # went to the real new/ without touching the link.
+        assert storage.stored(ALICE) == ["m1"]
+    else:
+        assert reply == LOCAL_ERROR, (stage, reply)
+        storage.assert_clean_and_serving()
+        # The journal says which folder and why (workers append every 20 ms: wait for it).
+        deadline = time.monotonic() + 10
+        while True:
+            errors = []
+            for path in (storage.server.directory / "journal").iterdir():
+                errors += [json.loads(line) for line in path.read_text().splitlines()]
+            errors = [e["error"] for e in errors if e["event"] == "error"]
+            if errors or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert errors and "symbolic link where a Maildir folder must be (refused)" in errors[0]
+        assert f"users/{ALICE}" in errors[0]
+    # A restart cleans the spool folders: never through the link.
+    assert storage.server.process is not None
+    kill_tree(storage.server.process)
+    storage.server.process = None
+    (elsewhere / "tmp-leftover").write_bytes(b"not ours\n")
+    storage.server.start("--quiet", "--workers", "2")
+    assert (elsewhere / "precious").read_bytes() == b"keep me\n"
+    assert (elsewhere / "tmp-leftover").exists()
+    storage.undo.pop()()
+    assert storage.transaction([ALICE])[1].code == 250
