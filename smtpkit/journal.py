@@ -24,6 +24,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, TextIO
 
+from smtpkit.fsutil import make_dirs
+
 __all__ = [
     "Journal",
     "Position",
@@ -96,7 +98,7 @@ class Journal:
             self._fd = -1
         self._hour = hour
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            make_dirs(self.directory, 0o750)
             self._fd = os.open(
                 self.directory / hour,
                 os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,

@@ -20,7 +20,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from smtpkit.addresses import normalize_hostname
 from smtpkit.errors import SmtpkitError, UserError
-from smtpkit.fsutil import atomic_write
+from smtpkit.fsutil import atomic_write, make_dirs
 
 __all__ = [
     "DEFAULT_DAYS",
@@ -170,7 +170,7 @@ def write_self_signed(
     cert_pem, key_pem = make_self_signed(hostname, days=days, key_type=key_type, now=now)
     for path, data, mode in ((key, key_pem, 0o600), (certificate, cert_pem, 0o644)):
         try:
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            make_dirs(path.parent, 0o700)
             atomic_write(path, data, mode=mode)
         except OSError as exc:
             raise TlsError(f"cannot write {path}: {exc.strerror or exc}") from None

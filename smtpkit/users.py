@@ -13,7 +13,7 @@ from pathlib import Path
 
 from smtpkit.addresses import normalize_address
 from smtpkit.errors import UserError
-from smtpkit.fsutil import fsync_dir
+from smtpkit.fsutil import fsync_dir, make_dirs
 
 __all__ = ["MAILDIR_SUBDIRS", "UserInfo", "UserStore"]
 
@@ -59,7 +59,7 @@ class UserStore:
         if path.exists():
             raise UserError(f"user {canonical} already exists ({path})")
         try:
-            self.users_dir.mkdir(parents=True, exist_ok=True)
+            make_dirs(self.users_dir, 0o700)
             # Build in a hidden folder and rename, so a crash never leaves half a Maildir that
             # the server would deliver to.
             staging = self.users_dir / f".adding.{canonical}"

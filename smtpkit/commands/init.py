@@ -11,6 +11,7 @@ from smtpkit.addresses import normalize_domain
 from smtpkit.commands import reports_errors
 from smtpkit.config import CONFIG_NAME, parse_config, parse_listen, write_config
 from smtpkit.errors import ConfigError, UserError
+from smtpkit.fsutil import make_dirs
 
 __all__ = ["command"]
 
@@ -55,9 +56,10 @@ def command(
     data: dict[str, Any] = {"server": server}
     try:
         parse_config(data, config_path)  # what we write must load
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / "users").mkdir(mode=0o700, exist_ok=True)
-        (directory / "journal").mkdir(mode=0o750, exist_ok=True)
+        # Explicit modes whatever the umask (under umask 000 mkdir would give 0777).
+        make_dirs(directory, 0o750)
+        make_dirs(directory / "users", 0o700)
+        make_dirs(directory / "journal", 0o750)
         write_config(config_path, data)
     except OSError as exc:
         where = exc.filename or directory

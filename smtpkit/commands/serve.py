@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -28,6 +29,9 @@ def command(app: App, quiet: bool, workers: int | None) -> None:
     # Until the server's handlers exist, a SIGHUP must wait rather than kill (the entry
     # point already did this when started as `smtpkit serve`).
     defer_server_signals()
+    # Files and folders the server creates are never readable by others, whatever umask
+    # the shell or unit left (each also gets an explicit mode where it is made).
+    os.umask(0o027)
     config = app.config
     if not config.server.users_dir.is_dir():
         raise click.ClickException(

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import mailbox
+import os
 import signal
 import smtplib
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -15,12 +17,14 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import (
+    _RUNNING,
     MailServer,
     free_port,
     make_server,
     need_program,
     smtpkit,
     unavailable,
+    wait_for_banner,
 )
 
 
@@ -450,3 +454,56 @@ def test_ipv6_listen_address_receives_mail(tmp_path: Path) -> None:
     (stored,) = server.new_files("alice@example.org")
     assert b"([IPv6:::1])\r\n" in stored.read_bytes()
     assert server.stop() == 0
+
+
+def test_under_umask_000_every_folder_gets_its_own_mode(tmp_path: Path) -> None:
+    """init, user add and serve under umask 000 (a careless shell or unit): nothing they
+    create is open to other users, let alone writable by them."""
+
+    def run(*args: str) -> None:
+        subprocess.run(
+            [sys.executable, "-m", "smtpkit", *args],
+            check=True,
+            capture_output=True,
+            preexec_fn=lambda: os.umask(0),
+            timeout=60,
+        )
+
+    port = free_port()
+    data = tmp_path / "new" / "data"  # a parent that does not exist yet either
+    run("init", str(data), "--domain", "example.org", "--listen", f"127.0.0.1:{port}")
+    config = str(data / "smtpkit.toml")
+    run("-c", config, "user", "add", "alice@example.org")
+    server = MailServer(data, data / "smtpkit.toml", "127.0.0.1", port, "example.org")
+    server.process = subprocess.Popen(
+        [sys.executable, "-m", "smtpkit", "-c", config, "serve", "--quiet", "--workers", "1"],
+        preexec_fn=lambda: os.umask(0),
+    )
+    _RUNNING.append(server)
+    wait_for_banner(server.host, server.port, server.process)
+    with smtplib.SMTP(server.host, server.port, timeout=10) as smtp:
+        smtp.sendmail("a@remote.test", ["alice@example.org"], "Subject: m\r\n\r\nx\r\n")
+    assert server.stop() == 0
+    modes = {
+        str(p.relative_to(tmp_path)): stat.S_IMODE(p.lstat().st_mode)
+        for p in [tmp_path / "new", *sorted((tmp_path / "new").rglob("*"))]
+    }
+    folders = {k: v for k, v in modes.items() if (tmp_path / k).is_dir()}
+    assert folders == {
+        "new": 0o750,
+        "new/data": 0o750,
+        "new/data/journal": 0o750,
+        "new/data/users": 0o700,
+        "new/data/users/.spool": 0o700,
+        "new/data/users/.spool/0": 0o700,
+        "new/data/users/alice@example.org": 0o700,
+        "new/data/users/alice@example.org/cur": 0o700,
+        "new/data/users/alice@example.org/new": 0o700,
+        "new/data/users/alice@example.org/tmp": 0o700,
+    }
+    # Files: none writable by others; mail and the journal readable by nobody else.
+    assert not [k for k, v in modes.items() if v & 0o002], modes
+    (message,) = (data / "users" / "alice@example.org" / "new").iterdir()
+    assert stat.S_IMODE(message.stat().st_mode) == 0o600
+    for hour in (data / "journal").iterdir():
+        assert stat.S_IMODE(hour.stat().st_mode) == 0o640
