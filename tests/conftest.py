@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -158,6 +159,18 @@ def _no_server_outlives_its_test() -> Iterator[None]:
             except subprocess.TimeoutExpired:
                 server.process.kill()
                 server.process.wait()
+
+
+@pytest.fixture
+def open_tmp_path() -> Iterator[Path]:
+    """A scratch folder other users can reach (pytest's own sits under a 0700 folder of
+    root's): for tests where a service user works in it."""
+    path = Path(tempfile.mkdtemp(prefix="smtpkit-test-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
