@@ -173,6 +173,34 @@ def open_tmp_path() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+REPOSITORY = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def system_venv() -> Iterator[Path]:
+    """smtpkit installed (not editable) into a venv of the distribution's own Python, in a
+    folder every user can reach: for running smtpkit as a service user, who cannot reach
+    the Python this suite runs on when it lives in root's home."""
+    python = Path("/usr/bin/python3")
+    if not python.exists():
+        unavailable("/usr/bin/python3 not found: install Debian's python3 and python3-venv")
+    folder = Path(tempfile.mkdtemp(prefix="smtpkit-venv-"))
+    folder.chmod(0o755)
+    try:
+        made = subprocess.run(
+            [str(python), "-m", "venv", str(folder / "venv")], capture_output=True, text=True
+        )
+        if made.returncode != 0:
+            unavailable(f"python3 -m venv failed (install python3-venv): {made.stderr.strip()}")
+        pip = [str(folder / "venv" / "bin" / "pip"), "install", "--quiet"]
+        build = folder / "src"  # a copy: building in the checkout would leave build/ there
+        shutil.copytree(REPOSITORY, build, ignore=shutil.ignore_patterns(".git", "*.egg-info"))
+        subprocess.run([*pip, str(build)], check=True, capture_output=True, timeout=600)
+        yield folder / "venv"
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.fixture
 def mailserver(tmp_path: Path) -> Iterator[MailServer]:
     server = make_server(tmp_path)

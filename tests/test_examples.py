@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
 from pathlib import Path
 
 from smtpkit.config import ListenAddress, load_config
+from tests.conftest import need_program
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -20,7 +23,34 @@ def test_example_config_loads_with_its_documented_values() -> None:
     assert config.aliases["sales@example.org"] == ("alice@example.org", "bob@example.org")
 
 
-def test_systemd_unit_runs_serve_with_the_config_variable() -> None:
-    unit = (EXAMPLES / "smtpkit.service").read_text()
-    assert "ExecStart=/usr/local/bin/smtpkit serve" in unit.splitlines()
-    assert "Environment=SMTPKIT_CONFIG=/var/lib/smtpkit/smtpkit.toml" in unit.splitlines()
+def test_systemd_unit_runs_the_venv_as_its_own_user_with_one_config() -> None:
+    unit = (EXAMPLES / "smtpkit.service").read_text().splitlines()
+    for line in (
+        "ExecStart=/opt/smtpkit/bin/smtpkit serve",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "Environment=SMTPKIT_CONFIG=/etc/smtpkit/smtpkit.toml",
+        "User=smtpkit",
+        "AmbientCapabilities=CAP_NET_BIND_SERVICE",
+        "ReadWritePaths=/var/lib/smtpkit",
+    ):
+        assert line in unit
+    text = "\n".join(unit)
+    # Never the unrelated PyPI project of the same name.
+    assert "pip install smtpkit" not in text
+    assert "init /var/lib/smtpkit" in text and "--owner smtpkit" in text
+
+
+def test_systemd_unit_is_rated_ok_by_systemd_analyze_security() -> None:
+    analyze = need_program("systemd-analyze", "systemd")
+    result = subprocess.run(
+        [analyze, "security", "--offline=true", "--root=/", "smtpkit.service"],
+        cwd=EXAMPLES,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    last = result.stdout.strip().splitlines()[-1]
+    match = re.search(r"Overall exposure level for smtpkit.service: (\d+\.\d+) (\w+)", last)
+    assert match is not None, result.stdout + result.stderr
+    print(f"\nsystemd-analyze security: {match.group(1)} {match.group(2)}")
+    assert float(match.group(1)) <= 3.0

@@ -8,6 +8,7 @@ import sys
 import click
 
 from smtpkit.commands import App, pass_app, reports_errors
+from smtpkit.owner import owner_of
 from smtpkit.server.listener import bind_all
 from smtpkit.server.server import make_tls_context, serve
 from smtpkit.signals import defer_server_signals
@@ -37,17 +38,31 @@ def command(app: App, quiet: bool, workers: int | None) -> None:
         raise click.ClickException(
             f"no users folder at {config.server.users_dir} (run `smtpkit init` first)"
         )
+    owner = owner_of(config.server.directory)
+    as_root = os.geteuid() == 0
+    # Started by root with the data folder given to a service user (`init --owner`): bind,
+    # read the certificate, then run the workers as that user (root stays, supervising).
+    run_as = owner if as_root and not owner.is_root else None
     # A broken certificate is one error line before anything starts.
     tls = make_tls_context(config.tls) if config.tls is not None else None
     sockets = bind_all(config.server.listen)
     count = workers or config.server.workers
     where = ", ".join(str(a) for a in config.server.listen)
     domains = ", ".join(config.server.domains)
-    click.echo(f"smtpkit: receiving for {domains} on {where} ({count} workers)", err=True)
+    who = owner.name if run_as is not None or not as_root else "root"
+    click.echo(
+        f"smtpkit: receiving for {domains} on {where} ({count} workers, as {who})", err=True
+    )
+    if as_root and owner.is_root:
+        click.echo(
+            "smtpkit: note: running as root because root owns the data folder; for "
+            "production, give it a user of its own (smtpkit init --owner NAME)",
+            err=True,
+        )
     echo = None if quiet else sys.stderr
 
     def log(text: str) -> None:
         click.echo(f"smtpkit: {text}", err=True)
 
-    if serve(config, sockets, workers=count, echo=echo, tls=tls, log=log) != 0:
+    if serve(config, sockets, workers=count, echo=echo, tls=tls, log=log, run_as=run_as) != 0:
         raise click.ClickException("workers kept failing; see the messages above")

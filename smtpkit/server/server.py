@@ -24,6 +24,7 @@ from smtpkit.delivery.router import Router
 from smtpkit.errors import ConfigError
 from smtpkit.fsutil import make_dirs
 from smtpkit.journal import Journal
+from smtpkit.owner import Owner, as_owner, drop_to
 from smtpkit.policy import LocalPolicy
 from smtpkit.protocol import replies
 from smtpkit.server.connection import Connection
@@ -81,6 +82,7 @@ class Server:
         worker: int = 0,
         tmp_cleaned: int = 0,
         tls_fallback: ssl.SSLContext | None = None,
+        tls_given: bool = False,
     ) -> None:
         self.config = config
         self.worker = worker
@@ -91,7 +93,9 @@ class Server:
         self.users = UserStore(config.server.users_dir, config.server.domains)
         router = Router(self.users, config.aliases, config.server.domains)
         self.policy = LocalPolicy(router, config.limits)
-        self.tls_context = _load_tls(config, tls_fallback)
+        # tls_given: the certificate was loaded for us (by a supervisor that can read what
+        # this worker cannot); otherwise the files as they are now, else the fallback.
+        self.tls_context = tls_fallback if tls_given else _load_tls(config, tls_fallback)
         # One pool folder per worker: creating and renaming files locks their folder, and
         # workers sharing one would wait for each other.
         pool = SpoolPool(config.server.users_dir / SPOOL_FOLDER / str(worker))
@@ -229,21 +233,32 @@ def serve(
     echo: TextIO | None = None,
     tls: ssl.SSLContext | None = None,
     log: Callable[[str], None] = lambda text: None,
+    run_as: Owner | None = None,
 ) -> int:
     """Run the server on already bound ``sockets`` with ``workers`` processes (1: in this
     process); returns the exit status. ``tls`` is the certificate loaded before the fork: a
     worker started later (after a crash) falls back to it if the files on disk are broken.
     Leftovers in every ``tmp/`` are removed first, before any worker could have a message in
-    flight there."""
+    flight there.
+
+    With ``run_as`` (started by root, the data folder owned by a service user), the workers
+    become that user at once and this process stays root as their supervisor, for what needs
+    root: on SIGHUP it loads the certificate (whose key may be readable by root only) and
+    replaces the workers with ones that use it. Everything under the data folder is touched
+    as the owner, never as root."""
     _raise_fd_limit(config.limits.max_connections)
-    users = UserStore(config.server.users_dir, config.server.domains)
-    spool = users.users_dir / SPOOL_FOLDER
-    pools = [p for p in spool.iterdir() if p.is_dir()] if spool.is_dir() else []
-    folders = [(u.address, "tmp") for u in users.list()] + [(SPOOL_FOLDER,)]
-    cleaned = clean_tmp(users.users_dir, folders + [(SPOOL_FOLDER, p.name) for p in pools])
-    table = SharedCounts(workers, config.limits.max_connections)
+    directory = config.server.directory
+    with as_owner(directory):
+        cleaned = _clean_spools(config)
+    # With reloads that replace workers, old and new ones overlap for a while: each needs
+    # a row of its own in the shared connection counts.
+    slots = 2 * workers if run_as is not None else workers
+    table = SharedCounts(slots, config.limits.max_connections)
+    certificate = [tls]  # the one loaded last by this process: new workers start with it
 
     def work(slot: int, restarted: bool = False) -> None:
+        if run_as is not None:
+            drop_to(run_as)
         server = Server(
             config,
             sockets,
@@ -251,17 +266,53 @@ def serve(
             counts=table.slot(slot),
             worker=slot,
             tmp_cleaned=cleaned if slot == 0 and not restarted else 0,
-            tls_fallback=tls,
+            tls_fallback=certificate[0],
+            tls_given=run_as is not None,
         )
         server.run()
 
-    if workers == 1:
+    if workers == 1 and run_as is None:
         work(0)
         return 0
+    on_reload = None
+    if run_as is not None and config.tls is not None:
+        tls_config = config.tls
+        journal = Journal(config.server.journal_dir, echo=echo)
+
+        def note(**fields: object) -> None:
+            with as_owner(directory):  # the journal's files are the owner's
+                journal.write("tls_reload", "-", "-", **fields)
+                journal.flush()
+
+        def reload_certificate() -> bool:
+            try:
+                certificate[0] = make_tls_context(tls_config)
+            except ConfigError as exc:
+                note(ok=False, error=f"{exc}; keeping the old certificate")
+                return False
+            note(ok=True)
+            return True
+
+        on_reload = reload_certificate
     supervisor = Supervisor(
-        workers, work, sockets, drain_timeout=GRACE + 20, on_death=table.clear, log=log
+        workers,
+        work,
+        sockets,
+        drain_timeout=GRACE + 20,
+        on_death=table.clear,
+        log=log,
+        on_reload=on_reload,
+        slots=slots,
     )
     return supervisor.run()
+
+
+def _clean_spools(config: Config) -> int:
+    users = UserStore(config.server.users_dir, config.server.domains)
+    spool = users.users_dir / SPOOL_FOLDER
+    pools = [p for p in spool.iterdir() if p.is_dir()] if spool.is_dir() else []
+    folders = [(u.address, "tmp") for u in users.list()] + [(SPOOL_FOLDER,)]
+    return clean_tmp(users.users_dir, folders + [(SPOOL_FOLDER, p.name) for p in pools])
 
 
 def _load_tls(config: Config, fallback: ssl.SSLContext | None) -> ssl.SSLContext | None:

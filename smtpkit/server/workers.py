@@ -1,7 +1,8 @@
 """Several worker processes sharing the listening sockets, each with its own event loop.
 
-The supervisor binds the sockets, forks the workers, replaces one that dies, forwards SIGHUP,
-and on SIGTERM/SIGINT lets every worker drain before it exits 0.
+The supervisor forks the workers on the sockets bound before, replaces one that dies, handles
+SIGHUP (passed on, or a reload that replaces the workers), and on SIGTERM/SIGINT lets every
+worker drain before it exits 0.
 
 Connection limits stay global across workers (``smtpkit.server.counts``): each worker counts
 its own connections in its own row of a shared table and reads every row to decide; the
@@ -29,7 +30,14 @@ RESTART_WINDOW = 10.0
 
 class Supervisor:
     """Runs ``work(slot, restarted)`` in ``count`` forked processes until SIGTERM/SIGINT;
-    ``restarted`` is true for a worker that replaces one that died."""
+    ``restarted`` is true for a worker that replaces one that died.
+
+    SIGHUP is passed on to the workers, unless ``on_reload`` is given: then the supervisor
+    itself reloads (it may hold rights its workers lack, such as reading root-only keys)
+    and, when ``on_reload()`` succeeds, replaces the workers: a new generation starts in
+    free slots (there are ``slots`` of them, at least twice ``count``) and the old one
+    drains as on SIGTERM (messages in flight finish) and exits.
+    """
 
     def __init__(
         self,
@@ -40,6 +48,8 @@ class Supervisor:
         drain_timeout: float = 30.0,
         on_death: Callable[[int], None] = lambda slot: None,
         log: Callable[[str], None] = lambda text: None,
+        on_reload: Callable[[], bool] | None = None,
+        slots: int | None = None,
     ) -> None:
         self.count = count
         self.work = work
@@ -47,7 +57,10 @@ class Supervisor:
         self.drain_timeout = drain_timeout
         self.on_death = on_death
         self.log = log
+        self.on_reload = on_reload
+        self.slots = slots if slots is not None else count
         self.children: dict[int, int] = {}  # pid -> slot
+        self.retiring: dict[int, float] = {}  # pid -> when it must be gone
         self.restarts: list[float] = []
         self.stopping = False
 
@@ -67,16 +80,38 @@ class Supervisor:
                     self.stopping = True
                     deadline = time.monotonic() + self.drain_timeout
                     self._signal_all(signal.SIGTERM)
-            elif info is not None and info.si_signo == signal.SIGHUP:
-                self._signal_all(signal.SIGHUP)
+            elif info is not None and info.si_signo == signal.SIGHUP and not self.stopping:
+                self._reload()
             if not self._reap():
                 status = 1
                 self.stopping = True
                 deadline = min(deadline, time.monotonic() + self.drain_timeout)
                 self._signal_all(signal.SIGTERM)
-            if self.stopping and time.monotonic() > deadline:
+            now = time.monotonic()
+            if self.stopping and now > deadline:
                 self._signal_all(signal.SIGKILL)
+            for pid, gone_by in list(self.retiring.items()):
+                if now > gone_by:
+                    _kill(pid, signal.SIGKILL)
         return status
+
+    def _reload(self) -> None:
+        if self.on_reload is None:
+            self._signal_all(signal.SIGHUP)
+            return
+        current = [pid for pid in self.children if pid not in self.retiring]
+        free = sorted(set(range(self.slots)) - set(self.children.values()))
+        if len(free) < self.count:
+            self.log("reload skipped: the previous one is still draining; try again shortly")
+            return
+        if not self.on_reload():
+            return
+        for slot in free[: self.count]:
+            self._spawn(slot)
+        gone_by = time.monotonic() + self.drain_timeout
+        for pid in current:
+            self.retiring[pid] = gone_by
+            _kill(pid, signal.SIGTERM)
 
     def _spawn(self, slot: int, restarted: bool = False) -> None:
         master = os.getpid()
@@ -102,10 +137,7 @@ class Supervisor:
 
     def _signal_all(self, signum: int) -> None:
         for pid in self.children:
-            try:
-                os.kill(pid, signum)
-            except ProcessLookupError:
-                pass
+            _kill(pid, signum)
 
     def _reap(self) -> bool:
         """Collect dead workers and replace them; False when restarts must stop."""
@@ -118,7 +150,12 @@ class Supervisor:
             if pid == 0:
                 return True
             slot = self.children.pop(pid, None)
-            if slot is None or self.stopping:
+            if slot is None:
+                continue
+            if self.retiring.pop(pid, None) is not None:
+                self.on_death(slot)  # a retired worker's connections are all gone
+                continue
+            if self.stopping:
                 continue
             self.log(f"worker {pid} ended ({_describe(status)}); starting a new one")
             now = time.monotonic()
@@ -129,6 +166,13 @@ class Supervisor:
             self.on_death(slot)  # e.g. forget the dead worker's connection counts
             self._spawn(slot, restarted=True)
         return True
+
+
+def _kill(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
 
 
 def _exit_with_parent(master: int) -> None:

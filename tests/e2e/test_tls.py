@@ -484,7 +484,6 @@ def test_sighup_reloads_the_certificate_and_survives_a_broken_one(tmp_path: Path
     server.start()
     try:
         wait_for(lambda: sum(r["event"] == "start" for r in journal(server)) == workers)
-        time.sleep(0.2)  # the workers' signal handlers are set right after "start"
         first = certificate_path(server).read_text()
         assert served_certificate(server, first) == ssl.PEM_cert_to_DER_cert(first)
 
