@@ -207,12 +207,13 @@ class Session:
         self._journal("close", reason=reason or "peer closed", messages=self.messages)
 
     # --- the one choke point ----------------------------------------------------------------
-    def _reply(self, reply: Reply) -> None:
-        """Every reply leaves here: errors are journaled, and a 421 or 221 closes."""
+    def _reply(self, reply: Reply, *, journaled: bool = False) -> None:
+        """Every reply leaves here: errors are journaled (unless the command's own event
+        already carries the reply, ``journaled``), and a 421 or 221 closes."""
         if self.closed:
             return
         self.transport.write(self.conn.send(reply))
-        if reply.code >= 400:
+        if reply.code >= 400 and not journaled:
             self._journal_reply(reply)
         if reply.closes or reply.code == 221:
             self.closed = True
@@ -220,10 +221,10 @@ class Session:
             self._abort_spool()
             self.transport.close()
 
-    def _refuse(self, reply: Reply, *, counts: bool = True) -> None:
+    def _refuse(self, reply: Reply, *, counts: bool = True, journaled: bool = False) -> None:
         """A refused command: answered, and counted against ``limits.max_errors``, which
         ends the session with 421 4.7.0 once reached."""
-        self._reply(reply)
+        self._reply(reply, journaled=journaled)
         if counts:
             self._count_error()
 
@@ -323,8 +324,9 @@ class Session:
     def _on_mail(self, event: ev.MailFrom) -> None:
         decision = self.ctx.policy.check_mail(event)
         if not isinstance(decision, Accept):
-            self._journal("mail", sender=event.address, code=decision.reply.code)
-            self._refuse(decision.reply)
+            reply = decision.reply
+            self._journal("mail", sender=event.address, code=reply.code, text=str(reply))
+            self._refuse(reply, journaled=True)
             return
         self.sender = event.address
         self._journal("mail", sender=event.address, size=event.size, code=250)
@@ -334,20 +336,27 @@ class Session:
         limits = self.ctx.limits
         if len(self.recipients) >= limits.max_recipients:
             self._overshoot += 1
-            self._journal("rcpt", to=event.address, code=452)
+            self._journal_rcpt(event, replies.TOO_MANY_RECIPIENTS)
             counts = self._overshoot == 1 or self._overshoot > limits.max_recipient_overshoot
-            self._refuse(replies.TOO_MANY_RECIPIENTS, counts=counts)
+            self._refuse(replies.TOO_MANY_RECIPIENTS, counts=counts, journaled=True)
             return
         decision = self.ctx.policy.check_rcpt(event)
         if not isinstance(decision, Accept):
-            self._journal("rcpt", to=event.address, code=decision.reply.code)
-            self._refuse(decision.reply)
+            self._journal_rcpt(event, decision.reply)
+            self._refuse(decision.reply, journaled=True)
             return
         self.recipients.append(event.address)
         for box in decision.mailboxes:
             self.mailboxes[box] = None
-        self._journal("rcpt", to=event.address, code=250)
+        self._journal("rcpt", to=event.address, sender=self.sender, code=250)
         self._reply(replies.OK_RECIPIENT)
+
+    def _journal_rcpt(self, event: ev.RcptTo, reply: Reply) -> None:
+        """A refused recipient, with its sender and the reply: "which senders were refused
+        today" is one query on the journal."""
+        self._journal(
+            "rcpt", to=event.address, sender=self.sender, code=reply.code, text=str(reply)
+        )
 
     def _on_data(self, event: ev.Data) -> None:
         self.messages += 1

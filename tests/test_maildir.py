@@ -23,6 +23,7 @@ from tests.conftest import unavailable
 
 @pytest.fixture
 def boxes(tmp_path: Path) -> list[Path]:
+    (tmp_path / "users").mkdir()
     store = UserStore(tmp_path / "users", ("example.org",))
     return [store.add("a@example.org"), store.add("b@example.org")]
 

@@ -41,6 +41,7 @@ class ListTransport:
 
 class Harness:
     def __init__(self, root: Path, limits: Limits, deferred: bool = False) -> None:
+        (root / "users").mkdir()
         self.store = UserStore(root / "users", ("example.org",))
         self.alice = self.store.add("alice@example.org")
         self.bob = self.store.add("bob@example.org")
