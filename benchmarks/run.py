@@ -5,7 +5,7 @@
                              [--idle 10000] [--big] [--no-throughput] [--dir DIR] [--keep]
 
 Each server runs alone, on a fresh port and a fresh data folder, and is driven by Postfix's
-``smtp-source`` at the shapes of issue 5. A round is the wall time of one ``smtp-source`` run;
+``smtp-source`` at the shapes below. A round is the wall time of one ``smtp-source`` run;
 after each round the Maildir is counted: every message sent must be a file in ``new/``, else
 the run fails (exit 1). The table gives the median of the rounds (min-max), the ratios, a disk
 probe (the storage ceiling) and the peak RSS of each server's process tree; the same goes to

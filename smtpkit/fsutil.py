@@ -1,6 +1,6 @@
 """Durable file writes: the one helper that Maildir delivery, the config writer and (later) the
-queue share (DESIGN convention 9): create with O_CREAT|O_EXCL, write, fsync, rename, fsync the
-folder."""
+queue share (ARCHITECTURE.md, "Durability"): create with O_CREAT|O_EXCL, write, fsync, rename,
+fsync the folder."""
 
 from __future__ import annotations
 

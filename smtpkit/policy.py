@@ -1,4 +1,4 @@
-"""What the server accepts: decisions, never strings (DESIGN convention 7).
+"""What the server accepts: decisions, never strings (ARCHITECTURE.md, "Adding a policy rule").
 
 The default policy receives mail for local mailboxes only: no relaying for anyone (outbound
 relay is a later feature), recipients must resolve to an existing Maildir, and declared sizes

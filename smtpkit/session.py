@@ -3,7 +3,7 @@
 The session owns no socket: it is driven by ``receive()`` and the ``Transport`` it is given
 (``server.connection`` in production, a list of bytes in tests). Every reply leaves through
 ``_reply``, the one choke point that journals errors, counts the error budget and closes the
-session after a 421 (DESIGN convention 4).
+session after a 421 (ARCHITECTURE.md, "Invariants").
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Durable Maildir delivery (DESIGN convention 9 and 10).
+"""Durable Maildir delivery (ARCHITECTURE.md, "Durability").
 
 A message streams into ``tmp/<unique>`` of its first mailbox while DATA arrives (``Spool``);
 at the final dot, ``commit()`` makes it durable: fsync the file, hard-link it into the ``new/``

@@ -1,6 +1,7 @@
 """The sans-I/O SMTP server protocol: bytes in, events out; replies in, bytes out.
 
-Nothing in this package touches a socket, file, clock or TLS object (DESIGN convention 1).
+Nothing in this package touches a socket, file, clock or TLS object (ARCHITECTURE.md,
+"Invariants"); a test enforces what it imports.
 """
 
 from __future__ import annotations

@@ -73,7 +73,8 @@ class DataChunk:
 class EndOfData:
     """``<CRLF>.<CRLF>`` was read. ``error`` is the reply for a message that broke a rule
     (size, bare CR/LF, line length), found while reading and reported once here
-    (DESIGN convention 8); no DataChunk follows the first such error."""
+    (errors inside DATA are reported once, at the final dot); no DataChunk follows the first
+    such error."""
 
     error: Reply | None = None
     size: int = 0

@@ -1,4 +1,4 @@
-"""Connection states and THE one transition table (DESIGN convention 2).
+"""Connection states and THE one transition table (ARCHITECTURE.md, "Invariants").
 
 Whether a command is allowed in a state is a single dictionary lookup in ``TRANSITIONS``; a miss
 is refused with the reply ``refusal()`` picks (all ``503 5.5.1``, worded for the situation).

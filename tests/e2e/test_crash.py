@@ -1,9 +1,9 @@
 """Crash tests: ``smtpkit serve`` killed with SIGKILL under load, and restarted.
 
-The promise under test (issue 4): a message that got ``250`` is in ``new/`` exactly once and
-byte for byte; no partial file ever appears in ``new/``; leftovers in the spool folders (each
-mailbox's ``tmp/`` and the pool of ready spool files, ``users/.spool``) are removed at
-start-up, and the journal's ``start`` event counts them (``tmp_cleaned``).
+The promise under test (SECURITY.md, promise 1): a message that got ``250`` is in ``new/``
+exactly once and byte for byte; no partial file ever appears in ``new/``; leftovers in the spool
+folders (each mailbox's ``tmp/`` and the pool of ready spool files, ``users/.spool``) are
+removed at start-up, and the journal's ``start`` event counts them (``tmp_cleaned``).
 
 Load: Postfix's ``smtp-source`` (20 sessions) to one mailbox as background pressure, and
 Python clients (``faultclient``) whose messages carry a unique id and a SHA-256 of their

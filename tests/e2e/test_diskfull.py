@@ -1,10 +1,10 @@
 """Disk-full test: the data folder lives on a 2 MB tmpfs that the test fills up.
 
-Promises under test (issue 4): when the disk is full the client gets ``452 4.3.1`` (at DATA
-when not even the trace header fits, at the final dot when space runs out in the middle of a
-message); nothing partial appears in ``new/`` and no refused message is left in the spool
-folders; the server keeps running, and once space is freed it takes mail again without a
-restart.
+Promises under test (SECURITY.md, promise 1): when the disk is full the client gets ``452
+4.3.1`` (at DATA when not even the trace header fits, at the final dot when space runs out in
+the middle of a message); nothing partial appears in ``new/`` and no refused message is left in
+the spool folders; the server keeps running, and once space is freed it takes mail again without
+a restart.
 
 The journal has no folder of its own (``DIR/journal``), so it shares the full disk: what it
 cannot write is reported once on stderr (``journal write failed``). The server's stderr (the

@@ -1,10 +1,10 @@
 """Storage errors while the server runs: an unwritable ``new/``, a damaged mailbox, a user
 removed before or in the middle of a transaction.
 
-Promises under test (issue 4): an error storing the message is ``451 4.3.0`` (a temporary
-failure: the sender keeps the message and retries), nothing is left in ``new/`` (not even in
-the other recipients' mailboxes) nor in the spool folders, the session stays usable, and the
-server keeps running and serving. A user that no longer exists gets ``550 5.1.1`` at RCPT.
+Promises under test (SECURITY.md, promise 1): an error storing the message is ``451 4.3.0`` (a
+temporary failure: the sender keeps the message and retries), nothing is left in ``new/`` (not
+even in the other recipients' mailboxes) nor in the spool folders, the session stays usable, and
+the server keeps running and serving. A user that no longer exists gets ``550 5.1.1`` at RCPT.
 
 Runs as root (as CI does): ``chmod`` does not stop root, so ``new/`` is made unwritable with
 the immutable attribute (``chattr +i``, e2fsprogs) or a read-only bind mount.

@@ -1,4 +1,4 @@
-"""The one transition table, and the protocol package's purity (DESIGN conventions 1 and 2)."""
+"""The one transition table, and the protocol package's purity (ARCHITECTURE.md, "Invariants")."""
 
 from __future__ import annotations
 
