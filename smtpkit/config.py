@@ -40,8 +40,6 @@ CONFIG_NAME = "smtpkit.toml"
 CONFIG_ENV = "SMTPKIT_CONFIG"
 
 DEFAULT_LISTEN = ("0.0.0.0:25",)
-DEFAULT_MAX_MESSAGE_SIZE = Limits().max_message_size
-DEFAULT_MAX_RECIPIENTS = Limits().max_recipients
 
 T = TypeVar("T")
 
@@ -65,8 +63,6 @@ class ServerConfig:
     listen: tuple[ListenAddress, ...]
     directory: Path
     domains: tuple[str, ...]
-    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
-    max_recipients: int = DEFAULT_MAX_RECIPIENTS
     workers: int = 1
 
     @property
@@ -93,6 +89,9 @@ class Config:
     limits: Limits
     aliases: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     tls: TlsConfig | None = None
+    #: Things in the file that still work but should change (deprecated keys), one line
+    #: each; ``serve`` and ``check`` show them.
+    notes: tuple[str, ...] = ()
 
 
 def default_config_path() -> Path:
@@ -180,6 +179,22 @@ def _table(data: Mapping[str, Any], name: str, path: Path) -> Mapping[str, Any]:
     return value
 
 
+#: The configurable fields of ``Limits`` under ``[limits]``: how each is checked and worded.
+_LIMIT_KEYS: dict[str, tuple[Callable[[Any], Any], str]] = {
+    "max_message_size": (_positive_int, "a positive integer"),
+    "max_recipients": (_positive_int, "a positive integer"),
+    "max_connections": (_positive_int, "a positive integer"),
+    "max_connections_per_ip": (_positive_int, "a positive integer"),
+    "command_timeout": (_positive_number, "a positive number of seconds"),
+    "data_timeout": (_positive_number, "a positive number of seconds"),
+    "max_errors": (_positive_int, "a positive integer"),
+    "max_junk_commands": (_positive_int, "a positive integer"),
+    "max_session_time": (_positive_number, "a positive number of seconds"),
+}
+#: Limits that used to live under [server]: still accepted there, with a note.
+_MOVED_TO_LIMITS = ("max_message_size", "max_recipients")
+
+
 def load_config(path: Path | str | None = None) -> Config:
     """Read and check ``path`` (default: ``default_config_path()``).
 
@@ -235,58 +250,27 @@ def parse_config(data: Mapping[str, Any], path: Path) -> Config:
         listen=tuple(listen),
         directory=directory,
         domains=tuple(dict.fromkeys(domains)),
-        max_message_size=srv.get(
-            "max_message_size", _positive_int, "a positive integer", DEFAULT_MAX_MESSAGE_SIZE
-        ),
-        max_recipients=srv.get(
-            "max_recipients", _positive_int, "a positive integer", DEFAULT_MAX_RECIPIENTS
-        ),
         workers=srv.get("workers", _positive_int, "a positive integer", os.cpu_count() or 1),
     )
+    # Deprecated home of two limits: still read, but only from one place.
+    moved = {key: srv.data[key] for key in _MOVED_TO_LIMITS if key in srv.data}
+    srv.seen.update(moved)
     srv.finish()
 
     lim = _Section(_table(data, "limits", path), "limits", path)
-    base_limits = Limits()
-    limits = Limits(
-        max_message_size=server.max_message_size,
-        max_recipients=server.max_recipients,
-        max_connections=lim.get(
-            "max_connections", _positive_int, "a positive integer", base_limits.max_connections
-        ),
-        max_connections_per_ip=lim.get(
-            "max_connections_per_ip",
-            _positive_int,
-            "a positive integer",
-            base_limits.max_connections_per_ip,
-        ),
-        command_timeout=lim.get(
-            "command_timeout",
-            _positive_number,
-            "a positive number of seconds",
-            base_limits.command_timeout,
-        ),
-        data_timeout=lim.get(
-            "data_timeout",
-            _positive_number,
-            "a positive number of seconds",
-            base_limits.data_timeout,
-        ),
-        max_errors=lim.get(
-            "max_errors", _positive_int, "a positive integer", base_limits.max_errors
-        ),
-        max_junk_commands=lim.get(
-            "max_junk_commands",
-            _positive_int,
-            "a positive integer",
-            base_limits.max_junk_commands,
-        ),
-        max_session_time=lim.get(
-            "max_session_time",
-            _positive_number,
-            "a positive number of seconds",
-            base_limits.max_session_time,
-        ),
-    )
+    notes: list[str] = []
+    for key, value in moved.items():
+        if key in lim.data:
+            raise srv.error(key, f"set it in one place: [limits] {key} (this one is deprecated)")
+        if _positive_int(value) is None:
+            raise srv.error(key, f"must be a positive integer, got {value!r}")
+        notes.append(f"server -> {key} is deprecated: move it to [limits] ({path})")
+    values: dict[str, Any] = {}
+    for key, (kind, what) in _LIMIT_KEYS.items():
+        given = moved[key] if key in moved else lim.get(key, kind, what, None)
+        if given is not None:
+            values[key] = given
+    limits = Limits(**values)
     lim.finish()
 
     aliases: dict[str, tuple[str, ...]] = {}
@@ -316,7 +300,9 @@ def parse_config(data: Mapping[str, Any], path: Path) -> Config:
                 certificate=base / cert if not Path(cert).is_absolute() else Path(cert),
                 key=base / key if not Path(key).is_absolute() else Path(key),
             )
-    return Config(path=path, server=server, limits=limits, aliases=aliases, tls=tls)
+    return Config(
+        path=path, server=server, limits=limits, aliases=aliases, tls=tls, notes=tuple(notes)
+    )
 
 
 def update_config(path: Path, change: Callable[[dict[str, Any]], None]) -> bool:

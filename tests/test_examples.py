@@ -17,7 +17,8 @@ def test_example_config_loads_with_its_documented_values() -> None:
     assert config.server.hostname == "mail.example.org"
     assert config.server.listen == (ListenAddress("0.0.0.0", 25), ListenAddress("::", 25))
     assert config.server.domains == ("example.org", "example.net")
-    assert (config.server.max_message_size, config.server.max_recipients) == (10485760, 100)
+    assert (config.limits.max_message_size, config.limits.max_recipients) == (10485760, 100)
+    assert config.notes == ()  # nothing deprecated in the example
     assert (config.limits.max_connections, config.limits.max_connections_per_ip) == (1000, 20)
     assert (config.limits.command_timeout, config.limits.data_timeout) == (300, 600)
     assert config.aliases["sales@example.org"] == ("alice@example.org", "bob@example.org")

@@ -50,9 +50,9 @@ def command(app: App, quiet: bool, workers: int | None) -> None:
     where = ", ".join(str(a) for a in config.server.listen)
     domains = ", ".join(config.server.domains)
     who = owner.name if run_as is not None or not as_root else "root"
-    click.echo(
-        f"smtpkit: receiving for {domains} on {where} ({count} workers, as {who})", err=True
-    )
+    click.echo(f"smtpkit: receiving for {domains} on {where} ({count} workers, as {who})", err=True)
+    for note in config.notes:
+        click.echo(f"smtpkit: note: {note}", err=True)
     if as_root and owner.is_root:
         click.echo(
             "smtpkit: note: running as root because root owns the data folder; for "
