@@ -77,7 +77,8 @@ def check_config(config: Config, *, runs_as: Owner | None = None) -> list[Proble
     permissions are judged for it. Changes nothing on disk. May raise ``OwnerError`` when
     root cannot take the owner's identity.
     """
-    problems = [*_hostname_problems(config.server.hostname), *_listen_problems(config)]
+    problems = [Problem(False, note, note=True) for note in config.notes]
+    problems += [*_hostname_problems(config.server.hostname), *_listen_problems(config)]
     directory = config.server.directory
     scan = _Scan.of(directory)
     if scan.missing is not None:

@@ -706,6 +706,17 @@ def test_tls_files_only_root_can_read(site: Site, open_tmp_path: Path) -> None:
     assert site.check() == []
 
 
+def test_the_configs_own_notes_come_first(site: Site) -> None:
+    site.settings["server"]["max_recipients"] = 50
+    assert site.check() == [
+        Problem(
+            False,
+            f"server -> max_recipients is deprecated: move it to [limits] ({site.config_path})",
+            note=True,
+        )
+    ]
+
+
 # --- server.listen and server.hostname ----------------------------------------------------------
 
 

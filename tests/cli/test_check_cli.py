@@ -82,10 +82,10 @@ def test_a_note_alone_still_exits_0(site: Site) -> None:
 
 
 def test_a_config_that_does_not_load_is_one_error_line(site: Site) -> None:
-    site.settings["server"]["max_recipients"] = 0
+    site.settings["limits"] = {"max_errors": 0}
     site.write()
     result = check(site.config_path)
-    line = f"server -> max_recipients: must be a positive integer, got 0 ({site.config_path})"
+    line = f"limits -> max_errors: must be a positive integer, got 0 ({site.config_path})"
     assert (result.exit_code, result.output) == (1, f"error: {line}\n")
     result = check(site.config_path, "--json")
     assert (result.exit_code, result.output) == (
