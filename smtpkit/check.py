@@ -46,13 +46,13 @@ _R, _W, _X = os.R_OK, os.W_OK, os.X_OK
 
 # The spool pool serve keeps under users/ (one folder per worker): the delivery code's
 # SPOOL_FOLDER, named here so that checking does not depend on how delivery is laid out.
-SPOOL_FOLDER = ".spool"
+_SPOOL_FOLDER = ".spool"
 
 # The folder fsck keeps at the top of every ext2/3/4 filesystem: root's, and no mailbox,
 # when users/ or the data folder is a filesystem of its own.
 _LOST_FOUND = "lost+found"
 
-# Judges whether the server's identity may access a path: (path, its lstat, R/W/X mask).
+# Judges whether the server's identity may access a path: (path, its stat, R/W/X mask).
 _Judge = Callable[[str | Path, os.stat_result, int], bool]
 
 
@@ -402,7 +402,7 @@ def _where_mail_goes(parts: tuple[str, ...]) -> bool:
         return True
     if not _in_users(parts):
         return False
-    if parts[1] == SPOOL_FOLDER:  # the pool, and its folder for each worker ("0", "1", ...)
+    if parts[1] == _SPOOL_FOLDER:  # the pool, and its folder for each worker ("0", "1", ...)
         return len(parts) == 2 or (len(parts) == 3 and parts[2].isdigit())
     return _is_maildir(parts) or (
         len(parts) == 3 and _is_maildir(parts[:2]) and parts[2] in MAILDIR_SUBDIRS
@@ -503,7 +503,7 @@ class _FolderCheck:
             return
         if _is_maildir(parts):
             self.add(False, f"{entry.rel}: not a folder, so no mailbox (a mailbox is a Maildir)")
-        elif _where_mail_goes(parts) and (len(parts) < 3 or parts[1] != SPOOL_FOLDER):
+        elif _where_mail_goes(parts) and (len(parts) < 3 or parts[1] != _SPOOL_FOLDER):
             self.add(True, f"{entry.rel}: not a folder, where serve needs one")
 
     def _maildir(self, entry: _Entry) -> None:
