@@ -1,7 +1,15 @@
 """The ``smtpkit`` command line: the root group and the one App object shared by subcommands.
 
-Library errors (``SmtpkitError``) become ``Error: <one line>`` and exit status 1 here and only
-here (DESIGN convention 11); click's usage errors exit 2.
+Errors become messages only here, at the command-line boundary: library code raises
+``SmtpkitError`` and never prints or exits; ``reports_errors`` turns it into ``Error: <one
+line>`` and exit status 1.
+
+Exit status: 2 when the command line itself is wrong (an unknown option, a bad option value, a
+malformed argument, or one that can never be valid here: an address outside the configured
+domains, the same address twice, an --owner that is no user on this system); 1 when a sound
+request cannot be carried out in the current state (no or a bad config file, a user that
+already exists or does not, a mailbox still in use, a folder that is not empty, a failed
+write).
 """
 
 from __future__ import annotations
@@ -25,11 +33,22 @@ R = TypeVar("R")
 
 
 class App:
-    """Per-invocation state: where the config is, and the config once loaded."""
+    """Per-invocation state: where the config is, and the config once loaded.
+
+    ``config_given`` tells whether the path was chosen (``-c`` or ``$SMTPKIT_CONFIG``) rather
+    than the default ``./smtpkit.toml``: ``smtpkit init`` writes the config there then.
+    """
 
     def __init__(self, config_path: Path | None) -> None:
+        self.config_given = config_path is not None
         self.config_path = config_path if config_path is not None else default_config_path()
         self._config: Config | None = None
+
+    def use_config(self, path: Path) -> None:
+        """A ``-c`` given after the subcommand: it wins over the one before."""
+        self.config_given = True
+        self.config_path = path
+        self._config = None
 
     @property
     def config(self) -> Config:
@@ -53,6 +72,30 @@ def reports_errors(func: Callable[P, R]) -> Callable[P, R]:
 
 pass_app = click.make_pass_decorator(App)
 
+_CONFIG_HELP = f"Config file [default: ${CONFIG_ENV} or ./smtpkit.toml]."
+
+
+def _config_after_subcommand(
+    ctx: click.Context, param: click.Parameter, value: Path | None
+) -> None:
+    if value is not None:
+        app = ctx.find_object(App)
+        if app is not None:  # always there: the root group made it before parsing this
+            app.use_config(value)
+
+
+def config_option() -> click.Option:
+    """``-c/--config`` for a subcommand, so that ``smtpkit user add -c FILE ...`` works as
+    well as ``smtpkit -c FILE user add ...``. It reads no environment variable: the root
+    option already did, and a ``-c`` typed after the subcommand must win over it."""
+    return click.Option(
+        ["-c", "--config", "_config_path"],
+        type=click.Path(dir_okay=False, path_type=Path),
+        expose_value=False,
+        callback=_config_after_subcommand,
+        help=_CONFIG_HELP,
+    )
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
@@ -61,7 +104,7 @@ pass_app = click.make_pass_decorator(App)
     "config_path",
     type=click.Path(dir_okay=False, path_type=Path),
     envvar=CONFIG_ENV,
-    help=f"Config file [default: ${CONFIG_ENV} or ./smtpkit.toml].",
+    help=_CONFIG_HELP,
 )
 @click.version_option(__version__, prog_name="smtpkit")
 @click.pass_context
@@ -74,11 +117,21 @@ def cli(ctx: click.Context, config_path: Path | None) -> None:
     ctx.obj = App(config_path)
 
 
+def _with_config_option(command: click.Command) -> None:
+    """Give ``command`` and every subcommand below it the shared ``-c/--config``: added
+    here, in one place, so that no command can miss it or carry a copy that drifts."""
+    command.params.append(config_option())
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _with_config_option(sub)
+
+
 def _register() -> None:
     from smtpkit.commands import init, journal, mx, serve, tls, user
 
     for module in (init, user, serve, journal, mx, tls):
         command: Any = module.command
+        _with_config_option(command)
         cli.add_command(command)
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -261,3 +263,45 @@ def test_default_config_is_found_in_current_folder(
     result = runner.invoke(cli, ["user", "add", "z@example.org"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "d" / "users" / "z@example.org" / "new").is_dir()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["user", "add", "-c", "{config}", "a@example.org"],
+        ["user", "add", "a@example.org", "--config", "{config}"],
+        ["user", "-c", "{config}", "list"],
+        ["user", "list", "-c", "{config}"],
+        ["user", "remove", "a@example.org", "-c", "{config}"],
+        ["journal", "tail", "-c", "{config}"],
+        ["tls", "self-signed", "-c", "{config}"],
+        ["mx", "--check", "-c", "{config}"],
+    ],
+)
+def test_config_after_the_subcommand_wins(
+    runner: CliRunner, tmp_path: Path, args: list[str]
+) -> None:
+    wrong = tmp_path / "wrong.toml"
+    missing = tmp_path / "missing.toml"
+    filled = [a.replace("{config}", str(missing)) for a in args]
+    for before in (["-c", str(wrong)], []):
+        result = runner.invoke(cli, [*before, *filled], env={"SMTPKIT_CONFIG": str(wrong)})
+        assert result.exit_code == 1
+        assert result.output.startswith("Error: config file not found")
+        assert result.output.endswith(f"({missing})\n")
+
+
+def test_serve_takes_config_after_the_subcommand(tmp_path: Path) -> None:
+    config = tmp_path / "smtpkit.toml"
+    config.write_text('[server]\ndomains = ["example.org"]\nlisten = ["127.0.0.1:1"]\n')
+    served = subprocess.run(
+        [sys.executable, "-m", "smtpkit", "-c", str(tmp_path / "wrong.toml"), "serve", "-c"]
+        + [str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (served.returncode, served.stderr) == (
+        1,
+        f"Error: no users folder at {tmp_path / 'users'} (run `smtpkit init` first)\n",
+    )
