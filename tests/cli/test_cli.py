@@ -58,7 +58,8 @@ def test_init_prints_next_steps(runner: CliRunner, tmp_path: Path) -> None:
     result = runner.invoke(cli, ["init", str(tmp_path / "d"), "--domain", "example.org"])
     config = tmp_path / "d" / "smtpkit.toml"
     assert result.output.splitlines() == [
-        f"Created {config}, {tmp_path / 'd' / 'users'}/ and {tmp_path / 'd' / 'journal'}/.",
+        f"Created {config}, {tmp_path / 'd' / 'users'}/ and {tmp_path / 'd' / 'journal'}/ "
+        "(data folder owned by root:root).",
         "Next steps:",
         f"  smtpkit -c {config} user add you@example.org",
         f"  smtpkit -c {config} serve",
@@ -79,8 +80,8 @@ def test_init_refuses_to_overwrite_without_force(runner: CliRunner, tmp_path: Pa
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
-        (["--domain", "bad_domain"], "Invalid value for --domain: 'bad_domain' is not a valid"),
-        (["--domain", "a.org", "--listen", "localhost"], "Invalid value for --listen:"),
+        (["--domain", "bad_domain"], "Invalid value for '--domain': 'bad_domain' is not a valid"),
+        (["--domain", "a.org", "--listen", "localhost"], "Invalid value for '--listen':"),
         ([], "Missing option '--domain'"),
     ],
 )
