@@ -6,10 +6,16 @@ from pathlib import Path
 from typing import Any, cast
 
 import click
+
+# cryptography loads its OpenSSL backend on first use. Load it now, as the user who started
+# the command: the files are written as the data folder's owner, who may be unable to read
+# the folder Python is installed in (root's home, for one).
+import cryptography.hazmat.backends.openssl.backend  # noqa: F401
 import tomli_w
 
 from smtpkit.commands import App, pass_app, reports_errors
 from smtpkit.config import Config, update_config
+from smtpkit.owner import as_owner
 from smtpkit.tls import (
     DEFAULT_DAYS,
     KEY_TYPES,
@@ -64,20 +70,27 @@ def _check_hostname(ctx: click.Context, param: click.Parameter, value: str | Non
 def self_signed(app: App, hostname: str | None, days: int, key_type: str, force: bool) -> None:
     """Write DIR/tls/cert.pem and DIR/tls/key.pem, self-signed, and enable STARTTLS.
 
-    DIR is the config's server.directory. For testing and a first start: senders on port 25
+    DIR is the config's server.directory (created by `smtpkit init`); the files belong to its
+    owner. For testing and a first start: senders on port 25
     encrypt to a self-signed certificate too; replace it with a CA-signed one later (same
     paths, then SIGHUP to `smtpkit serve`).
     """
     cfg = app.config
-    folder = cfg.server.directory / "tls"
-    made = write_self_signed(
-        folder / "cert.pem",
-        folder / "key.pem",
-        hostname or cfg.server.hostname,
-        days=days,
-        key_type=cast(KeyType, key_type),
-        force=force,
-    )
+    directory = cfg.server.directory
+    if not directory.is_dir():
+        raise click.ClickException(f"no data folder at {directory} (run `smtpkit init` first)")
+    folder = directory / "tls"
+    # The files are the data folder owner's, as the server's workers (which run as that user)
+    # read them again on SIGHUP; the config update below stays root's.
+    with as_owner(directory):
+        made = write_self_signed(
+            folder / "cert.pem",
+            folder / "key.pem",
+            hostname or cfg.server.hostname,
+            days=days,
+            key_type=cast(KeyType, key_type),
+            force=force,
+        )
     until = made.not_after.strftime("%Y-%m-%d")
     click.echo(f"Wrote {made.certificate}: self-signed for {made.hostname}, until {until}")
     click.echo(f"Wrote {made.key}: {made.key_type}, mode 0600")

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import stat
+import subprocess
+import sys
 import tomllib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,6 +19,8 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from smtpkit.commands import cli
 from smtpkit.config import load_config
+from smtpkit.owner import lookup_user
+from tests.conftest import unavailable
 
 
 @pytest.fixture
@@ -158,6 +164,7 @@ def test_files_go_to_the_data_directory(runner: CliRunner, tmp_path: Path) -> No
         '[server]\nhostname = "mx.example.org"\ndirectory = "../var/mail"\n'
         'domains = ["example.org"]\n'
     )
+    (tmp_path / "var" / "mail").mkdir(parents=True)
     result = runner.invoke(cli, ["-c", str(config), "tls", "self-signed"])
     assert result.exit_code == 0, result.output
     folder = tmp_path / "etc" / ".." / "var" / "mail" / "tls"
@@ -169,6 +176,56 @@ def test_files_go_to_the_data_directory(runner: CliRunner, tmp_path: Path) -> No
     }
     tls = load_config(config).tls
     assert tls is not None and tls.certificate.resolve() == real / "cert.pem"
+
+
+def test_no_data_folder_no_files(runner: CliRunner, tmp_path: Path) -> None:
+    config = tmp_path / "smtpkit.toml"
+    config.write_text('[server]\ndirectory = "data"\ndomains = ["example.org"]\n')
+    text = config.read_text()
+    result = runner.invoke(cli, ["-c", str(config), "tls", "self-signed"])
+    assert (result.exit_code, result.output) == (
+        1,
+        f"Error: no data folder at {tmp_path / 'data'} (run `smtpkit init` first)\n",
+    )
+    assert not (tmp_path / "data").exists()
+    assert config.read_text() == text
+
+
+def test_files_belong_to_the_data_folders_owner(runner: CliRunner, open_tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        unavailable("writing as another user needs root (CI runs as root)")
+    nobody = lookup_user("nobody")
+    data = open_tmp_path / "d"
+    result = runner.invoke(
+        cli,
+        ["init", str(data), "--domain", "example.org", "--hostname", "mx.example.org"]
+        + ["--owner", "nobody"],
+    )
+    assert result.exit_code == 0, result.output
+    config = data / "smtpkit.toml"
+    # As a real process: everything the command needs must be loaded before it takes on the
+    # owner's identity, who may not be able to read where Python lives.
+    result = subprocess.run(
+        [sys.executable, "-m", "smtpkit", "-c", str(config), "tls", "self-signed"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (result.returncode, result.stderr) == (0, "")
+    folder = data / "tls"
+    assert result.stdout.splitlines() == [
+        *expected_lines(folder, "mx.example.org"),
+        f"Added [tls] to {config}: restart `smtpkit serve` to offer STARTTLS.",
+    ]
+    for path, mode in ((folder, 0o700), (folder / "key.pem", 0o600), (folder / "cert.pem", 0o644)):
+        info = path.lstat()
+        assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (
+            nobody.uid,
+            nobody.gid,
+            mode,
+        )
+    assert config.stat().st_uid == 0  # the config stays root's
+    assert sorted(p.name for p in folder.iterdir()) == ["cert.pem", "key.pem"]
 
 
 @pytest.mark.parametrize(
