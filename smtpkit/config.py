@@ -12,6 +12,7 @@ import socket
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,6 +28,7 @@ __all__ = [
     "CONFIG_NAME",
     "Config",
     "ListenAddress",
+    "ListenerRole",
     "ServerConfig",
     "TlsConfig",
     "default_config_path",
@@ -44,10 +46,19 @@ DEFAULT_LISTEN = ("0.0.0.0:25",)
 T = TypeVar("T")
 
 
+class ListenerRole(StrEnum):
+    """What a listener is for; every rule that differs between listeners keys on this,
+    never on a port number."""
+
+    #: Mail from the world for the local domains (port 25): no relaying, no AUTH.
+    RECEIVE = "receive"
+
+
 @dataclass(frozen=True, slots=True)
 class ListenAddress:
     host: str
     port: int
+    role: ListenerRole = ListenerRole.RECEIVE
 
     @property
     def family(self) -> socket.AddressFamily:

@@ -1,78 +1,159 @@
-"""What the server accepts: decisions, never strings (ARCHITECTURE.md, "Adding a policy rule").
+"""What the server accepts: rules that see the session's facts and return decisions.
 
-The default policy receives mail for local mailboxes only: no relaying for anyone (outbound
-relay is a later feature), recipients must resolve to an existing Maildir, and declared sizes
-must fit.
+Each SMTP step (HELO, MAIL, RCPT) has a table of rules, tried in order; the first rule with
+an opinion decides, and a step whose rules all pass is accepted. A rule is a function of the
+policy's environment (``Rules``: the router, the limits), the session's facts (peer address,
+listener role, TLS, HELO name, authenticated user) and the event, returning a ``Decision`` or
+None ("no opinion"). The session acts on the decision's type, never on a reply code. A new
+rule is a function and a row in its table: see ARCHITECTURE.md, "Adding a policy rule".
+
+The default rules receive mail for local mailboxes only: no relaying for anyone, recipients
+must resolve to a local target, declared sizes must fit, addresses must be ASCII (SMTPUTF8
+is not offered).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
+from smtpkit.config import ListenerRole
 from smtpkit.delivery.router import Router
+from smtpkit.delivery.targets import Target
 from smtpkit.limits import Limits
 from smtpkit.protocol import replies
 from smtpkit.protocol.events import Hello, MailFrom, RcptTo
 from smtpkit.protocol.replies import Reply
 
-__all__ = ["Accept", "Decision", "LocalPolicy", "Policy", "Reject", "TempFail"]
+__all__ = [
+    "HELO_RULES",
+    "MAIL_RULES",
+    "RCPT_RULES",
+    "Accept",
+    "Decision",
+    "Defer",
+    "LocalPolicy",
+    "Policy",
+    "Reject",
+    "Rules",
+    "SessionFacts",
+    "TlsInfo",
+]
 
 
 @dataclass(frozen=True, slots=True)
 class Accept:
-    """Go ahead; for RCPT, ``mailboxes`` are the Maildirs the recipient reaches."""
+    """Go ahead; for RCPT, ``targets`` are where the recipient's copy goes."""
 
-    mailboxes: tuple[Path, ...] = ()
+    targets: tuple[Target, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class Reject:
+    """Refused for good (a 5xx reply)."""
+
     reply: Reply
 
 
 @dataclass(frozen=True, slots=True)
-class TempFail:
+class Defer:
+    """Refused for now; the client should try again later (a 4xx reply)."""
+
     reply: Reply
 
 
-Decision = Accept | Reject | TempFail
+Decision = Accept | Reject | Defer
+
+
+@dataclass(frozen=True, slots=True)
+class TlsInfo:
+    version: str
+    cipher: str
+
+
+@dataclass(frozen=True, slots=True)
+class SessionFacts:
+    """What a rule may know about the session asking."""
+
+    peer: str  # the client's IP address
+    role: ListenerRole  # what the listener it came in on is for
+    tls: TlsInfo | None = None
+    helo: str = ""
+    user: str | None = None  # the authenticated user, once there is authentication
 
 
 class Policy(Protocol):
-    def check_helo(self, event: Hello) -> Decision: ...
+    def check_helo(self, facts: SessionFacts, event: Hello) -> Decision: ...
 
-    def check_mail(self, event: MailFrom) -> Decision: ...
+    def check_mail(self, facts: SessionFacts, event: MailFrom) -> Decision: ...
 
-    def check_rcpt(self, event: RcptTo) -> Decision: ...
+    def check_rcpt(self, facts: SessionFacts, event: RcptTo) -> Decision: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """What rules may consult besides the session: the router and the limits."""
+
+    router: Router
+    limits: Limits
+
+
+E = TypeVar("E")
+Rule = Callable[[Rules, SessionFacts, E], Decision | None]
+
+
+# --- the default rules ---------------------------------------------------------------------
+
+
+def ascii_sender(rules: Rules, facts: SessionFacts, event: MailFrom) -> Decision | None:
+    # RFC 6531 3.5 / RFC 6533: a UTF-8 address needs SMTPUTF8, which is not offered.
+    return None if event.address.isascii() else Reject(replies.NON_ASCII_ADDRESS)
+
+
+def declared_size(rules: Rules, facts: SessionFacts, event: MailFrom) -> Decision | None:
+    # RFC 1870 6: a declared size over our maximum is refused at once, 552 5.3.4.
+    if event.size is not None and event.size > rules.limits.max_message_size:
+        return Reject(replies.MESSAGE_TOO_BIG)
+    return None
+
+
+def no_relay(rules: Rules, facts: SessionFacts, event: RcptTo) -> Decision | None:
+    # Anything not in one of our domains would be relaying: refused for everyone, whatever
+    # the form (percent hack, source route already stripped, IP literal, trailing dot).
+    return None if rules.router.is_local_domain(event.address) else Reject(replies.RELAY_DENIED)
+
+
+def local_recipient(rules: Rules, facts: SessionFacts, event: RcptTo) -> Decision | None:
+    targets = rules.router.resolve(event.address)
+    return Accept(targets) if targets else Reject(replies.UNKNOWN_USER)
+
+
+HELO_RULES: tuple[Rule[Hello], ...] = ()
+MAIL_RULES: tuple[Rule[MailFrom], ...] = (ascii_sender, declared_size)
+#: The last rule routes the recipient to its targets (or refuses it).
+RCPT_RULES: tuple[Rule[RcptTo], ...] = (no_relay, local_recipient)
+
+
+def _decide(rules: Rules, table: tuple[Rule[E], ...], facts: SessionFacts, event: E) -> Decision:
+    for rule in table:
+        decision = rule(rules, facts, event)
+        if decision is not None:
+            return decision
+    return Accept()
 
 
 class LocalPolicy:
-    """Accept mail for existing local mailboxes; refuse relaying and unknown users."""
+    """The rule tables above, for a server's router and limits."""
 
     def __init__(self, router: Router, limits: Limits) -> None:
-        self.router = router
-        self.limits = limits
+        self.rules = Rules(router, limits)
 
-    def check_helo(self, event: Hello) -> Decision:
-        return Accept()
+    def check_helo(self, facts: SessionFacts, event: Hello) -> Decision:
+        return _decide(self.rules, HELO_RULES, facts, event)
 
-    def check_mail(self, event: MailFrom) -> Decision:
-        if not event.address.isascii():
-            return Reject(replies.NON_ASCII_ADDRESS)
-        # RFC 1870 6: a declared size over our maximum is refused at once, 552 5.3.4.
-        if event.size is not None and event.size > self.limits.max_message_size:
-            return Reject(replies.MESSAGE_TOO_BIG)
-        return Accept()
+    def check_mail(self, facts: SessionFacts, event: MailFrom) -> Decision:
+        return _decide(self.rules, MAIL_RULES, facts, event)
 
-    def check_rcpt(self, event: RcptTo) -> Decision:
-        address = event.address
-        # Anything not in one of our domains would be relaying: refused for everyone, whatever
-        # the form (percent hack, source route already stripped, IP literal, trailing dot).
-        if not self.router.is_local_domain(address):
-            return Reject(replies.RELAY_DENIED)
-        mailboxes = self.router.resolve(address)
-        if not mailboxes:
-            return Reject(replies.UNKNOWN_USER)
-        return Accept(mailboxes)
+    def check_rcpt(self, facts: SessionFacts, event: RcptTo) -> Decision:
+        return _decide(self.rules, RCPT_RULES, facts, event)

@@ -14,13 +14,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
-from pathlib import Path
 from typing import Any, Protocol
 
-from smtpkit.delivery.maildir import DeliveryResult, Spool
+from smtpkit.config import ListenerRole
+from smtpkit.delivery.commit import Delivery
+from smtpkit.delivery.spool import Spool
+from smtpkit.delivery.targets import Target
 from smtpkit.journal import Journal
 from smtpkit.limits import Limits
-from smtpkit.policy import Accept, Policy
+from smtpkit.policy import Accept, Decision, Defer, Policy, Reject, SessionFacts, TlsInfo
 from smtpkit.protocol import NEED_DATA, PAUSED, ServerConnection, State, replies
 from smtpkit.protocol import events as ev
 from smtpkit.protocol.replies import Reply
@@ -31,7 +33,7 @@ __all__ = ["REPEAT_LINE", "ServerContext", "Session", "TlsInfo", "Transport", "n
 # long session's journal stays bounded by what it did, not by how often it did it.
 REPEAT_LINE = 1000
 
-Submit = Callable[[Spool, Callable[[DeliveryResult], None]], None]
+Submit = Callable[[Delivery, Callable[[Delivery], None]], None]
 
 
 class Transport(Protocol):
@@ -52,12 +54,6 @@ class Transport(Protocol):
         (parses nothing more) until ``Session.resume()`` is called."""
 
 
-@dataclass(frozen=True, slots=True)
-class TlsInfo:
-    version: str
-    cipher: str
-
-
 @dataclass(slots=True)
 class ServerContext:
     """What every session of a server shares."""
@@ -67,7 +63,7 @@ class ServerContext:
     policy: Policy
     journal: Journal
     submit: Submit
-    open_spool: Callable[[list[Path], bytes], Spool] = Spool
+    open_spool: Callable[[bytes], Spool]
     tls_available: bool = False
 
 
@@ -100,8 +96,10 @@ class Session:
         transport: Transport,
         peer: tuple[str, int],
         session_id: str | None = None,
+        role: ListenerRole = ListenerRole.RECEIVE,
     ) -> None:
         self.ctx = ctx
+        self.role = role
         self.transport = transport
         self.peer_host, self.peer_port = peer[0], peer[1]
         self.peer = (
@@ -281,7 +279,7 @@ class Session:
         self.sender: str | None = None
         self.recipients: list[str] = []
         self._overshoot = 0  # RCPTs refused for being past max_recipients
-        self.mailboxes: dict[Path, None] = {}
+        self.targets: dict[Target, None] = {}  # ordered, each once
         self.spool: Spool | None = None
 
     def _abort_spool(self) -> None:
@@ -291,9 +289,9 @@ class Session:
 
     def _on_hello(self, event: ev.Hello) -> None:
         self._reset_transaction()
-        decision = self.ctx.policy.check_helo(event)
-        if not isinstance(decision, Accept):
-            self._refuse(decision.reply)
+        refusal = _refusal(self.ctx.policy.check_helo(self._facts(), event))
+        if refusal is not None:
+            self._refuse(refusal)
             return
         if (event.name, event.extended) == self._last_helo:
             # The same greeting again only counts: a repeated EHLO is not worth a line each.
@@ -307,6 +305,9 @@ class Session:
             self._reply(replies.ehlo(self.ctx.hostname, event.name, self._extensions()))
         else:
             self._reply(replies.helo(self.ctx.hostname, event.name))
+
+    def _facts(self) -> SessionFacts:
+        return SessionFacts(peer=self.peer_host, role=self.role, tls=self.tls, helo=self.helo_name)
 
     def _extensions(self) -> tuple[str, ...]:
         ext = [
@@ -322,11 +323,10 @@ class Session:
         return tuple(ext)
 
     def _on_mail(self, event: ev.MailFrom) -> None:
-        decision = self.ctx.policy.check_mail(event)
-        if not isinstance(decision, Accept):
-            reply = decision.reply
-            self._journal("mail", sender=event.address, code=reply.code, text=str(reply))
-            self._refuse(reply, journaled=True)
+        refusal = _refusal(self.ctx.policy.check_mail(self._facts(), event))
+        if refusal is not None:
+            self._journal("mail", sender=event.address, code=refusal.code, text=str(refusal))
+            self._refuse(refusal, journaled=True)
             return
         self.sender = event.address
         self._journal("mail", sender=event.address, size=event.size, code=250)
@@ -340,14 +340,17 @@ class Session:
             counts = self._overshoot == 1 or self._overshoot > limits.max_recipient_overshoot
             self._refuse(replies.TOO_MANY_RECIPIENTS, counts=counts, journaled=True)
             return
-        decision = self.ctx.policy.check_rcpt(event)
-        if not isinstance(decision, Accept):
-            self._journal_rcpt(event, decision.reply)
-            self._refuse(decision.reply, journaled=True)
+        decision = self.ctx.policy.check_rcpt(self._facts(), event)
+        targets = decision.targets if isinstance(decision, Accept) else ()
+        # Accepted with no target would go nowhere: that is an unknown user too.
+        refusal = _refusal(decision) or (None if targets else replies.UNKNOWN_USER)
+        if refusal is not None:
+            self._journal_rcpt(event, refusal)
+            self._refuse(refusal, journaled=True)
             return
         self.recipients.append(event.address)
-        for box in decision.mailboxes:
-            self.mailboxes[box] = None
+        for target in targets:
+            self.targets[target] = None
         self._journal("rcpt", to=event.address, sender=self.sender, code=250)
         self._reply(replies.OK_RECIPIENT)
 
@@ -360,7 +363,7 @@ class Session:
 
     def _on_data(self, event: ev.Data) -> None:
         self.messages += 1
-        spool = self.ctx.open_spool(list(self.mailboxes), self._trace_header())
+        spool = self.ctx.open_spool(self._trace_header())
         if spool.error is not None:
             self._journal("error", error=str(spool.error))
             spool.abort()
@@ -411,19 +414,19 @@ class Session:
             self._finish(replies.STORAGE_FULL if spool.error.disk_full else replies.LOCAL_ERROR)
             return
         self.waiting = True
-        self.ctx.submit(spool, self._delivered)
+        self.ctx.submit(Delivery(spool, tuple(self.targets)), self._delivered)
 
-    def _delivered(self, result: DeliveryResult) -> None:
+    def _delivered(self, delivery: Delivery) -> None:
         self.waiting = False
-        error = result.error
+        error = delivery.error
         if error is None:
             self._journal(
                 "stored",
                 id=self._queue_id(),
-                size=result.spool.size,
+                size=delivery.spool.size,
                 sender=self.sender,
                 to=self.recipients,
-                files=[str(Path(*p.parts[-3:])) for p in result.files],
+                files=delivery.stored,
             )
             self.junk = 0
             self._finish(replies.stored(self._queue_id()))
@@ -481,6 +484,15 @@ class Session:
         self.closed = True
         self.close_reason = "peer closed"
         self.transport.close()
+
+
+def _refusal(decision: Decision) -> Reply | None:
+    """The reply refusing the command, or None when the decision accepts it."""
+    match decision:
+        case Accept():
+            return None
+        case Reject(reply=reply) | Defer(reply=reply):
+            return reply
 
 
 _HANDLERS: dict[type[Any], Callable[[Session, Any], None]] = {

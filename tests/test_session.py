@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from smtpkit.delivery.maildir import DeliveryResult, Spool, commit
+from smtpkit.delivery.commit import Delivery, commit_batch
 from smtpkit.delivery.router import Router
+from smtpkit.delivery.spool import Spool, SpoolPool
 from smtpkit.journal import Journal
 from smtpkit.limits import Limits
 from smtpkit.policy import LocalPolicy
@@ -48,7 +50,9 @@ class Harness:
         router = Router(
             self.store, {"postmaster@example.org": ("alice@example.org",)}, ("example.org",)
         )
-        self.pending: list[tuple[Spool, Callable[[DeliveryResult], None]]] = []
+        self.pending: list[tuple[Delivery, Callable[[Delivery], None]]] = []
+        self.pool = SpoolPool(root / "users" / ".spool" / "0")
+        self.pool.folder.mkdir(parents=True)
         self.deferred = deferred
         self.journal = Journal(root / "journal")
         self.ctx = ServerContext(
@@ -57,16 +61,17 @@ class Harness:
             policy=LocalPolicy(router, limits),
             journal=self.journal,
             submit=self.submit,
+            open_spool=functools.partial(Spool, pool=self.pool),
         )
         self.transport = ListTransport()
         self.session = Session(self.ctx, self.transport, ("192.0.2.7", 4000), "sid")
         self.session.start()
 
-    def submit(self, spool: Spool, done: Callable[[DeliveryResult], None]) -> None:
+    def submit(self, delivery: Delivery, done: Callable[[Delivery], None]) -> None:
         if self.deferred:
-            self.pending.append((spool, done))
+            self.pending.append((delivery, done))
         else:
-            done(commit(spool))
+            done(commit_batch([delivery])[0])
 
     def say(self, data: bytes) -> list[str]:
         self.session.receive(data)
@@ -121,8 +126,8 @@ def test_replies_wait_for_durable_storage(tmp_path: Path) -> None:
     )
     assert codes(lines) == ["250", "250", "250", "354"]  # nothing after the dot yet
     assert h.session.waiting and len(h.pending) == 1
-    spool, done = h.pending.pop()
-    done(commit(spool))
+    delivery, done = h.pending.pop()
+    done(commit_batch([delivery])[0])
     assert codes(h.transport.take()) == ["250", "250"]  # the 250 for the message, then NOOP
 
 

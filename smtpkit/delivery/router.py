@@ -1,11 +1,11 @@
-"""Which mailboxes a recipient address reaches: aliases, postmaster, then the user store."""
+"""Which targets a recipient address reaches: aliases, postmaster, then the user store."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from pathlib import Path
 
+from smtpkit.delivery.targets import Mailbox, Target
 from smtpkit.errors import UserError
 from smtpkit.users import UserStore
 
@@ -28,7 +28,7 @@ class Router:
         self.users = users
         self.aliases = aliases
         self.domains = domains
-        self._cache: dict[str, tuple[Path, ...]] = {}
+        self._cache: dict[str, tuple[Mailbox, ...]] = {}
 
     def canonical(self, address: str) -> str:
         """The lower-cased local address, with bare ``postmaster`` (RFC 5321 4.1.1.3) taken as
@@ -42,22 +42,24 @@ class Router:
             return f"postmaster@{self.domains[0]}"
         return self.users.normalize(address)
 
-    def resolve(self, address: str) -> tuple[Path, ...]:
+    def resolve(self, address: str) -> tuple[Target, ...]:
+        """The targets a local address reaches; empty when it reaches none."""
         try:
             targets = self._targets(address)
         except UserError:
             return ()
         # The one check per recipient that must see the disk now: a user added or removed
         # while the server runs is found or refused at once.
-        return tuple(box for box in targets if os.path.isdir(box))
+        return tuple(box for box in targets if os.path.isdir(box.path))
 
-    def _targets(self, address: str) -> tuple[Path, ...]:
+    def _targets(self, address: str) -> tuple[Mailbox, ...]:
         """The mailboxes an address routes to, validated once and remembered: address checks
         and path building cost more than the stat."""
         found = self._cache.get(address)
         if found is None:
             canonical = self.canonical(address)
-            boxes = (self.users.mailbox(t) for t in self.aliases.get(canonical, (canonical,)))
+            targets = self.aliases.get(canonical, (canonical,))
+            boxes = (Mailbox(self.users.mailbox(t)) for t in targets)
             found = tuple(dict.fromkeys(boxes))
             if len(self._cache) >= _CACHE_SIZE:
                 self._cache.clear()  # bounded: a prober's random names cannot fill memory

@@ -15,7 +15,9 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from smtpkit.session import ServerContext, Session, TlsInfo
+from smtpkit.config import ListenerRole
+from smtpkit.policy import TlsInfo
+from smtpkit.session import ServerContext, Session
 
 if TYPE_CHECKING:
     from smtpkit.server.loop import EventLoop
@@ -67,6 +69,8 @@ class Connection:
         ctx: ServerContext,
         tls_context: ssl.SSLContext | None,
         on_closed: Callable[[Connection], None],
+        *,
+        role: ListenerRole = ListenerRole.RECEIVE,
     ) -> None:
         self.loop = loop
         self.sock = sock
@@ -89,7 +93,7 @@ class Connection:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         except OSError:
             pass  # not fatal: the output bound above still holds
-        self.session = Session(ctx, self, (peer[0], peer[1]))
+        self.session = Session(ctx, self, (peer[0], peer[1]), role=role)
         loop.register(sock, _READ, self._on_event)
         self.session.start()
 
@@ -294,9 +298,11 @@ class Connection:
             return
         self._gone = True
         self.loop.unregister(self.sock)
+        # Stop counting first, close second: a client that reconnects the moment it sees
+        # the close must find the place free, in this worker or any other.
+        self._on_closed(self)
         try:
             self.sock.close()
         except OSError:
             pass
         self.session.connection_lost(reason)
-        self._on_closed(self)

@@ -18,9 +18,10 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-from smtpkit.config import Config, TlsConfig
-from smtpkit.delivery.maildir import SPOOL_FOLDER, DeliveryWorker, Spool, SpoolPool, clean_tmp
+from smtpkit.config import Config, ListenerRole, TlsConfig
+from smtpkit.delivery.commit import DeliveryWorker
 from smtpkit.delivery.router import Router
+from smtpkit.delivery.spool import SPOOL_FOLDER, Spool, SpoolPool, clean_spools
 from smtpkit.errors import ConfigError
 from smtpkit.fsutil import make_dirs
 from smtpkit.journal import Journal
@@ -99,8 +100,7 @@ class Server:
         # One pool folder per worker: creating and renaming files locks their folder, and
         # workers sharing one would wait for each other.
         pool = SpoolPool(config.server.users_dir / SPOOL_FOLDER / str(worker))
-        # Should the folder not be made, the pool stays empty and each message opens its
-        # file in its mailbox's tmp/ instead.
+        # Should the folder not be made, every message gets 451 with the reason at DATA.
         with contextlib.suppress(OSError):
             make_dirs(pool.folder, 0o700)
         self.delivery = DeliveryWorker(self.loop.call_soon_threadsafe, pool=pool)
@@ -133,8 +133,9 @@ class Server:
             tmp_cleaned=self.tmp_cleaned,
         )
         self.journal.flush()
-        for sock in self.sockets:
-            self.listeners.append(Listener(self.loop, sock, self._admit, self._accept))
+        for sock, address in zip(self.sockets, self.config.server.listen, strict=True):
+            accept = functools.partial(self._accept, role=address.role)
+            self.listeners.append(Listener(self.loop, sock, self._admit, accept))
         self.loop.add_signal_handler(signal.SIGTERM, self.begin_shutdown)
         self.loop.add_signal_handler(signal.SIGINT, self.begin_shutdown)
         self.loop.add_signal_handler(signal.SIGHUP, self.reload_tls)
@@ -200,11 +201,13 @@ class Server:
             return TOO_MANY_FROM_IP
         return None
 
-    def _accept(self, sock: socket.socket, peer: tuple[str, int]) -> None:
+    def _accept(self, sock: socket.socket, peer: tuple[str, int], *, role: ListenerRole) -> None:
         if not self.counts.add(peer[0]):
             refuse(sock, TOO_MANY)
             return
-        conn = Connection(self.loop, sock, peer, self.ctx, self.tls_context, self._closed)
+        conn = Connection(
+            self.loop, sock, peer, self.ctx, self.tls_context, self._closed, role=role
+        )
         self.connections.add(conn)
 
     def _closed(self, conn: Connection) -> None:
@@ -311,8 +314,8 @@ def _clean_spools(config: Config) -> int:
     users = UserStore(config.server.users_dir, config.server.domains)
     spool = users.users_dir / SPOOL_FOLDER
     pools = [p for p in spool.iterdir() if p.is_dir()] if spool.is_dir() else []
-    folders = [(u.address, "tmp") for u in users.list()] + [(SPOOL_FOLDER,)]
-    return clean_tmp(users.users_dir, folders + [(SPOOL_FOLDER, p.name) for p in pools])
+    folders = [(address, "tmp") for address in users.addresses()] + [(SPOOL_FOLDER,)]
+    return clean_spools(users.users_dir, folders + [(SPOOL_FOLDER, p.name) for p in pools])
 
 
 def _load_tls(config: Config, fallback: ssl.SSLContext | None) -> ssl.SSLContext | None:

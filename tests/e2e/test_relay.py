@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from smtpkit.config import load_config
-from smtpkit.delivery.maildir import SPOOL_FOLDER
+from smtpkit.delivery.spool import SPOOL_FOLDER
 from tests.conftest import MailServer, make_server
 
 USERS = ("alice@example.org", "bob@example.org", "kate@kit.example")
