@@ -39,13 +39,10 @@ class UserError(SmtpkitError):
 
 
 class DeliveryError(SmtpkitError):
-    """Storing a message failed.
+    """Storing a message failed: always a temporary failure for the sender (4xx), since the
+    cause is ours. ``disk_full`` marks ENOSPC and EDQUOT so that the reply can say
+    ``452 4.3.1``."""
 
-    ``temporary`` is true when the sender should retry later (4xx); ``disk_full`` marks ENOSPC and
-    EDQUOT so that the reply can say ``452 4.3.1``.
-    """
-
-    def __init__(self, message: str, *, temporary: bool = True, disk_full: bool = False):
+    def __init__(self, message: str, *, disk_full: bool = False):
         super().__init__(message)
-        self.temporary = temporary
         self.disk_full = disk_full
