@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import os
+import pwd
 import sys
 
 import click
 
+from smtpkit.check import check_config
 from smtpkit.commands import App, pass_app, reports_errors
-from smtpkit.owner import owner_of
+from smtpkit.owner import Owner, owner_of
 from smtpkit.server.listener import bind_all
 from smtpkit.server.server import make_tls_context, serve
 from smtpkit.signals import defer_server_signals
 
 __all__ = ["command"]
+
+
+def _my_name() -> str:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
 
 
 @click.command("serve")
@@ -43,6 +52,16 @@ def command(app: App, quiet: bool, workers: int | None) -> None:
     # Started by root with the data folder given to a service user (`init --owner`): bind,
     # read the certificate, then run the workers as that user (root stays, supervising).
     run_as = owner if as_root and not owner.is_root else None
+    # The checks of `smtpkit check`, for the user the workers run as: only what stops mail
+    # from being stored (users' Maildirs, the spool, the journal) stops the start; the rest
+    # is said once here, as `check` would.
+    runs_as = None if as_root else Owner(os.geteuid(), os.getegid(), _my_name())
+    problems = check_config(config, runs_as=runs_as)
+    fatal = [problem.text for problem in problems if problem.fatal]
+    for text in fatal[1:]:
+        click.echo(f"Error: {text}", err=True)
+    if fatal:
+        raise click.ClickException(fatal[0])
     # A broken certificate is one error line before anything starts.
     tls = make_tls_context(config.tls) if config.tls is not None else None
     sockets = bind_all(config.server.listen)
@@ -51,14 +70,9 @@ def command(app: App, quiet: bool, workers: int | None) -> None:
     domains = ", ".join(config.server.domains)
     who = owner.name if run_as is not None or not as_root else "root"
     click.echo(f"smtpkit: receiving for {domains} on {where} ({count} workers, as {who})", err=True)
-    for note in config.notes:
-        click.echo(f"smtpkit: note: {note}", err=True)
-    if as_root and owner.is_root:
-        click.echo(
-            "smtpkit: note: running as root because root owns the data folder; for "
-            "production, give it a user of its own (smtpkit init --owner NAME)",
-            err=True,
-        )
+    for problem in problems:
+        kind = "note" if problem.note else "warning"
+        click.echo(f"smtpkit: {kind}: {problem.text}", err=True)
     echo = None if quiet else sys.stderr
 
     def log(text: str) -> None:

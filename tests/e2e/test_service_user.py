@@ -189,3 +189,26 @@ def test_a_root_only_key_is_read_by_the_supervisor_and_reloaded_on_sighup(
     finally:
         assert server.stop() == 0
     assert not_owned_by(server.directory, service_user.pw_uid) == []
+
+
+@pytest.mark.timeout(60)
+def test_a_root_owned_new_folder_is_one_line_at_start(
+    open_tmp_path: Path, service_user: pwd.struct_passwd
+) -> None:
+    """A root `mkdir` or `cp` in a Maildir: the workers, running as the owner, could not
+    store alice's mail. serve says so in one line and exits 1, never a traceback."""
+    server = owned_server(open_tmp_path, service_user)
+    new = server.maildir("alice@example.org") / "new"
+    os.chown(new, 0, 0)
+    new.chmod(0o700)
+    result = smtpkit("serve", config=server.config, check=False)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines() == [
+        "Error: cannot write users/alice@example.org/new: owned by root, mode 0700; "
+        f"smtpkit runs as {service_user.pw_name}"
+    ]
+    # Given back to the owner, it starts.
+    os.chown(new, service_user.pw_uid, service_user.pw_gid)
+    server.start()
+    assert server.stop() == 0

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from smtpkit.delivery.spool import clean_spools
 from tests.conftest import MailServer, make_server, need_program, smtpkit, unavailable
 from tests.e2e.faultclient import (
     Reply,
@@ -328,13 +329,22 @@ def test_a_symlink_in_a_maildir_is_refused_never_followed(
             time.sleep(0.05)
         assert errors and "symbolic link where a Maildir folder must be (refused)" in errors[0]
         assert f"users/{ALICE}" in errors[0]
-    # A restart cleans the spool folders: never through the link.
+    # A restart refuses to start with the link in place (it cannot write where alice's
+    # mail goes), in one line, and cleans nothing through the link.
     assert storage.server.process is not None
     kill_tree(storage.server.process)
     storage.server.process = None
     (elsewhere / "tmp-leftover").write_bytes(b"not ours\n")
-    storage.server.start("--quiet", "--workers", "2")
+    result = smtpkit("serve", "--quiet", config=storage.server.config, check=False)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert errors and all("alice@example.org" in line for line in errors), result.stderr
     assert (elsewhere / "precious").read_bytes() == b"keep me\n"
     assert (elsewhere / "tmp-leftover").exists()
+    # The start-up clean-up itself never deletes through a link either.
+    clean_spools(storage.server.directory / "users", [(ALICE, "tmp")])
+    assert (elsewhere / "tmp-leftover").exists()
     storage.undo.pop()()
+    storage.server.start("--quiet", "--workers", "2")
     assert storage.transaction([ALICE])[1].code == 250
