@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from tests.conftest import _RUNNING, MailServer, make_server, smtpkit, unavailable, wait_for_banner
+from tests.conftest import _RUNNING, MailServer, free_port, smtpkit, unavailable, wait_for_banner
 from tests.e2e.test_tls import SMTPTo, client_context, journal, served_certificate, wait_for
 
 
@@ -41,12 +41,19 @@ def service_user() -> Iterator[pwd.struct_passwd]:
         subprocess.run(["userdel", name], check=False, capture_output=True)
 
 
-def owned_server(root: Path, user: pwd.struct_passwd, extra_config: str = "") -> MailServer:
-    """A data folder set up by root and then given to ``user``."""
-    server = make_server(root, extra_config=extra_config)
-    for path in [server.directory, *server.directory.rglob("*")]:
-        os.lchown(path, user.pw_uid, user.pw_gid)
-    return server
+def owned_server(root: Path, user: pwd.struct_passwd) -> MailServer:
+    """The README's service layout: the config root's (outside the data folder), the data
+    folder made by `init --owner` and filled by root's `user add`."""
+    port = free_port()
+    config = root / "etc" / "smtpkit.toml"
+    directory = root / "var" / "smtpkit"
+    smtpkit(
+        "-c", str(config), "init", str(directory), "--owner", user.pw_name,
+        "--domain", "example.org", "--hostname", "mx.test.example",
+        "--listen", f"127.0.0.1:{port}",
+    )  # fmt: skip
+    smtpkit("user", "add", "alice@example.org", "bob@example.org", config=config)
+    return MailServer(directory, config, "127.0.0.1", port, "example.org")
 
 
 def process_uids(pid: int) -> tuple[int, ...]:
