@@ -45,6 +45,7 @@ _WRITE = selectors.EVENT_WRITE
 class Connection:
     __slots__ = (
         "_closing",
+        "_discarding",
         "_events",
         "_expires",
         "_flush_scheduled",
@@ -52,6 +53,7 @@ class Connection:
         "_handshaking",
         "_on_closed",
         "_out",
+        "_peer_closed",
         "_tls_context",
         "_want_tls",
         "deadline",
@@ -79,6 +81,8 @@ class Connection:
         self._on_closed = on_closed  # the socket is closed: it stops counting against limits
         self._out = bytearray()
         self._closing = False
+        self._discarding = False  # half-closed after a 421: reading only to drop it
+        self._peer_closed = False
         self._gone = False
         self._flush_scheduled = False
         self._want_tls = False
@@ -136,6 +140,9 @@ class Connection:
         if self._handshaking:
             self._handshake()
             return
+        if self._discarding:
+            self._discard()
+            return
         if mask & _WRITE:
             self._flush()
         # Nothing is read between STARTTLS and the end of the handshake: plaintext sent after
@@ -165,6 +172,7 @@ class Connection:
             self.session.receive(data)
         if not data and not self._gone:
             # The peer closed its side: answer what it sent, then close.
+            self._peer_closed = True
             self.close()
         elif self._events & _READ and not self._read_interest() and not self._gone:
             self._set_events(self._events & ~_READ)
@@ -193,7 +201,8 @@ class Connection:
             return
         if self._closing:
             self._close_notify()
-            self._lost("closed")
+            if not self._linger():
+                self._lost("closed")
             return
         if self._want_tls:
             self._begin_tls()
@@ -257,6 +266,35 @@ class Connection:
             TlsInfo(version=sock.version() or "TLS", cipher=cipher[0] if cipher else "unknown")
         )
 
+    def _linger(self) -> bool:
+        """After a 421, half-close and read (and drop) what the client still sends until it
+        closes or the linger ends. Closing with its pipelined bytes unread would make the
+        kernel reset the connection, and a reset can destroy the 421 before the client reads
+        it. True when lingering."""
+        if (
+            self._peer_closed
+            or isinstance(self.sock, ssl.SSLSocket)
+            or not self.session.close_reason.startswith("421")
+        ):
+            return False
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            return False
+        self._discarding = True
+        self._set_events(_READ)
+        return True
+
+    def _discard(self) -> None:
+        try:
+            got = self.sock.recv_into(_READ_VIEW)
+        except BlockingIOError:
+            return
+        except OSError:
+            got = 0
+        if not got:
+            self._lost("closed")
+
     def _close_notify(self) -> None:
         # RFC 8446 6.1: a TLS peer MUST send close_notify before closing its side, or the
         # client cannot tell our end from a truncation (OpenSSL 3 reports "unexpected eof").
@@ -272,7 +310,8 @@ class Connection:
     def check_deadline(self, now: float) -> None:
         if self._closing:
             if now >= self.deadline:
-                self._lost("close timeout")  # our last replies could not be delivered
+                # Replies still unsent: they could not be delivered. Else it lingered.
+                self._lost("close timeout" if self._out else "closed")
         elif self._handshaking:
             if now >= self.deadline or now >= self._expires:
                 self._lost("tls handshake timeout")

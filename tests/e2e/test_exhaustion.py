@@ -543,7 +543,9 @@ def test_clients_that_never_read_cannot_hold_more_sockets_than_the_cap(
         )
         assert greeted == 5
         assert codes.count(b"421") == 25
-        assert peak <= 5
+        # Refused ones are sent their 421 and closed at once; a sample may catch one of
+        # them between its accept and its close.
+        assert peak <= 6
         assert growth < 20 * 1024
         # Another address is served all along.
         assert send_one(server) < 5
@@ -637,8 +639,10 @@ def test_a_refusal_flood_is_cut_and_journals_in_bounded_space(
         f"journal grew {grown} bytes ({len(records)} lines in all)"
     )
     assert grown < 4096
-    assert [r["event"] for r in records[-4:]] == ["reply", "reply", "repeated", "close"]
-    assert records[-2]["count"] == 9
+    session = next(r["session"] for r in records if r.get("code") == 454)
+    mine = [r for r in records if r["session"] == session]
+    assert [r["event"] for r in mine] == ["connect", "reply", "reply", "repeated", "close"]
+    assert mine[3]["count"] == 9
 
 
 @pytest.mark.timeout(60)
