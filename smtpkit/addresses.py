@@ -15,6 +15,7 @@ import idna
 from smtpkit.errors import UserError
 
 __all__ = [
+    "host_port",
     "is_valid_domain",
     "normalize_address",
     "normalize_domain",
@@ -114,3 +115,9 @@ def normalize_address(address: str, domains: tuple[str, ...] | None = None) -> s
             f"{address!r} is not in a local domain (configured: {', '.join(domains) or 'none'})"
         )
     return f"{local.lower()}@{domain}"
+
+
+def host_port(host: str, port: int) -> str:
+    """``host:port``, with an IPv6 address in brackets (``[::1]:25``) so the port stays
+    unambiguous, as listen addresses, nameservers and peers are written everywhere."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import tomli_w
 
-from smtpkit.addresses import normalize_address, normalize_domain
+from smtpkit.addresses import host_port, normalize_address, normalize_domain
 from smtpkit.errors import ConfigError, UserError
 from smtpkit.fsutil import atomic_write
 from smtpkit.limits import Limits
@@ -65,7 +65,7 @@ class ListenAddress:
         return socket.AF_INET6 if ":" in self.host else socket.AF_INET
 
     def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return host_port(self.host, self.port)
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,7 +35,7 @@ from dns.rdtypes.ANY.MX import MX
 from dns.rdtypes.IN.A import A
 from dns.rdtypes.IN.AAAA import AAAA
 
-from smtpkit.addresses import normalize_domain, normalize_hostname
+from smtpkit.addresses import host_port, normalize_domain, normalize_hostname
 from smtpkit.errors import SmtpkitError, UserError
 
 __all__ = [
@@ -151,7 +151,7 @@ class Nameserver:
     port: int = 53
 
     def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return host_port(self.host, self.port)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any, Protocol
 
+from smtpkit.addresses import host_port
 from smtpkit.config import ListenerRole
 from smtpkit.delivery.commit import Delivery
 from smtpkit.delivery.spool import Spool
@@ -102,11 +103,7 @@ class Session:
         self.role = role
         self.transport = transport
         self.peer_host, self.peer_port = peer[0], peer[1]
-        self.peer = (
-            f"[{self.peer_host}]:{self.peer_port}"
-            if ":" in self.peer_host
-            else f"{self.peer_host}:{self.peer_port}"
-        )
+        self.peer = host_port(self.peer_host, self.peer_port)
         self.id = session_id or new_session_id()
         self.conn = ServerConnection(ctx.limits)
         self.errors = 0

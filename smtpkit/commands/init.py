@@ -21,7 +21,14 @@ import click
 
 from smtpkit.addresses import normalize_domain
 from smtpkit.commands import App, pass_app, reports_errors
-from smtpkit.config import CONFIG_NAME, ListenAddress, parse_config, parse_listen, write_config
+from smtpkit.config import (
+    CONFIG_NAME,
+    DEFAULT_LISTEN,
+    ListenAddress,
+    parse_config,
+    parse_listen,
+    write_config,
+)
 from smtpkit.errors import ConfigError, UserError
 from smtpkit.fsutil import fsync_dir, make_dirs, place_durably, unique_name, write_all
 from smtpkit.owner import Owner, OwnerError, as_owner, group_name, lookup_user, owner_of
@@ -100,7 +107,7 @@ def _owner(ctx: click.Context, param: click.Parameter, value: str | None) -> Own
     "listen",
     multiple=True,
     callback=_listen,
-    help="IP:PORT to listen on, IPv6 as [::1]:25 (repeatable) [0.0.0.0:25].",
+    help=f"IP:PORT to listen on, IPv6 as [::1]:25 (repeatable) [{', '.join(DEFAULT_LISTEN)}].",
 )
 @click.option(
     "--owner",
@@ -141,7 +148,8 @@ def command(
     server: dict[str, Any] = {}
     if hostname:
         server["hostname"] = hostname
-    server["listen"] = list(listen) or ["0.0.0.0:25"]
+    # Written out even when it is the default: the admin sees where the server listens.
+    server["listen"] = list(listen) or list(DEFAULT_LISTEN)
     server["directory"] = where
     server["domains"] = domains
     data: dict[str, Any] = {"server": server}

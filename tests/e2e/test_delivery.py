@@ -223,6 +223,10 @@ def test_sigterm_exits_zero_and_answers_421(mailserver: MailServer) -> None:
     sock.close()
 
 
+def journal_files(server: MailServer) -> list[Path]:
+    return sorted((server.directory / "journal").iterdir())
+
+
 def test_sigterm_lets_a_message_in_data_finish(mailserver: MailServer) -> None:
     sock = socket.create_connection((mailserver.host, mailserver.port), timeout=10)
     f = sock.makefile("rb")
@@ -233,7 +237,11 @@ def test_sigterm_lets_a_message_in_data_finish(mailserver: MailServer) -> None:
     sock.sendall(b"Subject: late\r\n\r\nhalf")
     assert mailserver.process is not None
     mailserver.process.send_signal(signal.SIGTERM)
-    time.sleep(0.5)
+    # The rest goes once the server has begun its shutdown (it journals "stopping").
+    deadline = time.monotonic() + 10
+    while not any('"event":"stopping"' in p.read_text() for p in journal_files(mailserver)):
+        assert time.monotonic() < deadline, "the server never began to stop"
+        time.sleep(0.02)
     sock.sendall(b" and the rest\r\n.\r\n")
     assert f.readline().startswith(b"250 2.0.0 OK: message stored as ")
     assert f.readline() == b"421 4.3.2 Service shutting down, closing connection\r\n"
