@@ -23,6 +23,7 @@ from typing import Protocol, TypeVar
 
 from smtpkit.delivery.maildir import Folders, MaildirStore, Placed
 from smtpkit.delivery.spool import Spool, SpoolPool, delivery_error
+from smtpkit.delivery.syncer import SharedSyncer
 from smtpkit.delivery.targets import Mailbox, Target, TargetFailed
 from smtpkit.errors import DeliveryError
 
@@ -114,14 +115,25 @@ def _by_device(items: Sequence[T], device: Callable[[T], int]) -> list[list[T]]:
     return list(groups.values())
 
 
-def _sync_data(deliveries: Sequence[Delivery]) -> None:
+def _syncfs_via(syncer: SharedSyncer | None) -> Callable[[int], None] | None:
+    """The syncfs to use: shared with the other workers through ``syncer``, or this
+    process's own; None where there is no syncfs."""
+    if _syncfs is None:
+        return None
+    if syncer is None:
+        return _syncfs
+    syncfs = _syncfs
+    return lambda fd: syncer.sync(fd, syncfs)
+
+
+def _sync_data(deliveries: Sequence[Delivery], syncfs: Callable[[int], None] | None) -> None:
     """Make the data of every spool durable, recording per-message errors. One syncfs(2)
     per filesystem covers a whole batch: one journal commit instead of one per file. Should
     it fail, per-file fsync tells which message the error belongs to."""
     for group in _by_device(deliveries, lambda d: os.fstat(d.spool.fd).st_dev):
-        if _syncfs is not None and len(group) > 1:
+        if syncfs is not None and len(group) > 1:
             try:
-                _syncfs(group[0].spool.fd)
+                syncfs(group[0].spool.fd)
                 continue
             except OSError:
                 pass
@@ -132,7 +144,9 @@ def _sync_data(deliveries: Sequence[Delivery]) -> None:
                 delivery.fail(delivery_error(exc, f"cannot sync {delivery.spool.path}"))
 
 
-def _sync_folders(folders: Folders, deliveries: Sequence[Delivery]) -> None:
+def _sync_folders(
+    folders: Folders, deliveries: Sequence[Delivery], syncfs: Callable[[int], None] | None
+) -> None:
     """Make the new names durable: one fsync per folder, or one syncfs for the folders of
     one filesystem."""
     users: dict[int, list[Delivery]] = {}
@@ -140,9 +154,9 @@ def _sync_folders(folders: Folders, deliveries: Sequence[Delivery]) -> None:
         for fd, _ in delivery.placed:
             users.setdefault(fd, []).append(delivery)
     for group in _by_device(list(users), lambda fd: os.fstat(fd).st_dev):
-        if _syncfs is not None and len(group) > 1:
+        if syncfs is not None and len(group) > 1:
             try:
-                _syncfs(group[0])
+                syncfs(group[0])
                 continue
             except OSError:
                 pass
@@ -178,20 +192,24 @@ def _place(delivery: Delivery, folders: Folders) -> None:
             return
 
 
-def commit_batch(deliveries: Sequence[Delivery]) -> list[Delivery]:
-    """Make every message durable in all its targets, or fail it; returns ``deliveries``."""
+def commit_batch(
+    deliveries: Sequence[Delivery], syncer: SharedSyncer | None = None
+) -> list[Delivery]:
+    """Make every message durable in all its targets, or fail it; returns ``deliveries``.
+    With ``syncer``, the syncfs calls are shared with the other workers' commits."""
+    syncfs = _syncfs_via(syncer)
     live = [d for d in deliveries if d.spool.error is None]
     for delivery in deliveries:
         if delivery.spool.error is not None:
             delivery.failure = delivery.spool.error
-    _sync_data(live)
+    _sync_data(live, syncfs)
     folders = Folders()
     try:
         for delivery in live:
             delivery.spool.close()
             if delivery.error is None:
                 _place(delivery, folders)
-        _sync_folders(folders, live)
+        _sync_folders(folders, live, syncfs)
     finally:
         folders.close()
         for delivery in deliveries:
@@ -227,10 +245,12 @@ class DeliveryWorker:
         call_soon: Callable[[Callable[[], None]], None],
         max_batch: int = 64,
         pool: SpoolPool | None = None,
+        syncer: SharedSyncer | None = None,
     ):
         self._call_soon = call_soon
         self._max_batch = max_batch
         self.pool = pool
+        self.syncer = syncer
         self._queue: queue.SimpleQueue[tuple[Delivery, Completion] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="smtpkit-delivery", daemon=True)
         self._thread.start()
@@ -261,7 +281,7 @@ class DeliveryWorker:
                     break
                 batch.append(item)
             if batch:
-                commit_batch([delivery for delivery, _ in batch])
+                commit_batch([delivery for delivery, _ in batch], self.syncer)
                 pairs = [(done, delivery) for delivery, done in batch]
                 # One wake-up of the loop for the whole batch.
                 self._call_soon(functools.partial(_complete, pairs))

@@ -166,7 +166,9 @@ def clean_spools(users_dir: Path, folders: Sequence[Sequence[str]]) -> int:
             continue
         try:
             for entry in list(os.scandir(fd)):
-                if entry.is_dir(follow_symlinks=False):
+                # Spool files have unique names that never start with a dot; the workers'
+                # commit lock (.commit-lock) stays.
+                if entry.name.startswith(".") or entry.is_dir(follow_symlinks=False):
                     continue
                 try:
                     os.unlink(entry.name, dir_fd=fd)

@@ -22,6 +22,7 @@ from smtpkit.config import Config, ListenerRole, TlsConfig
 from smtpkit.delivery.commit import DeliveryWorker
 from smtpkit.delivery.router import Router
 from smtpkit.delivery.spool import SPOOL_FOLDER, Spool, SpoolPool, clean_spools
+from smtpkit.delivery.syncer import SharedSyncer
 from smtpkit.errors import ConfigError
 from smtpkit.fsutil import make_dirs
 from smtpkit.journal import Journal
@@ -84,6 +85,7 @@ class Server:
         tmp_cleaned: int = 0,
         tls_fallback: ssl.SSLContext | None = None,
         tls_given: bool = False,
+        syncer: SharedSyncer | None = None,
     ) -> None:
         self.config = config
         self.worker = worker
@@ -103,7 +105,14 @@ class Server:
         # Should the folder not be made, every message gets 451 with the reason at DATA.
         with contextlib.suppress(OSError):
             make_dirs(pool.folder, 0o700)
-        self.delivery = DeliveryWorker(self.loop.call_soon_threadsafe, pool=pool)
+        # The syncfs calls of every worker's commits are shared (ARCHITECTURE.md,
+        # "Durability"): the lock lives beside the pool folders, which all workers write.
+        self.syncer = syncer if syncer is not None else SharedSyncer()
+        with contextlib.suppress(OSError):
+            self.syncer.open_lock(pool.folder.parent)
+        self.delivery = DeliveryWorker(
+            self.loop.call_soon_threadsafe, pool=pool, syncer=self.syncer
+        )
         self.ctx = ServerContext(
             hostname=config.server.hostname,
             limits=config.limits,
@@ -150,7 +159,9 @@ class Server:
             # Held again while closing down: the loop that handled them is going away.
             defer_server_signals()
             self.delivery.close()
-            self.journal.write("stop", "-", "-")
+            self.journal.write(
+                "stop", "-", "-", syncs=self.syncer.calls, syncs_shared=self.syncer.shared
+            )
             self.journal.close()
             self.loop.close()
 
@@ -257,6 +268,7 @@ def serve(
     # a row of its own in the shared connection counts.
     slots = 2 * workers if run_as is not None else workers
     table = SharedCounts(slots, config.limits.max_connections)
+    syncer = SharedSyncer()  # before the fork: its counters are shared memory
     certificate = [tls]  # the one loaded last by this process: new workers start with it
 
     def work(slot: int, restarted: bool = False) -> None:
@@ -271,6 +283,7 @@ def serve(
             tmp_cleaned=cleaned if slot == 0 and not restarted else 0,
             tls_fallback=certificate[0],
             tls_given=run_as is not None,
+            syncer=syncer,
         )
         server.run()
 
