@@ -181,7 +181,8 @@ def test_relay_probe_gets_its_exact_reply(
 
 def allowed_tree(server: MailServer, stored: dict[str, int]) -> None:
     """The data folder holds only the config, the journal, the users' Maildirs (with
-    ``stored[user]`` files in ``new/``, none elsewhere) and the pool of empty spool files."""
+    ``stored[user]`` files in ``new/``, none elsewhere), the pool of empty spool files and
+    the workers' commit lock."""
     root = server.directory
     users = root / "users"
     maildirs = {users / u / sub for u in USERS for sub in ("tmp", "new", "cur")}
@@ -207,6 +208,8 @@ def allowed_tree(server: MailServer, stored: dict[str, int]) -> None:
                 continue
             if here in pools and path.stat().st_size == 0:
                 continue  # ready, empty spool files (SpoolPool)
+            if here == spool and name == ".commit-lock":
+                continue  # the workers' shared commit lock, empty
             if here.name == "new" and here in maildirs:
                 new_counts[here.parent.name] = new_counts.get(here.parent.name, 0) + 1
                 continue
