@@ -1,0 +1,162 @@
+"""What the run prints and writes: the table and its ratios, the notes under it, the machine
+line, and the JSON file."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import ROOT
+from benchmarks.probes import IDLE_TARGET_MB
+from benchmarks.servers import SERVERS
+from benchmarks.shapes import Shape
+
+__all__ = [
+    "big_line",
+    "idle_line",
+    "machine_info",
+    "machine_line",
+    "table",
+    "throughput_notes",
+    "write_json",
+]
+
+
+def machine_info(folder: Path) -> dict[str, Any]:
+    model = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    filesystem = "unknown"
+    with contextlib.suppress(OSError, subprocess.SubprocessError, IndexError):
+        out = subprocess.run(
+            ["df", "-T", str(folder)], capture_output=True, text=True, timeout=10
+        ).stdout
+        filesystem = out.splitlines()[1].split()[1]
+    commit = ""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        git = ["git", "-C", str(ROOT)]
+        head = subprocess.run(
+            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        )
+        dirty = subprocess.run([*git, "status", "--porcelain"], capture_output=True, text=True)
+        if head.returncode == 0:
+            commit = head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "kernel": platform.release(),
+        "filesystem": filesystem,
+        "data_dir": str(folder),
+        "python": platform.python_version(),
+        "smtpkit_commit": commit,
+    }
+
+
+def machine_line(m: dict[str, Any]) -> str:
+    return (
+        f"{m['cpus']} CPUs ({m['cpu_model']}), Linux {m['kernel']}, {m['filesystem']} "
+        f"({m['data_dir']}), Python {m['python']}"
+        + (f", smtpkit {m['smtpkit_commit']}" if m["smtpkit_commit"] else "")
+    )
+
+
+# --- the table ------------------------------------------------------------------------------
+
+
+def _rate(entry: dict[str, Any] | None) -> str:
+    if not entry:
+        return "-"
+    if entry["min"] == entry["max"]:
+        return f"{entry['median']:,.0f}"
+    return f"{entry['median']:,.0f} ({entry['min']:,.0f}-{entry['max']:,.0f})"
+
+
+def _ratio(top: float | None, bottom: float | None) -> str:
+    if not top or not bottom:
+        return "-"
+    return f"{top / bottom:.2f}x"
+
+
+def table(report: dict[str, Any], shapes: Sequence[Shape]) -> str:
+    servers = report["servers"]
+    probe4 = (report.get("disk_probe") or {}).get("4_threads")
+
+    def entry(server: str, shape: str) -> dict[str, Any] | None:
+        found: dict[str, Any] | None = servers.get(server, {}).get("shapes", {}).get(shape)
+        return found
+
+    def median(server: str, shape: str) -> float | None:
+        found = entry(server, shape)
+        return float(found["median"]) if found else None
+
+    def rss(server: str, shape: str) -> str:
+        found = entry(server, shape)
+        return f"{found['peak_rss_mb']:.0f}" if found else "-"
+
+    head = (
+        "| shape | smtpkit msgs/s (min-max) | aiosmtpd | smtp-sink | smtpkit/aiosmtpd "
+        "| smtpkit/sink | smtpkit/disk-probe (4 threads) | peak RSS MB smtpkit / aiosmtpd / sink |"
+    )
+    rows = [head, "|" + "---|" * 8]
+    for shape in shapes:
+        k, a, s = (median(name, shape.name) for name in SERVERS)
+        rows.append(
+            f"| {shape.name} (-s {shape.sessions} -m {shape.messages} -l {shape.length}) "
+            f"| {_rate(entry('smtpkit', shape.name))} | {_rate(entry('aiosmtpd', shape.name))} "
+            f"| {_rate(entry('smtp-sink', shape.name))} | {_ratio(k, a)} | {_ratio(k, s)} "
+            f"| {_ratio(k, probe4)} "
+            f"| {rss('smtpkit', shape.name)} / {rss('aiosmtpd', shape.name)} "
+            f"/ {rss('smtp-sink', shape.name)} |"
+        )
+    return "\n".join(rows)
+
+
+# --- the notes under it ---------------------------------------------------------------------
+
+
+def throughput_notes(report: dict[str, Any]) -> list[str]:
+    """The lines under the table: the disk probe's best, and per server its peak RSS and any
+    error lines in its log."""
+    probes = report["disk_probe"]
+    lines = [
+        f"disk probe (best of before/after, fsync'd 1 KB files/s): "
+        f"1 thread {probes['1_thread']:,.0f}, 4 threads {probes['4_threads']:,.0f}"
+    ]
+    for name, result in report["servers"].items():
+        note = f"{name}: peak RSS {result['peak_rss_mb']} MB"
+        note += f" over {result['max_processes']} process(es)"
+        lines.append(note)
+        for problem in result.get("log_problems", []):
+            lines.append(f"  {name} log: {problem}")
+    return lines
+
+
+def idle_line(idle: dict[str, Any]) -> str:
+    verdict = "met" if idle["target_met"] else "NOT met"
+    return (
+        f"idle: {idle['connections']} idle connections: smtpkit RSS {idle['rss_idle_mb']} MB "
+        f"(before {idle['rss_before_mb']} MB, {idle['kb_per_connection']} KB/connection, "
+        f"{idle['processes']} process(es)); target < {IDLE_TARGET_MB:.0f} MB {verdict}"
+    )
+
+
+def big_line(big: dict[str, Any]) -> str:
+    return (
+        f"big: {big['mebibytes']} MiB message vs 10 MB limit: reply {big['reply']!r} "
+        f"after {big['seconds']} s; RSS before {big['rss_before_mb']} MB, peak "
+        f"{big['rss_peak_mb']} MB, after {big['rss_after_mb']} MB"
+    )
+
+
+def write_json(path: Path, report: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
