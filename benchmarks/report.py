@@ -123,9 +123,24 @@ def table(report: dict[str, Any], shapes: Sequence[Shape]) -> str:
 # --- the notes under it ---------------------------------------------------------------------
 
 
+def _syncs_line(name: str, result: dict[str, Any]) -> str | None:
+    """smtpkit's syncfs calls over its whole run, when its journal's stop events carry them."""
+    syncs = result.get("syncfs")
+    if not syncs:
+        return None
+    stored = sum(shape.get("stored") or 0 for shape in result["shapes"].values())
+    line = (
+        f"{name}: {syncs['syncs']:,} syncfs calls by {syncs['workers']} worker(s), "
+        f"{syncs['syncs_shared']:,} more covered by another worker's"
+    )
+    if stored:
+        line += f"; {syncs['syncs'] / stored:.3f} per message ({stored:,} stored, all shapes)"
+    return line
+
+
 def throughput_notes(report: dict[str, Any]) -> list[str]:
-    """The lines under the table: the disk probe's best, and per server its peak RSS and any
-    error lines in its log."""
+    """The lines under the table: the disk probe's best, and per server its peak RSS, its
+    syncfs calls (smtpkit) and any error lines in its log."""
     probes = report["disk_probe"]
     lines = [
         f"disk probe (best of before/after, fsync'd 1 KB files/s): "
@@ -135,6 +150,9 @@ def throughput_notes(report: dict[str, Any]) -> list[str]:
         note = f"{name}: peak RSS {result['peak_rss_mb']} MB"
         note += f" over {result['max_processes']} process(es)"
         lines.append(note)
+        syncs = _syncs_line(name, result)
+        if syncs is not None:
+            lines.append(syncs)
         for problem in result.get("log_problems", []):
             lines.append(f"  {name} log: {problem}")
     return lines

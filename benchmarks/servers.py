@@ -10,6 +10,7 @@ outlives it is killed and counted.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import resource
@@ -23,6 +24,7 @@ import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import tomli_w  # smtpkit's own dependency: rewrites the benchmark's smtpkit.toml
 
@@ -216,6 +218,7 @@ class Server:
     cwd: Path | None = None
     env: dict[str, str] | None = None
     expect_clean_exit: bool = True
+    journal: Path | None = None  # smtpkit's journal folder
     process: subprocess.Popen[bytes] | None = None
     sampler: RssSampler | None = None
     log: Path = field(default_factory=Path)
@@ -286,6 +289,39 @@ class Server:
         pattern = re.compile(r"Traceback|Error|error|exception|Exception|fatal")
         return [line for line in text.splitlines() if pattern.search(line)][:20]
 
+    def syncs(self) -> dict[str, int] | None:
+        """smtpkit's syncfs counts, summed over the ``stop`` events its workers journaled:
+        ``syncs`` (calls made) and ``syncs_shared`` (calls spared because another worker's
+        covered them). None when the journal's stop events do not carry them."""
+        if self.journal is None:
+            return None
+        stops = [r for r in journal_records(self.journal) if r.get("event") == "stop"]
+        counted = [r for r in stops if isinstance(r.get("syncs"), int)]
+        if not counted:
+            return None
+        return {
+            "syncs": sum(int(r["syncs"]) for r in counted),
+            "syncs_shared": sum(int(r.get("syncs_shared") or 0) for r in counted),
+            "workers": len(counted),
+        }
+
+
+def journal_records(folder: Path) -> list[dict[str, Any]]:
+    """Every whole JSON record in the hour files of a journal folder (others are skipped)."""
+    records: list[dict[str, Any]] = []
+    try:
+        paths = sorted(p for p in folder.iterdir() if p.is_file())
+    except OSError:
+        return records
+    for path in paths:
+        with contextlib.suppress(OSError):
+            for line in path.read_text(errors="replace").splitlines():
+                with contextlib.suppress(ValueError):
+                    record = json.loads(line)
+                    if isinstance(record, dict):
+                        records.append(record)
+    return records
+
 
 def settle_rss(server: Server, seconds: float = 2.0) -> int:
     """Peak RSS over a short quiet spell (the sampler thread keeps running meanwhile)."""
@@ -344,7 +380,15 @@ def make_smtpkit(base: Path, workers: int | None, max_connections: int = 0) -> S
     command = [sys.executable, "-m", "smtpkit", "-c", str(config), "serve", "--quiet"]
     if workers is not None:
         command += ["--workers", str(workers)]
-    return Server("smtpkit", command, port, folder, data / "users" / RECIPIENT, cwd=folder)
+    return Server(
+        "smtpkit",
+        command,
+        port,
+        folder,
+        data / "users" / RECIPIENT,
+        cwd=folder,
+        journal=data / "journal",
+    )
 
 
 def make_aiosmtpd(base: Path) -> Server:

@@ -162,6 +162,9 @@ def measure_server(
     finally:
         code = server.stop()
     results["exit_status"] = code
+    syncs = server.syncs()
+    if syncs is not None:
+        results["syncfs"] = syncs
     problems = server.log_problems()
     if problems:
         results["log_problems"] = problems
