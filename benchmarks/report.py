@@ -22,6 +22,7 @@ __all__ = [
     "idle_line",
     "machine_info",
     "machine_line",
+    "profile_lines",
     "table",
     "throughput_notes",
     "write_json",
@@ -155,6 +156,36 @@ def throughput_notes(report: dict[str, Any]) -> list[str]:
             lines.append(syncs)
         for problem in result.get("log_problems", []):
             lines.append(f"  {name} log: {problem}")
+    return lines
+
+
+def profile_lines(profile: dict[str, Any]) -> list[str]:
+    """The ``--profile`` summary: what was profiled, then one line per function."""
+    if "error" in profile:
+        return [f"profile: {profile['error']}"]
+    shapes = ", ".join(profile["shapes"])
+    if profile["unit"] == "samples":
+        head = (
+            f"profile ({profile['tool']}, {profile['target']}; one extra round each of "
+            f"{shapes}, {profile['seconds']} s at {profile['rate']} Hz): "
+            f"{profile['total']:,} samples of working threads"
+        )
+        threads = ", ".join(f"{name} {share}%" for name, share in profile["threads"].items())
+        lines = [head, f"  by thread: {threads}", "   own %  samples  function (file)"]
+        lines += [
+            f"  {row['share']:5.1f}%  {row['own']:>7,}  {row['function']}" for row in profile["top"]
+        ]
+        return lines
+    head = (
+        f"profile ({profile['tool']}, {profile['target']}; one round each of {shapes}): "
+        f"{profile['total']:.2f} s of own time, plus {profile['waiting_seconds']:.2f} s "
+        f"waiting in the selector (left out)"
+    )
+    lines = [head, "   own %    own s     calls  function (file:line)"]
+    lines += [
+        f"  {row['share']:5.1f}%  {row['own']:7.3f}  {row['calls']:>8,}  {row['function']}"
+        for row in profile["top"]
+    ]
     return lines
 
 

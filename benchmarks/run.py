@@ -2,19 +2,21 @@
 
     python -m benchmarks.run [--quick] [--rounds 3] [--shapes 20x1KB,20x1MB] [--json PATH]
                              [--servers smtpkit,aiosmtpd,smtp-sink] [--smtpkit-workers N]
-                             [--idle 10000] [--big] [--no-throughput] [--dir DIR] [--keep]
+                             [--idle 10000] [--big] [--no-throughput] [--profile [TOOL]]
+                             [--dir DIR] [--keep]
 
 Each server runs alone, on a fresh port and a fresh data folder, and is driven by Postfix's
 ``smtp-source`` at the shapes below. A round is the wall time of one ``smtp-source`` run;
 after each round the Maildir is counted: every message sent must be a file in ``new/``, else
 the run fails (exit 1). The table gives the median of the rounds (min-max), the ratios, a disk
 probe (the storage ceiling) and the peak RSS of each server's process tree; the same goes to
-JSON. ``--idle N`` and ``--big`` add the memory checks. Needs ``smtp-source`` and
-``smtp-sink`` (Debian: ``apt-get install postfix``) and aiosmtpd (``pip install -e '.[bench]'``).
+JSON. ``--idle N`` and ``--big`` add the memory checks, ``--profile`` where smtpkit's time
+goes. Needs ``smtp-source`` and ``smtp-sink`` (Debian: ``apt-get install postfix``) and
+aiosmtpd (``pip install -e '.[bench]'``).
 
 The parts: ``servers`` (starting the servers, their processes and RSS), ``shapes`` (the
 ``smtp-source`` rounds and their verification), ``probes`` (disk probe, idle connections, the
-big message), ``report`` (table, notes, machine line, JSON).
+big message), ``profiling`` (``--profile``), ``report`` (table, notes, machine line, JSON).
 """
 
 from __future__ import annotations
@@ -35,11 +37,13 @@ if not __package__:  # run as `python benchmarks/run.py`: make `benchmarks` impo
 
 from benchmarks.common import ROOT, BenchError  # noqa: E402
 from benchmarks.probes import big_check, idle_check, run_probe  # noqa: E402
+from benchmarks.profiling import TOOLS, SpyRecorder, cprofile_run, find_py_spy  # noqa: E402
 from benchmarks.report import (  # noqa: E402
     big_line,
     idle_line,
     machine_info,
     machine_line,
+    profile_lines,
     table,
     throughput_notes,
     write_json,
@@ -75,6 +79,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--big", action="store_true", help="one 100 MB message vs the 10 MB limit")
     parser.add_argument("--big-mb", type=int, default=100, help="size of the --big message (MiB)")
     parser.add_argument("--no-throughput", action="store_true", help="only --idle / --big")
+    parser.add_argument(
+        "--profile",
+        nargs="?",
+        const="auto",
+        default=None,
+        choices=TOOLS,
+        metavar="TOOL",
+        help="where smtpkit's time goes in the 1 KB shapes: py-spy if installed, else "
+        "cProfile (TOOL: auto, py-spy or cprofile)",
+    )
     parser.add_argument("--dir", type=Path, default=None, help="parent of the data folders")
     parser.add_argument("--keep", action="store_true", help="keep the data folders")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="results file")
@@ -97,6 +111,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--rounds must be at least 1")
     if args.probe_seconds is None:
         args.probe_seconds = 1.0 if args.quick else 5.0
+    if args.profile == "py-spy" and find_py_spy() is None:
+        parser.error("--profile py-spy: py-spy is not installed (pip install py-spy)")
     return args
 
 
@@ -112,6 +128,19 @@ def work_folder(parent: Path | None, keep: bool) -> Iterator[Path]:
             print(f"data kept in {folder}")
         else:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def profiled(args: argparse.Namespace) -> bool:
+    """Whether ``--profile`` has something to profile; says why not when it has not."""
+    if not args.profile:
+        return False
+    if args.no_throughput or "smtpkit" not in args.server_list:
+        print("note: --profile profiles smtpkit's throughput rounds; none run here")
+        return False
+    if not any(shape.small for shape in args.shape_list):
+        print("note: --profile profiles the 1 KB shapes; none is among --shapes")
+        return False
+    return True
 
 
 def run(args: argparse.Namespace, base: Path, report: dict[str, Any]) -> None:
@@ -130,6 +159,10 @@ def run(args: argparse.Namespace, base: Path, report: dict[str, Any]) -> None:
         if "aiosmtpd" in args.server_list and importlib.util.find_spec("aiosmtpd") is None:
             raise BenchError("aiosmtpd is not installed: pip install -e '.[bench]'")
         source = find_program("smtp-source")
+        profile = profiled(args)
+        spy: SpyRecorder | None = None
+        if profile and args.profile != "cprofile" and (program := find_py_spy()) is not None:
+            spy = SpyRecorder(program, base / "py-spy")
         run_probe(base, args.probe_seconds, report, "before")
         factories = {
             "smtpkit": lambda: make_smtpkit(base, workers, max_connections=1000),
@@ -139,14 +172,27 @@ def run(args: argparse.Namespace, base: Path, report: dict[str, Any]) -> None:
         for name in args.server_list:
             server = factories[name]()
             report["servers"][name] = measure_server(
-                server, args.shape_list, args.rounds, source, args.timeout
+                server, args.shape_list, args.rounds, source, args.timeout, profiler=spy
             )
         run_probe(base, args.probe_seconds, report, "after")
+        if profile:
+            if spy is not None and spy.files:
+                report["profile"] = spy.summary()
+                if spy.error:
+                    report["profile"]["note"] = spy.error
+            else:
+                if spy is not None:
+                    print(f"note: {spy.error}; profiling with cProfile instead", flush=True)
+                report["profile"] = cprofile_run(base, args.shape_list, source, args.timeout)
         print()
         print(table(report, args.shape_list))
         report["table"] = table(report, args.shape_list)
         for line in throughput_notes(report):
             print(line)
+        if "profile" in report:
+            print()
+            for line in profile_lines(report["profile"]):
+                print(line)
 
     if args.idle:
         print(f"idle: opening {args.idle} connections to smtpkit ...", flush=True)

@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -243,6 +244,12 @@ class Server:
             raise BenchError(f"{self.name}: {exc}\n{self.log_tail()}") from None
         self.sampler = RssSampler(self.process.pid)
 
+    @property
+    def pid(self) -> int:
+        if self.process is None:
+            raise BenchError(f"{self.name} is not running")
+        return self.process.pid
+
     def check_alive(self) -> None:
         if self.process is None or self.process.poll() is not None:
             code = None if self.process is None else self.process.returncode
@@ -351,7 +358,14 @@ def smtpkit_accepts_workers(cwd: Path) -> bool:
     return "--workers" in help_text
 
 
-def make_smtpkit(base: Path, workers: int | None, max_connections: int = 0) -> Server:
+def make_smtpkit(
+    base: Path,
+    workers: int | None,
+    max_connections: int = 0,
+    python_args: Sequence[str] = (),
+) -> Server:
+    """smtpkit on a fresh data folder under ``base/smtpkit``; ``python_args`` go between the
+    interpreter and ``-m smtpkit`` (``-m cProfile -o FILE`` for the profile)."""
     folder = base / "smtpkit"
     folder.mkdir(parents=True)
     port = free_port()
@@ -377,7 +391,8 @@ def make_smtpkit(base: Path, workers: int | None, max_connections: int = 0) -> S
         limits["max_connections_per_ip"] = max_connections
         config.write_text(tomli_w.dumps(document))
     smtpkit_run("-c", str(config), "user", "add", RECIPIENT, cwd=folder)
-    command = [sys.executable, "-m", "smtpkit", "-c", str(config), "serve", "--quiet"]
+    command = [sys.executable, *python_args, "-m", "smtpkit", "-c", str(config)]
+    command += ["serve", "--quiet"]
     if workers is not None:
         command += ["--workers", str(workers)]
     return Server(
