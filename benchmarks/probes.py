@@ -9,8 +9,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
+import smtplib
 import socket
 import time
 from pathlib import Path
@@ -116,62 +116,55 @@ def idle_check(
     return result
 
 
-def read_reply(sock: socket.socket, pending: bytearray) -> tuple[int, str]:
-    """Read one (possibly multi-line) SMTP reply; ``pending`` keeps bytes read past it."""
-    lines: list[str] = []
-    while True:
-        end = pending.find(b"\r\n")
-        if end < 0:
-            data = sock.recv(65536)
-            if not data:
-                raise BenchError("connection closed while waiting for a reply")
-            pending += data
-            continue
-        line = bytes(pending[:end]).decode("ascii", "replace")
-        del pending[: end + 2]
-        lines.append(line)
-        if len(line) < 4 or line[3] != "-":
-            return int(line[:3]), "\n".join(lines)
+def _expect(step: str, reply: tuple[int, bytes], expected: int) -> None:
+    code, text = reply
+    if code != expected:
+        raise BenchError(f"big: expected {expected} to {step}, got {code} {text!r}")
 
 
 def big_check(base: Path, megabytes: int, workers: int | None) -> dict[str, Any]:
-    """Stream one ``megabytes`` MB message against the default 10 MB limit; RSS must stay flat."""
+    """Stream one ``megabytes`` MB message against the default 10 MB limit; RSS must stay flat.
+
+    The session is smtplib's (its reply reader too); only the content goes straight to the
+    socket, in 1 MB writes, so that the client never holds the whole message.
+    """
     server = make_smtpkit(base / "big", workers)
     os.sync()
     server.start()
     assert server.sampler is not None and server.maildir is not None
     line = b"X" * 78 + b"\r\n"
     chunk = line * (1024 * 1024 // len(line))
-    pending = bytearray()
     try:
         before_kb = settle_rss(server, 1.0)
-        with socket.create_connection((HOST, server.port), timeout=120) as s:
-            steps = [
-                (None, 220),
-                (b"EHLO bench.client\r\n", 250),
-                (f"MAIL FROM:<{SENDER}>\r\n".encode(), 250),
-                (f"RCPT TO:<{RECIPIENT}>\r\n".encode(), 250),
-                (b"DATA\r\n", 354),
-            ]
-            for command, expected in steps:
-                if command:
-                    s.sendall(command)
-                code, text = read_reply(s, pending)
-                if code != expected:
-                    raise BenchError(f"big: expected {expected}, got {text!r}")
+        try:
+            smtp = smtplib.SMTP(HOST, server.port, local_hostname="bench.client", timeout=120)
+        except (smtplib.SMTPException, OSError) as exc:
+            raise BenchError(f"big: no session: {exc}") from None
+        try:
+            _expect("EHLO", smtp.ehlo(), 250)
+            _expect("MAIL", smtp.mail(SENDER), 250)
+            _expect("RCPT", smtp.rcpt(RECIPIENT), 250)
+            _expect("DATA", smtp.docmd("DATA"), 354)
+            assert smtp.sock is not None
             began = time.monotonic()
             try:
                 for _ in range(megabytes):
-                    s.sendall(chunk)
-                s.sendall(b".\r\n")
+                    smtp.sock.sendall(chunk)
+                smtp.sock.sendall(b".\r\n")
             except OSError as exc:
                 raise BenchError(f"big: the server stopped reading mid-message: {exc}") from None
-            code, text = read_reply(s, pending)
+            code, message = smtp.getreply()
+            text = f"{code} {message.decode('ascii', 'replace')}"
             streamed_in = time.monotonic() - began
             during_kb = server.sampler.window()
-            s.sendall(b"QUIT\r\n")
-            with contextlib.suppress(BenchError, OSError):
-                read_reply(s, pending)
+            try:
+                smtp.quit()
+            except (smtplib.SMTPException, OSError):
+                pass
+        except (smtplib.SMTPException, OSError) as exc:
+            raise BenchError(f"big: {exc}") from None
+        finally:
+            smtp.close()
         after_kb = settle_rss(server, 1.0)
         stored = count_new(server.maildir)
         left = sum(1 for _ in os.scandir(server.maildir / "tmp"))

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.smtpreader import Reply, read_reply
+
 __all__ = [
     "Reply",
     "SmtpClient",
@@ -47,21 +49,12 @@ ID_HEADER = b"X-Fault-Id: "
 SUM_HEADER = b"X-Fault-Sha256: "
 
 
-@dataclass(frozen=True)
-class Reply:
-    code: int
-    text: bytes  # the last line after the code and separator, e.g. b"4.3.1 Insufficient ..."
-
-    def __str__(self) -> str:
-        return f"{self.code} {self.text.decode(errors='replace')}"
-
-
 class SmtpClient:
     """One SMTP session over a plain socket; every method returns the server's reply."""
 
     def __init__(self, host: str, port: int, timeout: float = 15.0) -> None:
         self.sock = socket.create_connection((host, port), timeout=timeout)
-        self._file = self.sock.makefile("rb")
+        self.pending = bytearray()  # bytes received past the last reply read
         self.greeting = self.read_reply()
 
     def __enter__(self) -> SmtpClient:
@@ -71,20 +64,11 @@ class SmtpClient:
         self.close()
 
     def close(self) -> None:
-        try:
-            self._file.close()
-        finally:
-            self.sock.close()
+        self.sock.close()
 
     def read_reply(self) -> Reply:
-        while True:
-            line = self._file.readline(4096)
-            if not line.endswith(b"\r\n") or len(line) < 5 or not line[:3].isdigit():
-                raise ConnectionError(f"bad or missing reply line: {line!r}")
-            if line[3:4] == b" ":
-                return Reply(int(line[:3]), line[4:-2])
-            if line[3:4] != b"-":
-                raise ConnectionError(f"bad reply separator: {line!r}")
+        """The next reply; a ConnectionError when the server closed or sent no reply."""
+        return read_reply(self.sock, self.pending)
 
     def command(self, line: str) -> Reply:
         self.sock.sendall(line.encode("ascii") + b"\r\n")

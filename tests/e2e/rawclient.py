@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 
 from tests.conftest import MailServer
+from tests.smtpreader import read_reply
 
 
 class RawClient:
@@ -15,22 +16,10 @@ class RawClient:
         self.buf = bytearray()
         self.greeting = self.reply()
 
-    def _line(self) -> bytes:
-        while (end := self.buf.find(b"\r\n")) < 0:
-            data = self.sock.recv(65536)
-            if not data:
-                raise EOFError(f"connection closed; unparsed {bytes(self.buf)!r}")
-            self.buf += data
-        line = bytes(self.buf[: end + 2])
-        del self.buf[: end + 2]
-        return line
-
     def reply(self) -> tuple[int, bytes]:
         """(code, text of the last line); the text starts with the enhanced code if any."""
-        while True:
-            line = self._line()
-            if line[3:4] != b"-":
-                return int(line[:3]), line[4:-2]
+        got = read_reply(self.sock, self.buf)
+        return got.code, got.text
 
     def cmd(self, data: bytes) -> tuple[int, bytes]:
         self.sock.sendall(data + b"\r\n")

@@ -22,6 +22,7 @@ import tomli_w
 
 from smtpkit.config import load_config
 from tests.conftest import MailServer, make_server, need_program, smtpkit, unavailable
+from tests.smtpreader import read_reply
 
 HOSTNAME = "mx.test.example"  # server.hostname of make_server(), so the certificate's name
 
@@ -87,23 +88,14 @@ class Peer:
 
     def __init__(self, server: MailServer) -> None:
         self.sock: socket.socket = socket.create_connection((server.host, server.port), 10)
-        self.buffer = b""
+        self.buffer = bytearray()  # bytes received past the last reply read
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
 
     def reply(self) -> bytes:
         """The next complete reply, all its lines."""
-        while True:
-            lines = self.buffer.split(b"\r\n")
-            for i, line in enumerate(lines[:-1]):
-                if line[3:4] == b" ":
-                    self.buffer = b"\r\n".join(lines[i + 1 :])
-                    return b"\r\n".join(lines[: i + 1]) + b"\r\n"
-            data = self.sock.recv(4096)
-            if not data:
-                raise EOFError(f"closed; unanswered bytes {self.buffer!r}")
-            self.buffer += data
+        return read_reply(self.sock, self.buffer).raw
 
     def command(self, line: bytes) -> bytes:
         self.send(line + b"\r\n")
