@@ -1,13 +1,15 @@
-"""``smtpkit user add|list|remove``: manage the Maildir users of the local domains.
+"""``smtpkit user add|list|remove|passwd``: manage the Maildir users of the local domains and
+their passwords.
 
-Mailboxes are written as the data folder's owner (``as_owner``): run as root, these commands
-never create a file the service cannot use. The config file stays root's.
+Mailboxes and the password file are written as the data folder's owner (``as_owner``): run as
+root, these commands never create a file the service cannot use. The config file stays root's.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +17,7 @@ from typing import Any
 import click
 
 from smtpkit.addresses import normalize_address
+from smtpkit.auth import MAX_PASSWORD_BYTES, PasswordError, PasswordFile, check_password
 from smtpkit.commands import App, pass_app, reports_errors
 from smtpkit.config import Config, load_config, update_config
 from smtpkit.errors import SmtpkitError, UserError
@@ -38,6 +41,10 @@ def _as_owner(cfg: Config) -> Iterator[UserStore]:
         yield store
 
 
+def _passwords(cfg: Config) -> PasswordFile:
+    return PasswordFile.in_folder(cfg.server.directory, cfg.server.domains)
+
+
 def _address(store: UserStore, text: str) -> str:
     """An ADDRESS argument that is no local address is a usage error (exit 2)."""
     try:
@@ -50,7 +57,7 @@ def _address(store: UserStore, text: str) -> str:
 
 @click.group("user")
 def command() -> None:
-    """Add, list and remove mail users."""
+    """Add, list and remove mail users; set their passwords."""
 
 
 @command.command("add")
@@ -161,23 +168,32 @@ def list_(app: App, as_json: bool) -> None:
     NEW counts the messages without the Maildir S (seen) flag, whether still in new/ or
     already in cur/: unread mail, as Dovecot's UNSEEN and mail clients count it. SEEN counts
     those with the flag. Both cover the whole mailbox: the inbox and every sub-folder
-    (.Archive, .Sent, ...); --json gives the counts per folder too.
+    (.Archive, .Sent, ...); --json gives the counts per folder too. PASSWORD says whether the
+    user can log in (smtpkit user passwd).
     """
     with _as_owner(app.config) as store:
         users = store.list()
+        with_password = _passwords(app.config).addresses()
     if as_json:
         for u in users:
             folders = {f.name: {"new": f.new, "seen": f.seen} for f in u.folders}
-            record = {"address": u.address, "new": u.new, "seen": u.seen, "folders": folders}
+            record = {
+                "address": u.address,
+                "new": u.new,
+                "seen": u.seen,
+                "password": u.address in with_password,
+                "folders": folders,
+            }
             click.echo(json.dumps(record))
         return
     if not users:
         click.echo("No users yet: add one with `smtpkit user add you@example.org`.")
         return
     width = max(len(u.address) for u in users)
-    click.echo(f"{'ADDRESS':<{width}}  {'NEW':>5}  {'SEEN':>5}")
+    click.echo(f"{'ADDRESS':<{width}}  {'NEW':>5}  {'SEEN':>5}  PASSWORD")
     for u in users:
-        click.echo(f"{u.address:<{width}}  {u.new:>5}  {u.seen:>5}")
+        password = "yes" if u.address in with_password else "no"
+        click.echo(f"{u.address:<{width}}  {u.new:>5}  {u.seen:>5}  {password}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,17 +273,20 @@ def _apply_alias_changes(cfg: Config, changes: list[_AliasChange]) -> bool:
 @pass_app
 @reports_errors
 def remove(app: App, address: str, force: bool) -> None:
-    """Delete the mailbox of ADDRESS.
+    """Delete the mailbox of ADDRESS, and its password.
 
     Refused while any folder of the mailbox holds mail or an alias points to ADDRESS, unless
     --force: then the messages are deleted, aliases pointing only to ADDRESS are removed,
     lists lose it, and postmaster aliases go to another user (of the same domain if there is
-    one).
+    one). A password left without a mailbox is removed alone.
     """
     cfg = app.config
     canonical = _address(_store(cfg), address)
     with _as_owner(cfg) as store:
         if not store.exists(canonical):
+            if _passwords(cfg).remove(canonical):
+                click.echo(f"Removed the password of {canonical} (it had no mailbox)")
+                return
             raise UserError(f"no such user: {canonical}")
         held = store.count(canonical)
         remaining = [a for a in store.addresses() if a != canonical]
@@ -295,13 +314,85 @@ def remove(app: App, address: str, force: bool) -> None:
         for c in changes:
             click.echo(f"  {c.describe()}")
     with _as_owner(cfg) as store:
-        held = store.remove(canonical, force=force)
+        # The password first: no one can log in as a user whose mailbox is gone, even if
+        # removing the mailbox fails half-way.
+        had_password = _passwords(cfg).remove(canonical)
+        try:
+            held = store.remove(canonical, force=force)
+        except SmtpkitError as exc:
+            if not had_password:
+                raise
+            raise UserError(
+                f"{exc}; its password is removed already (set it again with "
+                f"`smtpkit user passwd {canonical}`)"
+            ) from None
     if held.total:
         click.echo(f"Removed {canonical} and its {held.describe()}")
     else:
         click.echo(f"Removed {canonical}")
+    if had_password:
+        click.echo(f"Removed the password of {canonical}")
     if canonical.startswith("postmaster@"):
         # A postmaster mailbox that goes leaves its domain without one: route it to a user.
         _route_postmaster(load_config(cfg.path), store, lambda d: _replacement(remaining, d))
     if changes:
         click.echo("Restart `smtpkit serve` for the new aliases to take effect.")
+
+
+def _stdin_is_terminal() -> bool:
+    return sys.stdin.isatty()
+
+
+def _read_password(address: str, from_stdin: bool) -> str:
+    """The new password: one line of standard input with ``--stdin`` (only its line ending
+    taken off; bytes that are no UTF-8 kept as they are), else asked twice on the terminal."""
+    if from_stdin:
+        # One byte more than a password and its CR LF may take: a longer line is refused.
+        line = click.get_binary_stream("stdin").readline(MAX_PASSWORD_BYTES + 3)
+        line = line.removesuffix(b"\n").removesuffix(b"\r")
+        return line.decode("utf-8", "surrogateescape")
+    if not _stdin_is_terminal():
+        raise click.UsageError(
+            "standard input is no terminal to ask for the password on: give --stdin to read "
+            "it from there"
+        )
+    password: str = click.prompt(
+        f"New password for {address}",
+        hide_input=True,
+        confirmation_prompt="Repeat it",
+        err=True,
+    )
+    return password
+
+
+@command.command("passwd")
+@click.argument("address")
+@click.option(
+    "--stdin",
+    "from_stdin",
+    is_flag=True,
+    help="Read the password from the first line of standard input (for scripts).",
+)
+@pass_app
+@reports_errors
+def passwd(app: App, address: str, from_stdin: bool) -> None:
+    """Set the password ADDRESS logs in with.
+
+    The password to send mail with (SMTP submission) and, through Dovecot, to read it. Asks
+    for it twice on the terminal, or reads one line from standard input with --stdin.
+    It is stored as an Argon2id hash in the data folder's passwd file, which Dovecot reads
+    too (examples/dovecot-smtpkit.conf); a running server uses it from the next login on.
+    """
+    cfg = app.config
+    canonical = _address(_store(cfg), address)
+    with _as_owner(cfg) as store:
+        if not store.exists(canonical):
+            raise UserError(f"no such user: {canonical} (add it first with smtpkit user add)")
+    password = _read_password(canonical, from_stdin)
+    try:
+        check_password(password)
+    except PasswordError as exc:
+        raise click.UsageError(str(exc)) from None
+    with _as_owner(cfg):
+        _passwords(cfg).set(canonical, password)
+    click.echo(f"Password set for {canonical}")

@@ -1,5 +1,6 @@
-"""``smtpkit user add|list|remove``: the owner writes, counts by flag over every folder,
-aliases kept whole, all-or-nothing adds, one exit-code rule, ``-c`` after the subcommand."""
+"""``smtpkit user add|list|remove|passwd``: the owner writes, counts by flag over every folder,
+aliases kept whole, all-or-nothing adds, passwords in Dovecot's format, one exit-code rule,
+``-c`` after the subcommand."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from smtpkit.auth import PasswordFile
 from smtpkit.commands import cli
+from smtpkit.commands import user as user_command
 from smtpkit.errors import UserError
 from smtpkit.owner import lookup_user
 from smtpkit.users import UserStore
@@ -39,8 +42,10 @@ def config(runner: CliRunner, tmp_path: Path) -> Path:
     return make(runner, tmp_path)
 
 
-def run(runner: CliRunner, config: Path, *args: str) -> tuple[int, list[str]]:
-    result = runner.invoke(cli, ["-c", str(config), *args])
+def run(
+    runner: CliRunner, config: Path, *args: str, input: str | bytes | None = None
+) -> tuple[int, list[str]]:
+    result = runner.invoke(cli, ["-c", str(config), *args], input=input)
     return result.exit_code, result.output.splitlines()
 
 
@@ -98,12 +103,13 @@ def test_list_counts_the_seen_flag_over_every_folder(runner: CliRunner, config: 
     put(alice / ".Archive" / "new", "6.M1P1Q1.h")
     for hidden in (".spool", ".adding.carol@example.org", ".removing.dave@example.org", ".x"):
         put(users / hidden / "new", "7.M1P1Q1.h")
+    assert run(runner, config, "user", "passwd", "bob@example.net", "--stdin", input="pw\n")[0] == 0
     assert run(runner, config, "user", "list") == (
         0,
         [
-            "ADDRESS              NEW   SEEN",
-            "alice@example.org      3      3",
-            "bob@example.net        0      0",
+            "ADDRESS              NEW   SEEN  PASSWORD",
+            "alice@example.org      3      3  no",
+            "bob@example.net        0      0  yes",
         ],
     )
     code, lines = run(runner, config, "user", "list", "--json")
@@ -113,12 +119,14 @@ def test_list_counts_the_seen_flag_over_every_folder(runner: CliRunner, config: 
             "address": "alice@example.org",
             "new": 3,
             "seen": 3,
+            "password": False,
             "folders": {"INBOX": {"new": 2, "seen": 2}, "Archive": {"new": 1, "seen": 1}},
         },
         {
             "address": "bob@example.net",
             "new": 0,
             "seen": 0,
+            "password": True,
             "folders": {"INBOX": {"new": 0, "seen": 0}},
         },
     ]
@@ -380,3 +388,172 @@ def test_a_failure_half_way_removes_what_was_added(
     )
     assert os.listdir(users) == []
     assert "aliases" not in tomllib.loads(config.read_text())
+
+
+# --- passwd -----------------------------------------------------------------------------
+
+
+def passwords(config: Path) -> PasswordFile:
+    return PasswordFile(config.parent / "passwd")
+
+
+def test_passwd_from_stdin_takes_the_line_without_its_ending(
+    runner: CliRunner, config: Path
+) -> None:
+    run(runner, config, "user", "add", "alice@example.org", "bob@example.net")
+    assert run(
+        runner, config, "user", "passwd", "Alice@Example.org", "--stdin", input=" two words \n"
+    ) == (0, ["Password set for alice@example.org"])
+    assert run(
+        runner, config, "user", "passwd", "bob@example.net", "--stdin", input="crlf\r\nnext line\n"
+    ) == (0, ["Password set for bob@example.net"])
+    path = config.parent / "passwd"
+    assert path.stat().st_mode & 0o777 == 0o640
+    assert [line.split(":", 1)[0] for line in path.read_text().splitlines()] == [
+        "alice@example.org",
+        "bob@example.net",
+    ]
+    assert passwords(config).verify("alice@example.org", " two words ")
+    assert not passwords(config).verify("alice@example.org", "two words")
+    assert passwords(config).verify("bob@example.net", "crlf")
+    # Bytes that are no UTF-8 are the password as given, as a client would send them.
+    assert run(
+        runner, config, "user", "passwd", "bob@example.net", "--stdin", input=b"caf\xe9\n"
+    ) == (0, ["Password set for bob@example.net"])
+    assert passwords(config).verify("bob@example.net", b"caf\xe9")
+
+
+def test_passwd_asks_twice_on_a_terminal(
+    runner: CliRunner, config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run(runner, config, "user", "add", "alice@example.org")
+    monkeypatch.setattr(user_command, "_stdin_is_terminal", lambda: True)
+    result = runner.invoke(
+        cli,
+        ["-c", str(config), "user", "passwd", "alice@example.org"],
+        input="one\ntwo\nsecret\nsecret\n",
+    )
+    assert result.exit_code == 0
+    assert result.stdout.splitlines() == ["Password set for alice@example.org"]
+    assert result.stderr.splitlines() == [
+        "New password for alice@example.org: ",
+        "Repeat it: ",
+        "Error: The two entered values do not match.",
+        "New password for alice@example.org: ",
+        "Repeat it: ",
+    ]
+    assert passwords(config).verify("alice@example.org", "secret")
+
+
+def test_passwd_without_a_terminal_needs_stdin(runner: CliRunner, config: Path) -> None:
+    run(runner, config, "user", "add", "alice@example.org")
+    code, lines = run(runner, config, "user", "passwd", "alice@example.org", input="secret\n")
+    assert (code, lines[-1]) == (
+        2,
+        "Error: standard input is no terminal to ask for the password on: give --stdin to read "
+        "it from there",
+    )
+    assert not (config.parent / "passwd").exists()
+
+
+@pytest.mark.parametrize(
+    ("given", "error"),
+    [
+        ("\n", "the password is empty"),
+        ("", "the password is empty"),
+        ("x" * 1025 + "\n", "the password is 1025 bytes long; at most 1024 are allowed"),
+        ("x" * 5000, "the password is 1027 bytes long; at most 1024 are allowed"),
+        ("a\x00b\n", "the password holds a NUL, CR or LF character, which no login can send"),
+    ],
+)
+def test_passwd_refuses_an_unusable_password(
+    runner: CliRunner, config: Path, given: str, error: str
+) -> None:
+    run(runner, config, "user", "add", "alice@example.org")
+    code, lines = run(runner, config, "user", "passwd", "alice@example.org", "--stdin", input=given)
+    assert (code, lines[-1]) == (2, f"Error: {error}")
+    assert not (config.parent / "passwd").exists()
+
+
+def test_passwd_of_exactly_1024_bytes_is_fine(runner: CliRunner, config: Path) -> None:
+    run(runner, config, "user", "add", "alice@example.org")
+    password = "é" * 512
+    assert run(
+        runner, config, "user", "passwd", "alice@example.org", "--stdin", input=password + "\n"
+    ) == (0, ["Password set for alice@example.org"])
+    assert passwords(config).verify("alice@example.org", password)
+
+
+def test_passwd_needs_a_mailbox_and_a_local_address(runner: CliRunner, config: Path) -> None:
+    assert run(runner, config, "user", "passwd", "bob@example.org", "--stdin", input="pw\n") == (
+        1,
+        ["Error: no such user: bob@example.org (add it first with smtpkit user add)"],
+    )
+    code, lines = run(runner, config, "user", "passwd", "x@elsewhere.test", "--stdin", input="pw\n")
+    assert (code, lines[-1]) == (
+        2,
+        "Error: Invalid value for 'ADDRESS': 'x@elsewhere.test' is not in a local domain "
+        "(configured: example.org, example.net)",
+    )
+    assert not (config.parent / "passwd").exists()
+
+
+def test_remove_takes_the_password_too(runner: CliRunner, config: Path) -> None:
+    run(runner, config, "user", "add", "alice@example.org", "bob@example.org")
+    for user in ("alice", "bob"):
+        run(runner, config, "user", "passwd", f"{user}@example.org", "--stdin", input="pw\n")
+    assert run(runner, config, "user", "remove", "bob@example.org") == (
+        0,
+        ["Removed bob@example.org", "Removed the password of bob@example.org"],
+    )
+    assert passwords(config).addresses() == {"alice@example.org"}
+    # A password left behind by a mailbox removed by hand goes alone.
+    (config.parent / "users" / "alice@example.org" / "new").rmdir()
+    for sub in ("cur", "tmp", ""):
+        (config.parent / "users" / "alice@example.org" / sub).rmdir()
+    assert run(runner, config, "user", "remove", "alice@example.org", "--force") == (
+        0,
+        ["Removed the password of alice@example.org (it had no mailbox)"],
+    )
+    assert passwords(config).addresses() == set()
+    assert run(runner, config, "user", "remove", "alice@example.org") == (
+        1,
+        ["Error: no such user: alice@example.org"],
+    )
+
+
+def test_a_failed_removal_says_the_password_is_gone(
+    runner: CliRunner, config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run(runner, config, "user", "add", "alice@example.org", "bob@example.org")
+    run(runner, config, "user", "passwd", "bob@example.org", "--stdin", input="pw\n")
+
+    def remove(self: UserStore, address: str, *, force: bool = False) -> None:
+        raise UserError(f"cannot remove mailbox {self.users_dir / address}: Busy")
+
+    monkeypatch.setattr(UserStore, "remove", remove)
+    box = config.parent / "users" / "bob@example.org"
+    assert run(runner, config, "user", "remove", "bob@example.org") == (
+        1,
+        [
+            f"Error: cannot remove mailbox {box}: Busy; its password is removed already (set it "
+            "again with `smtpkit user passwd bob@example.org`)"
+        ],
+    )
+    assert not passwords(config).has("bob@example.org")
+
+
+def test_the_password_file_belongs_to_the_data_folders_owner(
+    runner: CliRunner, open_tmp_path: Path
+) -> None:
+    if os.geteuid() != 0:
+        unavailable("writing as another user needs root (CI runs as root)")
+    nobody = lookup_user("nobody")
+    config = make(runner, open_tmp_path, "--owner", "nobody")
+    run(runner, config, "user", "add", "alice@example.org")
+    assert run(runner, config, "user", "passwd", "alice@example.org", "--stdin", input="pw\n") == (
+        0,
+        ["Password set for alice@example.org"],
+    )
+    info = (open_tmp_path / "d" / "passwd").lstat()
+    assert (info.st_uid, info.st_gid, info.st_mode & 0o777) == (nobody.uid, nobody.gid, 0o640)
