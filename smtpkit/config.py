@@ -11,7 +11,7 @@ import os
 import socket
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,6 +30,7 @@ __all__ = [
     "ListenAddress",
     "ListenerRole",
     "ServerConfig",
+    "SubmissionConfig",
     "TlsConfig",
     "default_config_path",
     "load_config",
@@ -52,6 +53,10 @@ class ListenerRole(StrEnum):
 
     #: Mail from the world for the local domains (port 25): no relaying, no AUTH.
     RECEIVE = "receive"
+    #: Mail from users (RFC 6409, port 587): STARTTLS, then AUTH, before MAIL.
+    SUBMISSION = "submission"
+    #: The same with TLS from the first byte (RFC 8314, port 465).
+    SUBMISSIONS = "submissions"
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +91,18 @@ class ServerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SubmissionConfig:
+    """``[submission]``: how users and local programs send mail."""
+
+    #: Networks whose clients may relay on the receive listeners without AUTH (Postfix's
+    #: mynetworks): an application server on the same host or network.
+    trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    #: The domain of the default sender of `smtpkit sendmail` (user@this); empty:
+    #: server.hostname.
+    local_sender_domain: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class TlsConfig:
     certificate: Path
     key: Path
@@ -100,6 +117,7 @@ class Config:
     limits: Limits
     aliases: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     tls: TlsConfig | None = None
+    submission: SubmissionConfig = field(default_factory=SubmissionConfig)
     #: Things in the file that still work but should change (deprecated keys), one line
     #: each; ``serve`` and ``check`` show them.
     notes: tuple[str, ...] = ()
@@ -201,6 +219,7 @@ _LIMIT_KEYS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "max_errors": (_positive_int, "a positive integer"),
     "max_junk_commands": (_positive_int, "a positive integer"),
     "max_session_time": (_positive_number, "a positive number of seconds"),
+    "max_messages_per_user_per_hour": (_positive_int, "a positive integer"),
 }
 #: Limits that used to live under [server]: still accepted there, with a note.
 _MOVED_TO_LIMITS = ("max_message_size", "max_recipients")
@@ -230,7 +249,7 @@ def load_config(path: Path | str | None = None) -> Config:
 
 def parse_config(data: Mapping[str, Any], path: Path) -> Config:
     """Check an already-parsed TOML document; ``path`` locates errors and relative paths."""
-    unknown = sorted(set(data) - {"server", "limits", "aliases", "tls"})
+    unknown = sorted(set(data) - {"server", "limits", "aliases", "tls", "submission"})
     if unknown:
         raise ConfigError("unknown section", path=path, key=unknown[0])
     base = path.resolve().parent
@@ -311,9 +330,70 @@ def parse_config(data: Mapping[str, Any], path: Path) -> Config:
                 certificate=base / cert if not Path(cert).is_absolute() else Path(cert),
                 key=base / key if not Path(key).is_absolute() else Path(key),
             )
+    submission, extra_listen = _parse_submission(data, path, server)
+    if extra_listen:
+        if tls is None:
+            key = (
+                "listen"
+                if any(a.role is ListenerRole.SUBMISSION for a in extra_listen)
+                else ("implicit_tls")
+            )
+            raise ConfigError(
+                "needs [tls]: passwords are only ever sent under TLS (smtpkit tls self-signed, "
+                "or a certificate and key)",
+                path=path,
+                key=f"submission -> {key}",
+            )
+        server = replace(server, listen=server.listen + tuple(extra_listen))
     return Config(
-        path=path, server=server, limits=limits, aliases=aliases, tls=tls, notes=tuple(notes)
+        path=path,
+        server=server,
+        limits=limits,
+        aliases=aliases,
+        tls=tls,
+        submission=submission,
+        notes=tuple(notes),
     )
+
+
+def _parse_submission(
+    data: Mapping[str, Any], path: Path, server: ServerConfig
+) -> tuple[SubmissionConfig, list[ListenAddress]]:
+    sec = _Section(_table(data, "submission", path), "submission", path)
+    none: list[str] = []
+    listen: list[ListenAddress] = []
+    for key, role in (
+        ("listen", ListenerRole.SUBMISSION),
+        ("implicit_tls", ListenerRole.SUBMISSIONS),
+    ):
+        for text in sec.get(key, _string_list, 'a list of "HOST:PORT"', none):
+            try:
+                address = parse_listen(text)
+            except ValueError as exc:
+                raise sec.error(key, str(exc)) from None
+            listen.append(replace(address, role=role))
+    taken = {(a.host, a.port) for a in server.listen}
+    for address in listen:
+        if (address.host, address.port) in taken:
+            raise sec.error(
+                "listen" if address.role is ListenerRole.SUBMISSION else "implicit_tls",
+                f"{address} is listed twice (a listener has one role)",
+            )
+        taken.add((address.host, address.port))
+    networks = []
+    for text in sec.get("trusted_networks", _string_list, "a list of networks (CIDR)", none):
+        try:
+            networks.append(ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            raise sec.error("trusted_networks", f"{text!r} is not a network (CIDR)") from None
+    domain = sec.get("local_sender_domain", _string, "a domain name", "")
+    if domain:
+        try:
+            domain = normalize_domain(domain)
+        except UserError as exc:
+            raise sec.error("local_sender_domain", str(exc)) from None
+    sec.finish()
+    return SubmissionConfig(tuple(networks), domain), listen
 
 
 def update_config(path: Path, change: Callable[[dict[str, Any]], None]) -> bool:

@@ -40,6 +40,18 @@ class Limits:
     # A closed session whose client does not take its last replies keeps its socket (and
     # its place under the connection limits) this long at most.
     close_linger: float = 5.0
+    # RFC 4954 4: an AUTH command line or response line may be up to 12288 octets (a base64
+    # initial response is longer than a command line).
+    max_auth_line: int = 12288
+    # Brute force: a session closes with 421 after this many failed AUTH; an address (IPv6:
+    # its /64) with this many failures in auth_window seconds gets 454 4.7.0 for AUTH, for
+    # a minute, doubling with each further failure, at most an hour.
+    max_auth_failures_per_session: int = 3
+    max_auth_failures: int = 5
+    auth_window: float = 600.0
+    # A stolen password must not turn the server into a spam cannon before anyone notices:
+    # an authenticated user may send this many messages an hour, then 451 4.7.1.
+    max_messages_per_user_per_hour: int = 1000
     # Accept gating (not an RFC rule): beyond these, new connections get 421 4.7.0 and close.
     max_connections: int = 1000
     max_connections_per_ip: int = 20

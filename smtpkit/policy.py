@@ -16,11 +16,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from ipaddress import IPv4Network, IPv6Network, ip_address
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
+from smtpkit.addresses import normalize_domain
 from smtpkit.config import ListenerRole
 from smtpkit.delivery.router import Router
-from smtpkit.delivery.targets import Target
+from smtpkit.delivery.targets import Remote, Target
+from smtpkit.errors import UserError
 from smtpkit.limits import Limits
 from smtpkit.protocol import replies
 from smtpkit.protocol.events import Hello, MailFrom, RcptTo
@@ -90,13 +94,34 @@ class Policy(Protocol):
 
     def check_rcpt(self, facts: SessionFacts, event: RcptTo) -> Decision: ...
 
+    def sends_as(self, user: str, address: str) -> bool:
+        """Whether the authenticated ``user`` may use ``address`` as a sender (envelope or
+        From: header)."""
+
+
+def _never_sent(user: str) -> int:
+    return 0
+
 
 @dataclass(frozen=True, slots=True)
 class Rules:
-    """What rules may consult besides the session: the router and the limits."""
+    """What rules may consult besides the session."""
 
     router: Router
     limits: Limits
+    #: Where mail for other domains waits (``DIR/queue``); None: nobody may relay.
+    queue: Path | None = None
+    #: Networks whose clients may relay on the receive listeners without AUTH.
+    trusted: tuple[IPv4Network | IPv6Network, ...] = ()
+    #: Messages an authenticated user had accepted in the last hour.
+    sent_this_hour: Callable[[str], int] = _never_sent
+
+    def is_trusted(self, peer: str) -> bool:
+        try:
+            address = ip_address(peer)
+        except ValueError:
+            return False
+        return any(address in network for network in self.trusted)
 
 
 E = TypeVar("E")
@@ -118,6 +143,53 @@ def declared_size(rules: Rules, facts: SessionFacts, event: MailFrom) -> Decisio
     return None
 
 
+def submission_needs_auth(rules: Rules, facts: SessionFacts, event: MailFrom) -> Decision | None:
+    # RFC 6409 4.3 / RFC 8314: on the submission listeners a message needs an authenticated
+    # user, and AUTH needs TLS first.
+    if facts.role is ListenerRole.RECEIVE:
+        return None
+    if facts.tls is None:
+        return Reject(replies.TLS_REQUIRED)
+    return Reject(replies.AUTH_REQUIRED) if facts.user is None else None
+
+
+def own_sender(rules: Rules, facts: SessionFacts, event: MailFrom) -> Decision | None:
+    # An authenticated user sends as themselves (or an address aliased to them), so that
+    # no user can pose as another; the null sender (bounces) is anyone's.
+    if facts.user is None or not event.address:
+        return None
+    if rules.router.sends_as(facts.user, event.address):
+        return None
+    return Reject(replies.SENDER_NOT_OWNED)
+
+
+def sending_limit(rules: Rules, facts: SessionFacts, event: MailFrom) -> Decision | None:
+    if facts.user is None:
+        return None
+    if rules.sent_this_hour(facts.user) >= rules.limits.max_messages_per_user_per_hour:
+        return Defer(replies.SENDING_LIMIT)
+    return None
+
+
+def relay_for_users(rules: Rules, facts: SessionFacts, event: RcptTo) -> Decision | None:
+    # Mail for other domains is queued for an authenticated user, and on the receive
+    # listeners for a client of a trusted network; everyone else meets no_relay.
+    if rules.queue is None or rules.router.is_local_domain(event.address):
+        return None
+    trusted = facts.role is ListenerRole.RECEIVE and rules.is_trusted(facts.peer)
+    if facts.user is None and not trusted:
+        return None
+    if not event.address.isascii():
+        return Reject(replies.NON_ASCII_ADDRESS)
+    _, _, domain = event.address.rpartition("@")
+    try:
+        normalize_domain(domain)
+    except UserError:
+        # An address literal or a malformed domain: no mail host to find for it.
+        return Reject(replies.BAD_DESTINATION)
+    return Accept((Remote(event.address, rules.queue),))
+
+
 def no_relay(rules: Rules, facts: SessionFacts, event: RcptTo) -> Decision | None:
     # Anything not in one of our domains would be relaying: refused for everyone, whatever
     # the form (percent hack, source route already stripped, IP literal, trailing dot).
@@ -130,9 +202,15 @@ def local_recipient(rules: Rules, facts: SessionFacts, event: RcptTo) -> Decisio
 
 
 HELO_RULES: tuple[Rule[Hello], ...] = ()
-MAIL_RULES: tuple[Rule[MailFrom], ...] = (ascii_sender, declared_size)
+MAIL_RULES: tuple[Rule[MailFrom], ...] = (
+    ascii_sender,
+    declared_size,
+    submission_needs_auth,
+    own_sender,
+    sending_limit,
+)
 #: The last rule routes the recipient to its targets (or refuses it).
-RCPT_RULES: tuple[Rule[RcptTo], ...] = (no_relay, local_recipient)
+RCPT_RULES: tuple[Rule[RcptTo], ...] = (relay_for_users, no_relay, local_recipient)
 
 
 def _decide(rules: Rules, table: tuple[Rule[E], ...], facts: SessionFacts, event: E) -> Decision:
@@ -146,8 +224,8 @@ def _decide(rules: Rules, table: tuple[Rule[E], ...], facts: SessionFacts, event
 class LocalPolicy:
     """The rule tables above, for a server's router and limits."""
 
-    def __init__(self, router: Router, limits: Limits) -> None:
-        self.rules = Rules(router, limits)
+    def __init__(self, router: Router, limits: Limits, **more: Any) -> None:
+        self.rules = Rules(router, limits, **more)
 
     def check_helo(self, facts: SessionFacts, event: Hello) -> Decision:
         return _decide(self.rules, HELO_RULES, facts, event)
@@ -157,3 +235,6 @@ class LocalPolicy:
 
     def check_rcpt(self, facts: SessionFacts, event: RcptTo) -> Decision:
         return _decide(self.rules, RCPT_RULES, facts, event)
+
+    def sends_as(self, user: str, address: str) -> bool:
+        return self.rules.router.sends_as(user, address)

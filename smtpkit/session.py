@@ -8,25 +8,27 @@ session after a 421 (ARCHITECTURE.md, "Invariants").
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.utils import format_datetime
+from email.parser import BytesHeaderParser
+from email.utils import format_datetime, getaddresses, make_msgid
 from typing import Any, Protocol
 
 from smtpkit.addresses import host_port
 from smtpkit.config import ListenerRole
-from smtpkit.delivery.commit import Delivery
 from smtpkit.delivery.spool import Spool
-from smtpkit.delivery.targets import Target
+from smtpkit.delivery.targets import Delivery, Target
 from smtpkit.journal import Journal
 from smtpkit.limits import Limits
 from smtpkit.policy import Accept, Decision, Defer, Policy, Reject, SessionFacts, TlsInfo
 from smtpkit.protocol import NEED_DATA, PAUSED, ServerConnection, State, replies
 from smtpkit.protocol import events as ev
 from smtpkit.protocol.replies import Reply
+from smtpkit.sasl import MECHANISMS, Credentials, Exchange, SaslError
 
 __all__ = ["REPEAT_LINE", "ServerContext", "Session", "TlsInfo", "Transport", "new_session_id"]
 
@@ -35,6 +37,23 @@ __all__ = ["REPEAT_LINE", "ServerContext", "Session", "TlsInfo", "Transport", "n
 REPEAT_LINE = 1000
 
 Submit = Callable[[Delivery, Callable[[Delivery], None]], None]
+
+
+class Authenticator(Protocol):
+    """Checks passwords for AUTH, off the event loop, and keeps the brute-force counts."""
+
+    def blocked(self, peer: str) -> bool:
+        """Too many recent failures from this address: AUTH gets 454 for now."""
+
+    def check(self, user: str, password: str, done: Callable[[str | None], None]) -> None:
+        """Check a password in the background; ``done`` gets the user's canonical address,
+        or None, on the loop."""
+
+    def failed(self, peer: str, user: str) -> None:
+        """Count a failure against the address and the user name."""
+
+    def sent(self, user: str) -> None:
+        """A message from ``user`` was accepted (for the per-user sending limit)."""
 
 
 class Transport(Protocol):
@@ -66,6 +85,7 @@ class ServerContext:
     submit: Submit
     open_spool: Callable[[bytes], Spool]
     tls_available: bool = False
+    auth: Authenticator | None = None
 
 
 def new_session_id() -> str:
@@ -114,6 +134,9 @@ class Session:
         self.waiting = False  # a message is being made durable; replies wait for it
         self.draining = False  # shutdown asked: close after the current transaction
         self.tls: TlsInfo | None = None
+        self.user: str | None = None  # the authenticated user's address
+        self.auth_failures = 0
+        self._sasl: Exchange | None = None
         self.helo_name = ""
         self.messages = 0
         # Journal lines in bounded space: a refusal repeated is counted, not written again
@@ -126,8 +149,14 @@ class Session:
         self._reset_transaction()
 
     # --- driving ---------------------------------------------------------------------------
-    def start(self) -> None:
-        self._journal("connect")
+    def start(self, tls: TlsInfo | None = None) -> None:
+        """Greet the client; ``tls`` when the connection began with a TLS handshake
+        (implicit TLS, RFC 8314)."""
+        if tls is None:
+            self._journal("connect")
+        else:
+            self.tls = tls
+            self._journal("connect", tls=tls.version, cipher=tls.cipher)
         self._reply(replies.greeting(self.ctx.hostname))
 
     def receive(self, data: bytes) -> None:
@@ -277,6 +306,8 @@ class Session:
         self.recipients: list[str] = []
         self._overshoot = 0  # RCPTs refused for being past max_recipients
         self.targets: dict[Target, None] = {}  # ordered, each once
+        self._headers: bytearray | None = None
+        self._authors: list[str] = []
         self.spool: Spool | None = None
 
     def _abort_spool(self) -> None:
@@ -304,7 +335,9 @@ class Session:
             self._reply(replies.helo(self.ctx.hostname, event.name))
 
     def _facts(self) -> SessionFacts:
-        return SessionFacts(peer=self.peer_host, role=self.role, tls=self.tls, helo=self.helo_name)
+        return SessionFacts(
+            peer=self.peer_host, role=self.role, tls=self.tls, helo=self.helo_name, user=self.user
+        )
 
     def _extensions(self) -> tuple[str, ...]:
         ext = [
@@ -316,6 +349,10 @@ class Session:
         # RFC 3207 4.2: STARTTLS is not offered again once TLS is on.
         if self.ctx.tls_available and self.tls is None:
             ext.append("STARTTLS")
+        # RFC 4954 / RFC 8314: AUTH only on the submission listeners, and only under TLS,
+        # so that no password ever crosses the network in clear.
+        if self._auth_offered() and self.tls is not None:
+            ext.append("AUTH " + " ".join(MECHANISMS))
         ext.append("HELP")
         return tuple(ext)
 
@@ -351,6 +388,9 @@ class Session:
         self._journal("rcpt", to=event.address, sender=self.sender, code=250)
         self._reply(replies.OK_RECIPIENT)
 
+    def _owns(self, user: str, address: str) -> bool:
+        return bool(address) and self.ctx.policy.sends_as(user, address)
+
     def _journal_rcpt(self, event: ev.RcptTo, reply: Reply) -> None:
         """A refused recipient, with its sender and the reply: "which senders were refused
         today" is one query on the journal."""
@@ -367,6 +407,9 @@ class Session:
             self._reply(replies.STORAGE_FULL if spool.error.disk_full else replies.LOCAL_ERROR)
             return
         self.spool = spool
+        # An authenticated user's message: its header section is held back (bounded) until
+        # it is complete, to add what RFC 6409 8 lets submission add, and to check From:.
+        self._headers = bytearray() if self.user is not None else None
         self._reply(replies.START_DATA)
 
     def _queue_id(self) -> str:
@@ -380,6 +423,8 @@ class Session:
             # RFC 3848: ESMTPS when the session is under TLS.
             protocol += "S"
             tls = f" (using {self.tls.version} with cipher {self.tls.cipher})"
+        if self.user is not None:
+            protocol += "A"  # RFC 3848: ESMTPA, ESMTPSA: the client authenticated
         # RFC 5321 7.2: naming the recipient only when there is one, so a Bcc stays hidden.
         rcpt = f"\r\n\tfor <{self.recipients[0]}>" if len(self.recipients) == 1 else ""
         stamp = _date_now()
@@ -392,8 +437,33 @@ class Session:
         return text.encode("utf-8", "surrogateescape")
 
     def _on_chunk(self, event: ev.DataChunk) -> None:
-        if self.spool is not None:
+        if self.spool is None:
+            return
+        held = self._headers
+        if held is None:
             self.spool.write(event.data)
+            return
+        held += event.data
+        if len(held) > _MAX_HEADERS or _header_end(held) >= 0:
+            self._release_headers()
+
+    def _release_headers(self) -> None:
+        """Write the held header section, with Date: and Message-ID: added when the client
+        left them out (RFC 6409 8.2, 8.3), and note the From: addresses."""
+        held, self._headers = self._headers, None
+        if held is None or self.spool is None:
+            return
+        end = _header_end(held)
+        headers = BytesHeaderParser().parsebytes(bytes(held[: end if end >= 0 else len(held)]))
+        self._authors = [address for _, address in getaddresses(headers.get_all("From", []))]
+        added = ""
+        if headers.get("Date") is None:
+            added += f"Date: {_date_now()}\r\n"
+        if headers.get("Message-ID") is None:
+            added += f"Message-ID: {make_msgid(domain=self.ctx.hostname)}\r\n"
+        if added:
+            self.spool.write(added.encode("ascii"))
+        self.spool.write(bytes(held))
 
     def _on_end(self, event: ev.EndOfData) -> None:
         spool, self.spool = self.spool, None
@@ -405,13 +475,26 @@ class Session:
             self._journal("rejected", size=event.size, code=event.error.code)
             self._finish(event.error, refused=True)
             return
+        self.spool = spool
+        self._release_headers()  # a message with no body: all headers
+        self.spool = None
         if spool.error is not None:
             spool.abort()
             self._journal("error", size=event.size, error=str(spool.error))
             self._finish(replies.STORAGE_FULL if spool.error.disk_full else replies.LOCAL_ERROR)
             return
+        user = self.user
+        if user is not None and not all(self._owns(user, a) for a in self._authors):
+            # Mail that leaves is signed for its From: domain: no user may pose as another.
+            spool.abort()
+            self._journal("rejected", size=event.size, code=550, authors=self._authors)
+            self._finish(replies.FROM_NOT_OWNED, refused=True)
+            return
         self.waiting = True
-        self.ctx.submit(Delivery(spool, tuple(self.targets)), self._delivered)
+        delivery = Delivery(
+            spool, tuple(self.targets), sender=self.sender or "", message_id=self._queue_id()
+        )
+        self.ctx.submit(delivery, self._delivered)
 
     def _delivered(self, delivery: Delivery) -> None:
         self.waiting = False
@@ -426,6 +509,8 @@ class Session:
                 files=delivery.stored,
             )
             self.junk = 0
+            if self.user is not None and self.ctx.auth is not None:
+                self.ctx.auth.sent(self.user)
             self._finish(replies.stored(self._queue_id()))
         else:
             self._journal("error", id=self._queue_id(), error=str(error))
@@ -473,6 +558,77 @@ class Session:
             self._reply(replies.TLS_READY)
             self.transport.start_tls()
 
+    # --- AUTH (RFC 4954) -------------------------------------------------------------------
+    def _auth_offered(self) -> bool:
+        return self.role is not ListenerRole.RECEIVE and self.ctx.auth is not None
+
+    def _on_auth(self, event: ev.Auth) -> None:
+        auth = self.ctx.auth
+        if auth is None or not self._auth_offered():
+            self._refuse(replies.AUTH_NOT_OFFERED)
+        elif self.user is not None:
+            self._refuse(replies.AUTH_ALREADY)
+        elif self.tls is None:
+            self._refuse(replies.AUTH_NEEDS_TLS)
+        elif auth.blocked(self.peer_host):
+            self._journal("auth", mechanism=event.mechanism, result="throttled")
+            self._refuse(replies.AUTH_THROTTLED, journaled=True)
+        else:
+            try:
+                self._sasl = Exchange(event.mechanism)
+                self._auth_step(self._sasl.feed(event.initial))
+            except SaslError as exc:
+                self._auth_refused(event.mechanism, exc.reply)
+
+    def _on_auth_response(self, event: ev.AuthResponse) -> None:
+        exchange = self._sasl
+        if exchange is None:  # pragma: no cover - the engine reads responses only after 334
+            self._refuse(replies.BAD_SEQUENCE)
+            return
+        if event.refusal is not None:
+            self._auth_refused(exchange.mechanism, event.refusal)
+            return
+        try:
+            self._auth_step(exchange.feed(event.text))
+        except SaslError as exc:
+            self._auth_refused(exchange.mechanism, exc.reply)
+
+    def _auth_step(self, got: str | Credentials) -> None:
+        if isinstance(got, str):
+            self._reply(replies.challenge(got))
+            return
+        assert self.ctx.auth is not None
+        # The password check is slow by design: it runs in the background, and the engine
+        # reads nothing more until it is answered.
+        self.waiting = True
+        done = functools.partial(self._auth_checked, got.user)
+        self.ctx.auth.check(got.user, got.password, done)
+
+    def _auth_checked(self, claimed: str, user: str | None) -> None:
+        self.waiting = False
+        mechanism = self._sasl.mechanism if self._sasl is not None else "?"
+        self._sasl = None
+        if self.closed:
+            return
+        if user is not None:
+            self.user = user
+            self._journal("auth", mechanism=mechanism, user=user, result="ok")
+            self._reply(replies.AUTH_OK)
+        else:
+            assert self.ctx.auth is not None
+            self.ctx.auth.failed(self.peer_host, claimed)
+            self.auth_failures += 1
+            self._journal("auth", mechanism=mechanism, user=claimed, result="failed")
+            self._refuse(replies.AUTH_FAILED, journaled=True)
+            if self.auth_failures >= self.ctx.limits.max_auth_failures_per_session:
+                self._reply(replies.TOO_MANY_AUTH_FAILURES)
+        self._pump()
+
+    def _auth_refused(self, mechanism: str, reply: Reply) -> None:
+        self._sasl = None
+        self._journal("auth", mechanism=mechanism, result=f"refused {reply.code}")
+        self._refuse(reply, journaled=True)
+
     def _on_bad(self, event: ev.BadCommand) -> None:
         self._refuse(event.reply)
 
@@ -481,6 +637,18 @@ class Session:
         self.closed = True
         self.close_reason = "peer closed"
         self.transport.close()
+
+
+#: How much of a header section is held back before it is written as it is.
+_MAX_HEADERS = 64 * 1024
+
+
+def _header_end(data: bytearray) -> int:
+    """Where the body starts (after the empty line), or -1 while the headers go on."""
+    if data.startswith(b"\r\n"):
+        return 2
+    found = data.find(b"\r\n\r\n")
+    return found + 4 if found >= 0 else -1
 
 
 def _refusal(decision: Decision) -> Reply | None:
@@ -506,6 +674,8 @@ _HANDLERS: dict[type[Any], Callable[[Session, Any], None]] = {
     ev.Expn: Session._on_expn,
     ev.Help: Session._on_help,
     ev.StartTls: Session._on_starttls,
+    ev.Auth: Session._on_auth,
+    ev.AuthResponse: Session._on_auth_response,
     ev.BadCommand: Session._on_bad,
     ev.ConnectionClosed: Session._on_closed,
 }

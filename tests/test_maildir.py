@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from smtpkit.delivery.commit import Delivery, DeliveryWorker, commit, commit_batch
+from smtpkit.delivery.commit import DeliveryWorker, commit, commit_batch
 from smtpkit.delivery.spool import Spool, SpoolPool, clean_spools
-from smtpkit.delivery.targets import Mailbox
+from smtpkit.delivery.targets import Delivery, Mailbox
 from smtpkit.users import UserStore
 from tests.conftest import unavailable
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 from collections.abc import Callable
@@ -9,12 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from smtpkit.delivery.commit import Delivery, commit_batch
+from smtpkit.config import ListenerRole
+from smtpkit.delivery.commit import commit_batch
 from smtpkit.delivery.router import Router
 from smtpkit.delivery.spool import Spool, SpoolPool
+from smtpkit.delivery.targets import Delivery
 from smtpkit.journal import Journal
 from smtpkit.limits import Limits
-from smtpkit.policy import LocalPolicy
+from smtpkit.policy import LocalPolicy, TlsInfo
 from smtpkit.session import ServerContext, Session
 from smtpkit.users import UserStore
 
@@ -285,3 +288,201 @@ def test_repeats_are_journaled_in_bounded_space(h: Harness) -> None:
         {"event": "repeated", "command": "NOOP", "count": 2},
         {"event": "close", "reason": "quit", "messages": 0},
     ]
+
+
+# --- AUTH on a submission listener (RFC 4954, RFC 6409) ------------------------------------------
+
+
+class FakeAuth:
+    """Passwords checked at once: alice@example.org / secret."""
+
+    def __init__(self) -> None:
+        self.failures: list[tuple[str, str]] = []
+        self.sent_by: list[str] = []
+        self.block = False
+
+    def blocked(self, peer: str) -> bool:
+        return self.block
+
+    def check(self, user: str, password: str, done: Callable[[str | None], None]) -> None:
+        done(
+            "alice@example.org"
+            if (user.lower(), password) == ("alice@example.org", "secret")
+            else None
+        )
+
+    def failed(self, peer: str, user: str) -> None:
+        self.failures.append((peer, user))
+
+    def sent(self, user: str) -> None:
+        self.sent_by.append(user)
+
+
+def submission(tmp_path: Path, *, tls: bool = True) -> tuple[Harness, FakeAuth]:
+    tmp_path.mkdir(exist_ok=True)
+    h = Harness(tmp_path, Limits(max_errors=20))
+    auth = FakeAuth()
+    h.ctx.auth = auth
+    router = h.ctx.policy.rules.router  # type: ignore[attr-defined]
+    h.ctx.policy = LocalPolicy(router, h.ctx.limits, queue=tmp_path / "queue")
+    (tmp_path / "queue").mkdir()
+    h.session = Session(
+        h.ctx, h.transport, ("192.0.2.7", 4000), "sid", role=ListenerRole.SUBMISSION
+    )
+    if tls:
+        h.session.tls = TlsInfo("TLSv1.3", "TLS_AES_256_GCM_SHA384")
+    h.session.start()
+    h.transport.take()
+    return h, auth
+
+
+def b64(text: str) -> bytes:
+    return base64.b64encode(text.encode())
+
+
+def test_auth_is_offered_only_under_tls_on_submission(tmp_path: Path) -> None:
+    h, _ = submission(tmp_path)
+    assert "250-AUTH PLAIN LOGIN" in h.say(b"EHLO c\r\n")
+    plain, _ = submission(tmp_path / "plain", tls=False)
+    assert not any("AUTH" in line for line in plain.say(b"EHLO c\r\n"))
+    assert plain.say(b"AUTH PLAIN " + b64("\0alice@example.org\0secret") + b"\r\n") == [
+        "538 5.7.11 Encryption required for requested authentication mechanism"
+    ]
+    assert plain.say(b"MAIL FROM:<alice@example.org>\r\n") == [
+        "530 5.7.0 Must issue a STARTTLS command first"
+    ]
+
+
+def test_port_25_offers_no_auth(h: Harness) -> None:
+    assert not any("AUTH" in line for line in h.say(b"EHLO c\r\n"))
+    assert h.say(b"AUTH PLAIN " + b64("\0a\0b") + b"\r\n") == [
+        "503 5.5.1 Authentication not enabled here"
+    ]
+
+
+def test_auth_plain_with_an_initial_response(tmp_path: Path) -> None:
+    h, auth = submission(tmp_path)
+    h.say(b"EHLO c\r\n")
+    assert h.say(b"AUTH PLAIN " + b64("\0alice@example.org\0secret") + b"\r\n") == [
+        "235 2.7.0 Authentication successful"
+    ]
+    assert h.say(b"AUTH PLAIN " + b64("\0alice@example.org\0secret") + b"\r\n") == [
+        "503 5.5.1 Already authenticated"
+    ]
+    assert h.session.user == "alice@example.org"
+
+
+def test_auth_plain_and_login_with_334_continuations(tmp_path: Path) -> None:
+    h, _ = submission(tmp_path)
+    h.say(b"EHLO c\r\n")
+    assert h.say(b"AUTH PLAIN\r\n") == ["334 "]
+    assert h.say(b64("\0alice@example.org\0secret") + b"\r\n") == [
+        "235 2.7.0 Authentication successful"
+    ]
+    login, _ = submission(tmp_path / "login")
+    login.say(b"EHLO c\r\n")
+    assert login.say(b"AUTH LOGIN\r\n") == ["334 VXNlcm5hbWU6"]
+    assert login.say(b64("alice@example.org") + b"\r\n") == ["334 UGFzc3dvcmQ6"]
+    assert login.say(b64("secret") + b"\r\n") == ["235 2.7.0 Authentication successful"]
+    # AUTH LOGIN with the user name as the initial response.
+    third, _ = submission(tmp_path / "third")
+    third.say(b"EHLO c\r\n")
+    assert third.say(b"AUTH LOGIN " + b64("alice@example.org") + b"\r\n") == ["334 UGFzc3dvcmQ6"]
+    assert third.say(b64("secret") + b"\r\n") == ["235 2.7.0 Authentication successful"]
+
+
+def test_auth_refusals(tmp_path: Path) -> None:
+    h, auth = submission(tmp_path)
+    h.say(b"EHLO c\r\n")
+    assert h.say(b"AUTH CRAM-MD5\r\n") == ["504 5.5.4 Unrecognized authentication type"]
+    assert h.say(b"AUTH LOGIN\r\n*\r\n") == [
+        "334 VXNlcm5hbWU6",
+        "501 5.7.0 Authentication cancelled",
+    ]
+    assert h.say(b"AUTH PLAIN\r\nnot base64!\r\n") == [
+        "334 ",
+        "501 5.5.2 Cannot decode the response",
+    ]
+    assert h.say(b"AUTH PLAIN " + b64("\0alice@example.org\0wrong") + b"\r\n") == [
+        "535 5.7.8 Authentication credentials invalid"
+    ]
+    assert auth.failures == [("192.0.2.7", "alice@example.org")]
+    # The exchange over, commands are commands again.
+    assert h.say(b"NOOP\r\n") == ["250 2.0.0 OK"]
+    assert h.say(b"MAIL FROM:<alice@example.org>\r\n") == ["530 5.7.0 Authentication required"]
+
+
+def test_three_failures_close_the_session(tmp_path: Path) -> None:
+    h, _ = submission(tmp_path)
+    h.say(b"EHLO c\r\n")
+    bad = b"AUTH PLAIN " + b64("\0alice@example.org\0nope") + b"\r\n"
+    assert h.say(bad * 3) == ["535 5.7.8 Authentication credentials invalid"] * 3 + [
+        "421 4.7.0 Too many authentication failures, closing connection"
+    ]
+    assert h.transport.closed
+
+
+def test_a_blocked_address_gets_454(tmp_path: Path) -> None:
+    h, auth = submission(tmp_path)
+    auth.block = True
+    h.say(b"EHLO c\r\n")
+    assert h.say(b"AUTH PLAIN " + b64("\0alice@example.org\0secret") + b"\r\n") == [
+        "454 4.7.0 Too many authentication failures, try again later"
+    ]
+
+
+def test_an_authenticated_user_sends_as_themselves_only(tmp_path: Path) -> None:
+    h, auth = submission(tmp_path)
+    h.say(b"EHLO c\r\nAUTH PLAIN " + b64("\0alice@example.org\0secret") + b"\r\n")
+    assert h.say(b"MAIL FROM:<bob@example.org>\r\n") == [
+        "553 5.7.1 Sender address not owned by the authenticated user"
+    ]
+    # postmaster@ is aliased to alice: hers to use; the null sender is anyone's.
+    assert h.say(b"MAIL FROM:<postmaster@example.org>\r\nRSET\r\nMAIL FROM:<>\r\nRSET\r\n") == [
+        "250 2.1.0 Sender OK",
+        "250 2.0.0 OK",
+        "250 2.1.0 Sender OK",
+        "250 2.0.0 OK",
+    ]
+    lines = h.say(
+        b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.org>\r\nDATA\r\n"
+        b"From: Bob <bob@example.org>\r\nSubject: forged\r\n\r\nhi\r\n.\r\n"
+    )
+    assert lines[-1] == "550 5.7.1 From: header address not owned by the authenticated user"
+    assert list((h.bob / "new").iterdir()) == []
+    assert auth.sent_by == []
+
+
+def test_submission_adds_date_and_message_id_and_queues_remote_mail(tmp_path: Path) -> None:
+    h, auth = submission(tmp_path)
+    lines = h.say(
+        b"EHLO c\r\nAUTH PLAIN " + b64("\0alice@example.org\0secret") + b"\r\n"
+        b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.org>\r\n"
+        b"RCPT TO:<friend@remote.example>\r\nDATA\r\n"
+        b"From: Alice <alice@example.org>\r\nSubject: hello\r\n\r\nbody\r\n.\r\n"
+    )
+    assert lines[-1].startswith("250 2.0.0 OK: message stored as sid.1")
+    (stored,) = (h.bob / "new").iterdir()
+    message = stored.read_bytes()
+    assert b"with ESMTPSA id sid.1 (using TLSv1.3" in message
+    headers = message.split(b"\r\n\r\n", 1)[0]
+    assert b"\r\nDate: " in headers and b"\r\nMessage-ID: <" in headers
+    assert message.endswith(b"From: Alice <alice@example.org>\r\nSubject: hello\r\n\r\nbody\r\n")
+    (envelope,) = (tmp_path / "queue").glob("*.env")
+    data = json.loads(envelope.read_text())
+    assert data["sender"] == "alice@example.org" and data["version"] == 1
+    assert [r["address"] for r in data["recipients"]] == ["friend@remote.example"]
+    assert (tmp_path / "queue" / data["id"]).read_bytes() == message
+    assert auth.sent_by == ["alice@example.org"]
+
+
+def test_headers_present_are_left_alone(tmp_path: Path) -> None:
+    h, _ = submission(tmp_path)
+    h.say(
+        b"EHLO c\r\nAUTH PLAIN " + b64("\0alice@example.org\0secret") + b"\r\n"
+        b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.org>\r\nDATA\r\n"
+        b"Date: Mon, 30 Nov 2026 06:00:00 +0000\r\nMessage-ID: <x@y>\r\n\r\nbody\r\n.\r\n"
+    )
+    (stored,) = (h.bob / "new").iterdir()
+    assert stored.read_bytes().count(b"Message-ID:") == 1
+    assert stored.read_bytes().count(b"\r\nDate:") == 1

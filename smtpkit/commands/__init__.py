@@ -127,9 +127,9 @@ def _with_config_option(command: click.Command) -> None:
 
 
 def _register() -> None:
-    from smtpkit.commands import check, init, journal, mx, serve, tls, user
+    from smtpkit.commands import check, init, journal, mx, queue, serve, tls, user
 
-    for module in (init, user, serve, journal, mx, tls, check):
+    for module in (init, user, serve, journal, mx, tls, check, queue):
         command: Any = module.command
         _with_config_option(command)
         cli.add_command(command)

@@ -12,7 +12,7 @@ from smtpkit.check import check_config
 from smtpkit.commands import App, pass_app, reports_errors
 from smtpkit.owner import Owner, owner_of
 from smtpkit.server.listener import bind_all
-from smtpkit.server.server import make_tls_context, serve
+from smtpkit.server.server import make_tls_contexts, serve
 from smtpkit.signals import defer_server_signals
 
 __all__ = ["command"]
@@ -63,7 +63,7 @@ def command(app: App, quiet: bool, workers: int | None) -> None:
     if fatal:
         raise click.ClickException(fatal[0])
     # A broken certificate is one error line before anything starts.
-    tls = make_tls_context(config.tls) if config.tls is not None else None
+    tls = make_tls_contexts(config.tls) if config.tls is not None else None
     sockets = bind_all(config.server.listen)
     count = workers or config.server.workers
     where = ", ".join(str(a) for a in config.server.listen)

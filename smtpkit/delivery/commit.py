@@ -18,14 +18,14 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
-from smtpkit.delivery.maildir import Folders, MaildirStore, Placed
+from smtpkit.delivery.folders import Folders
+from smtpkit.delivery.maildir import MaildirStore
+from smtpkit.delivery.queue import QueueStore
 from smtpkit.delivery.spool import Spool, SpoolPool, delivery_error
 from smtpkit.delivery.syncer import SharedSyncer
-from smtpkit.delivery.targets import Mailbox, Target, TargetFailed
-from smtpkit.errors import DeliveryError
+from smtpkit.delivery.targets import Delivery, Mailbox, Remote, Target, TargetFailed
 
 __all__ = ["STORES", "Delivery", "DeliveryWorker", "Store", "commit", "commit_batch"]
 
@@ -36,56 +36,15 @@ class Store(Protocol):
     """Places spooled messages into targets of one type (step two of the commit)."""
 
     def place(
-        self,
-        spool: Spool,
-        targets: Sequence[Target],
-        folders: Folders,
-        placed: list[Placed],
-        stored: list[str],
-        *,
-        consume: bool,
+        self, delivery: Delivery, targets: Sequence[Target], folders: Folders, *, consume: bool
     ) -> None:
-        """Raises ``TargetFailed`` for the first target it could not place."""
+        """Record what it placed on ``delivery``; raise ``TargetFailed`` for the first
+        target it could not place."""
 
 
 #: The store of each target type, in the order they place a message; the last one with
 #: targets for a message may consume its spool file (a rename instead of a link).
-STORES: dict[type[Target], Store] = {Mailbox: MaildirStore()}
-
-
-@dataclass(slots=True)
-class Delivery:
-    """One message and where it goes; after the commit, what happened to it."""
-
-    spool: Spool
-    targets: tuple[Target, ...]
-    #: The error of each target that failed (the message then failed as a whole).
-    errors: dict[Target, DeliveryError] = field(default_factory=dict)
-    #: Where each copy went, as the journal shows it (``users/a@example.org/new/NAME``).
-    stored: list[str] = field(default_factory=list)
-    placed: list[Placed] = field(default_factory=list)
-    failure: DeliveryError | None = None
-
-    @property
-    def error(self) -> DeliveryError | None:
-        """Why the message failed, if it did: SMTP has one reply for all its recipients."""
-        if self.failure is not None:
-            return self.failure
-        return next(iter(self.errors.values()), None)
-
-    def fail(self, error: DeliveryError) -> None:
-        if self.failure is None:
-            self.failure = error
-        self.undo()
-
-    def undo(self) -> None:
-        for folder, name in self.placed:
-            try:
-                os.unlink(name, dir_fd=folder)
-            except OSError:
-                pass
-        self.placed.clear()
-        self.stored.clear()
+STORES: dict[type[Target], Store] = {Mailbox: MaildirStore(), Remote: QueueStore()}
 
 
 def _load_syncfs() -> Callable[[int], None] | None:
@@ -177,14 +136,7 @@ def _place(delivery: Delivery, folders: Folders) -> None:
     for i, kind in enumerate(kinds):
         targets = by_store[kind]
         try:
-            STORES[kind].place(
-                delivery.spool,
-                targets,
-                folders,
-                delivery.placed,
-                delivery.stored,
-                consume=i == len(kinds) - 1,
-            )
+            STORES[kind].place(delivery, targets, folders, consume=i == len(kinds) - 1)
         except TargetFailed as exc:
             # SMTP has one reply for the message: all its copies go, or none.
             delivery.errors[exc.target] = exc.error

@@ -9,7 +9,7 @@ each link as an independent message. A mailbox on another filesystem, where no l
 reaches, gets a copy made the usual way (its own ``tmp/``, fsync, rename).
 
 Every folder is opened through descriptors from the data folder down, following no symbolic
-link (``open_folder``): a link planted in a Maildir is refused, never followed.
+link (``Folders``): a link planted in a Maildir is refused, never followed.
 """
 
 from __future__ import annotations
@@ -19,47 +19,19 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from smtpkit.delivery.folders import Folders
 from smtpkit.delivery.spool import FILE_FLAGS, Spool, delivery_error
-from smtpkit.delivery.targets import Mailbox, TargetFailed
+from smtpkit.delivery.targets import Delivery, Mailbox, Target, TargetFailed
 from smtpkit.errors import DeliveryError
-from smtpkit.fsutil import open_below, unique_name, write_all
+from smtpkit.fsutil import unique_name, write_all
 
-__all__ = ["Folders", "MaildirStore", "Placed", "open_folder"]
-
-#: (folder descriptor, file name) of a file placed, so that it can be undone.
-Placed = tuple[int, str]
+__all__ = ["MaildirStore"]
 
 
-def open_folder(mailbox: Path, sub: str) -> int:
-    """A descriptor of ``mailbox/sub`` (``tmp``, ``new``): no symbolic link is followed from
-    the data folder down (``users``, the mailbox, the sub-folder)."""
+def _folder(folders: Folders, mailbox: Path, sub: str) -> int:
+    """``mailbox/sub`` (``tmp``, ``new``), from the data folder down without links."""
     users = mailbox.parent
-    return open_below(users.parent, users.name, mailbox.name, sub)
-
-
-class Folders:
-    """The folders one commit touches, each opened once, safely, and closed at its end."""
-
-    def __init__(self) -> None:
-        self.fds: dict[tuple[Path, str], int] = {}
-        self.names: dict[int, str] = {}
-
-    def get(self, mailbox: Path, sub: str) -> int:
-        fd = self.fds.get((mailbox, sub))
-        if fd is None:
-            try:
-                fd = open_folder(mailbox, sub)
-            except OSError as exc:
-                raise delivery_error(exc, f"cannot open {mailbox}/{sub}") from None
-            self.fds[(mailbox, sub)] = fd
-            self.names[fd] = f"{mailbox}/{sub}"
-        return fd
-
-    def close(self) -> None:
-        for fd in self.fds.values():
-            os.close(fd)
-        self.fds.clear()
-        self.names.clear()
+    return folders.get(users.parent, users.name, mailbox.name, sub)
 
 
 class MaildirStore:
@@ -67,44 +39,44 @@ class MaildirStore:
 
     def place(
         self,
-        spool: Spool,
-        targets: Sequence[Mailbox],
+        delivery: Delivery,
+        targets: Sequence[Target],
         folders: Folders,
-        placed: list[Placed],
-        stored: list[str],
         *,
         consume: bool,
     ) -> None:
         """Link the spool file into each target's ``new/``; the last one may take the file
-        itself (``consume``). Appends what it placed to ``placed`` (for undo and the folder
-        sync) and ``stored`` (for the journal). Raises ``TargetFailed``."""
+        itself (``consume``). Records what it placed on ``delivery`` (for undo, the folder
+        sync and the journal). Raises ``TargetFailed``."""
+        spool = delivery.spool
         last = len(targets) - 1
-        for i, mailbox in enumerate(targets):
+        for i, target in enumerate(targets):
+            assert isinstance(target, Mailbox)
             take = consume and i == last
             name = spool.name if take else unique_name()
             try:
-                new = folders.get(mailbox.path, "new")
+                new = _folder(folders, target.path, "new")
                 try:
                     spool.place(new, name, consume=take)
                 except OSError as exc:
                     if exc.errno != errno.EXDEV:
                         raise
-                    _copy_into(spool, folders, mailbox.path, new, name)
+                    _copy_into(spool, folders, target.path, new, name)
                     if take:
                         spool.remove()
             except DeliveryError as exc:
-                raise TargetFailed(mailbox, exc) from None
+                raise TargetFailed(target, exc) from None
             except OSError as exc:
-                error = delivery_error(exc, f"cannot move message into {mailbox}/new")
-                raise TargetFailed(mailbox, error) from None
-            placed.append((new, name))
-            stored.append(f"{mailbox}/new/{name}")
+                error = delivery_error(exc, f"cannot move message into {target}/new")
+                raise TargetFailed(target, error) from None
+            delivery.placed.append((new, name))
+            delivery.stored.append(f"{target}/new/{name}")
 
 
 def _copy_into(spool: Spool, folders: Folders, mailbox: Path, new: int, name: str) -> None:
     """A durable copy for a mailbox on another filesystem: its own tmp/, fsync, rename into
     new/ (the folder is synced with the commit)."""
-    tmp = folders.get(mailbox, "tmp")
+    tmp = _folder(folders, mailbox, "tmp")
     fd = os.open(name, FILE_FLAGS, 0o600, dir_fd=tmp)
     try:
         try:

@@ -73,3 +73,12 @@ class Router:
         _, sep, domain = address.rpartition("@")
         # ASCII first: str.lower() maps some non-ASCII letters to ASCII ones (see canonical).
         return bool(sep) and domain.isascii() and domain.lower() in self.domains
+
+    def sends_as(self, user: str, address: str) -> bool:
+        """Whether the local user ``user`` may send as ``address``: it is theirs, or an
+        alias that delivers to them."""
+        try:
+            canonical = self.canonical(address)
+        except UserError:
+            return False
+        return canonical == user or user in self.aliases.get(canonical, ())

@@ -8,12 +8,17 @@ its store module, and a row in ``STORES``: see ARCHITECTURE.md, "Adding a delive
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from smtpkit.errors import DeliveryError
 
-__all__ = ["Mailbox", "Target", "TargetFailed"]
+if TYPE_CHECKING:
+    from smtpkit.delivery.spool import Spool
+
+__all__ = ["Delivery", "Mailbox", "Placed", "Remote", "Target", "TargetFailed"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,8 +31,23 @@ class Mailbox:
         return self.path.name  # the address: how the journal names a mailbox
 
 
+@dataclass(frozen=True, slots=True)
+class Remote:
+    """A recipient in another domain: the message waits in the outbound queue, the folder
+    ``queue`` (``DIR/queue``)."""
+
+    address: str
+    queue: Path
+
+    def __str__(self) -> str:
+        return self.address
+
+
 #: Every kind of target there is.
-Target = Mailbox
+Target = Mailbox | Remote
+
+#: (folder descriptor, file name) of a file placed, so that it can be undone.
+Placed = tuple[int, str]
 
 
 class TargetFailed(Exception):
@@ -37,3 +57,42 @@ class TargetFailed(Exception):
         super().__init__(str(error))
         self.target = target
         self.error = error
+
+
+@dataclass(slots=True)
+class Delivery:
+    """One message and where it goes; after the commit, what happened to it."""
+
+    spool: Spool
+    targets: tuple[Target, ...]
+    #: The envelope sender ("" for the null sender) and the message's id (the 250 reply,
+    #: the Received header, the journal): what a queue entry records.
+    sender: str = ""
+    message_id: str = ""
+    #: The error of each target that failed (the message then failed as a whole).
+    errors: dict[Target, DeliveryError] = field(default_factory=dict)
+    #: Where each copy went, as the journal shows it (``a@example.org/new/NAME``).
+    stored: list[str] = field(default_factory=list)
+    placed: list[Placed] = field(default_factory=list)
+    failure: DeliveryError | None = None
+
+    @property
+    def error(self) -> DeliveryError | None:
+        """Why the message failed, if it did: SMTP has one reply for all its recipients."""
+        if self.failure is not None:
+            return self.failure
+        return next(iter(self.errors.values()), None)
+
+    def fail(self, error: DeliveryError) -> None:
+        if self.failure is None:
+            self.failure = error
+        self.undo()
+
+    def undo(self) -> None:
+        for folder, name in self.placed:
+            try:
+                os.unlink(name, dir_fd=folder)
+            except OSError:
+                pass
+        self.placed.clear()
+        self.stored.clear()

@@ -15,6 +15,8 @@ from smtpkit.protocol.connection import (
     ServerConnection,
 )
 from smtpkit.protocol.events import (
+    Auth,
+    AuthResponse,
     BadCommand,
     ConnectionClosed,
     Data,
@@ -38,6 +40,8 @@ from smtpkit.protocol.state import State
 __all__ = [
     "NEED_DATA",
     "PAUSED",
+    "Auth",
+    "AuthResponse",
     "BadCommand",
     "ConnectionClosed",
     "Data",

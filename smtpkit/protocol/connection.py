@@ -36,7 +36,7 @@ from smtpkit.protocol.events import (
     StartTls,
     Vrfy,
 )
-from smtpkit.protocol.grammar import CONTROL, parse_mail, parse_rcpt
+from smtpkit.protocol.grammar import CONTROL, parse_auth, parse_mail, parse_rcpt
 from smtpkit.protocol.readers import READERS, Reader, ReaderFactory, Step
 from smtpkit.protocol.replies import (
     BARE_NEWLINE_IN_COMMAND,
@@ -48,6 +48,7 @@ from smtpkit.protocol.replies import (
 )
 from smtpkit.protocol.state import (
     ALWAYS_APPLIES,
+    CHALLENGES,
     COMMAND_VERBS,
     TRANSITIONS,
     State,
@@ -202,7 +203,12 @@ class ServerConnection:
             raise LocalProtocolError(f"send({reply.code}) with no event awaiting a reply")
         self._awaiting = False
         self._pending = None
-        if verb is not None and (reply.is_positive or verb in ALWAYS_APPLIES):
+        if verb is None:
+            return out
+        if reply.code == 334:
+            # A challenge (RFC 4954 4): the next line is the client's response.
+            self._enter(CHALLENGES[self._state, verb], verb)
+        elif reply.is_positive or verb in ALWAYS_APPLIES:
             self._enter(TRANSITIONS[self._state, verb], verb)
         return out
 
@@ -294,6 +300,8 @@ class ServerConnection:
             return Hello(argument, verb is Verb.EHLO)
         if verb is Verb.MAIL:
             return parse_mail(argument, self._extended)
+        if verb is Verb.AUTH:
+            return parse_auth(argument)
         if verb is Verb.RCPT:
             return parse_rcpt(argument)
         if verb is Verb.VRFY:

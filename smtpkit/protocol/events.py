@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from smtpkit.protocol.replies import Reply
 
 __all__ = [
+    "Auth",
+    "AuthResponse",
     "BadCommand",
     "ConnectionClosed",
     "Data",
@@ -116,6 +118,25 @@ class StartTls:
 
 
 @dataclass(frozen=True, slots=True)
+class Auth:
+    """``AUTH mechanism [initial-response]`` (RFC 4954 4). ``mechanism`` is upper-cased;
+    ``initial`` is the base64 text as sent (``=`` for an empty response), or None."""
+
+    mechanism: str
+    initial: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuthResponse:
+    """One line the client sent in answer to a ``334`` challenge (RFC 4954 4): base64, or
+    ``*`` to cancel. ``refusal`` is set when the line itself broke a rule (too long, a bare
+    LF); the exchange then ends with that reply."""
+
+    text: str
+    refusal: Reply | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class BadCommand:
     """A line the engine refused by itself (syntax, sequence, length); send ``reply``."""
 
@@ -129,7 +150,9 @@ class ConnectionClosed:
 
 
 Event = (
-    Hello
+    Auth
+    | AuthResponse
+    | Hello
     | MailFrom
     | RcptTo
     | Data

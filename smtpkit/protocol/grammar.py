@@ -12,7 +12,7 @@ import ipaddress
 import re
 from typing import Final
 
-from smtpkit.protocol.events import MailFrom, RcptTo
+from smtpkit.protocol.events import Auth, MailFrom, RcptTo
 from smtpkit.protocol.replies import (
     SYNTAX_ERROR_ARGS,
     SYNTAX_ERROR_PARAMS,
@@ -20,7 +20,7 @@ from smtpkit.protocol.replies import (
     Reply,
 )
 
-__all__ = ["CONTROL", "parse_mail", "parse_rcpt"]
+__all__ = ["BASE64", "CONTROL", "parse_auth", "parse_mail", "parse_rcpt"]
 
 # Control characters have no place in any command argument (RFC 5321 4.1.2 allows none), and
 # keeping them out means nothing echoed into a reply or a journal line can break it.
@@ -193,3 +193,19 @@ def parse_rcpt(argument: str) -> RcptTo | Reply:
     if params:
         return UNKNOWN_PARAMETER
     return RcptTo(address)
+
+
+# RFC 4954 4: auth-type = 1*20 (ALPHA / DIGIT / "-" / "_"); initial-response = base64 / "=".
+_MECHANISM: Final = re.compile(r"[A-Za-z0-9_-]{1,20}")
+#: A base64 text (RFC 4648 4), or "=" for an empty one (RFC 4954 4).
+BASE64: Final = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?|=")
+
+
+def parse_auth(argument: str) -> Auth | Reply:
+    """``AUTH mechanism [initial-response]`` (RFC 4954 4)."""
+    mechanism, _, initial = argument.partition(" ")
+    if not _MECHANISM.fullmatch(mechanism) or " " in initial:
+        return SYNTAX_ERROR_ARGS
+    if initial and not BASE64.fullmatch(initial):
+        return SYNTAX_ERROR_ARGS
+    return Auth(mechanism.upper(), initial or None)

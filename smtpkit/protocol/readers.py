@@ -17,16 +17,27 @@ from typing import Final, Protocol
 
 from smtpkit.limits import Limits
 from smtpkit.protocol.buffer import DataScanner, EndOfDataMarker, LineError, ReceiveBuffer
-from smtpkit.protocol.events import DataChunk, EndOfData, Event
+from smtpkit.protocol.events import AuthResponse, DataChunk, EndOfData, Event
 from smtpkit.protocol.replies import (
+    AUTH_BAD_RESPONSE,
+    BARE_NEWLINE_IN_COMMAND,
     BARE_NEWLINE_IN_DATA,
+    COMMAND_TOO_LONG,
     DATA_LINE_TOO_LONG,
     MESSAGE_TOO_BIG,
     Reply,
 )
 from smtpkit.protocol.state import State, Verb
 
-__all__ = ["READERS", "CommandReader", "DataReader", "ParseLine", "Reader", "Step"]
+__all__ = [
+    "READERS",
+    "AuthResponseReader",
+    "CommandReader",
+    "DataReader",
+    "ParseLine",
+    "Reader",
+    "Step",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +109,32 @@ class DataReader:
         return None
 
 
+class AuthResponseReader:
+    """One response line in an AUTH exchange (RFC 4954 4), at most ``max_auth_line``
+    octets. A line that breaks a rule still ends the exchange, with its refusal."""
+
+    __slots__ = ("_max",)
+
+    def __init__(self, limits: Limits, parse: ParseLine) -> None:
+        self._max = limits.max_auth_line
+
+    def read(self, buffer: ReceiveBuffer) -> Step | None:
+        got = buffer.next_line(self._max)
+        if got is None:
+            return None
+        line, error = got
+        refusal = _LINE_REFUSALS.get(error) if error is not None else None
+        text = line.decode("ascii", "replace")
+        if refusal is None and (b"\r" in line or not line.isascii()):
+            refusal = AUTH_BAD_RESPONSE
+        return Step(AuthResponse(text, refusal), Verb.AUTH_RESPONSE)
+
+
+_LINE_REFUSALS: Final[dict[LineError, Reply]] = {
+    LineError.TOO_LONG: COMMAND_TOO_LONG,
+    LineError.BARE_LF: BARE_NEWLINE_IN_COMMAND,
+}
+
 ReaderFactory = Callable[[Limits, ParseLine], Reader]
 
 #: The reader made on entering each state in which the client's bytes are read. INITIAL and
@@ -108,4 +145,5 @@ READERS: Final[dict[State, ReaderFactory]] = {
     State.MAIL: CommandReader,
     State.RCPT: CommandReader,
     State.DATA: DataReader,
+    State.AUTH: AuthResponseReader,
 }

@@ -10,6 +10,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "BAD_DESTINATION",
+    "FROM_NOT_OWNED",
+    "SENDER_NOT_OWNED",
+    "SENDING_LIMIT",
+    "TOO_MANY_AUTH_FAILURES",
+    "AUTH_OK",
+    "AUTH_THROTTLED",
+    "AUTH_CANCELLED",
+    "AUTH_BAD_RESPONSE",
+    "AUTH_NOT_OFFERED",
+    "AUTH_ALREADY",
+    "AUTH_IN_TRANSACTION",
+    "AUTH_UNKNOWN_MECHANISM",
+    "AUTH_REQUIRED",
+    "AUTH_FAILED",
+    "AUTH_NEEDS_TLS",
+    "TLS_REQUIRED",
+    "challenge",
     "BAD_SEQUENCE",
     "BARE_NEWLINE_IN_DATA",
     "BARE_NEWLINE_IN_COMMAND",
@@ -140,6 +158,26 @@ BARE_NEWLINE_IN_DATA = _r(550, "5.6.0", "Message refused: bare <CR> or <LF> in d
 DATA_LINE_TOO_LONG = _r(550, "5.6.0", "Message refused: text line longer than 1000 octets")
 
 
+# --- AUTH (RFC 4954 6, RFC 3463) ------------------------------------------------------------
+AUTH_OK = _r(235, "2.7.0", "Authentication successful")
+TOO_MANY_AUTH_FAILURES = _r(421, "4.7.0", "Too many authentication failures, closing connection")
+AUTH_THROTTLED = _r(454, "4.7.0", "Too many authentication failures, try again later")
+AUTH_CANCELLED = _r(501, "5.7.0", "Authentication cancelled")
+AUTH_BAD_RESPONSE = _r(501, "5.5.2", "Cannot decode the response")
+AUTH_NOT_OFFERED = _r(503, "5.5.1", "Authentication not enabled here")
+AUTH_ALREADY = _r(503, "5.5.1", "Already authenticated")
+AUTH_IN_TRANSACTION = _r(503, "5.5.1", "AUTH not allowed during a mail transaction")
+AUTH_UNKNOWN_MECHANISM = _r(504, "5.5.4", "Unrecognized authentication type")
+AUTH_REQUIRED = _r(530, "5.7.0", "Authentication required")
+AUTH_FAILED = _r(535, "5.7.8", "Authentication credentials invalid")
+AUTH_NEEDS_TLS = _r(538, "5.7.11", "Encryption required for requested authentication mechanism")
+TLS_REQUIRED = _r(530, "5.7.0", "Must issue a STARTTLS command first")
+SENDER_NOT_OWNED = _r(553, "5.7.1", "Sender address not owned by the authenticated user")
+FROM_NOT_OWNED = _r(550, "5.7.1", "From: header address not owned by the authenticated user")
+SENDING_LIMIT = _r(451, "4.7.1", "Sending limit reached, try again later")
+BAD_DESTINATION = _r(501, "5.1.3", "Bad destination mailbox address syntax")
+
+
 # --- replies with values -------------------------------------------------------------------
 def greeting(hostname: str) -> Reply:
     """RFC 5321 4.2: ``220 <domain> ESMTP``; no enhanced code before EHLO (RFC 2034 3)."""
@@ -176,6 +214,11 @@ def help_text() -> Reply:
         "Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP",
         "See RFC 5321 for details",
     )
+
+
+def challenge(text: str) -> Reply:
+    """RFC 4954 4: ``334`` and the base64 challenge (or an empty one); no enhanced code."""
+    return _r(334, None, text)
 
 
 def stored(queue_id: str) -> Reply:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from enum import Enum, StrEnum
 
 from smtpkit.protocol.replies import (
+    AUTH_IN_TRANSACTION,
     BAD_SEQUENCE,
     NEED_HELO,
     NO_VALID_RECIPIENTS,
@@ -19,6 +20,7 @@ from smtpkit.protocol.replies import (
 
 __all__ = [
     "ALWAYS_APPLIES",
+    "CHALLENGES",
     "COMMAND_VERBS",
     "TRANSITIONS",
     "State",
@@ -42,6 +44,8 @@ class State(Enum):
     RCPT = "rcpt"
     #: 354 sent: bytes are message content until ``<CRLF>.<CRLF>``.
     DATA = "data"
+    #: 334 sent in an AUTH exchange: the next line is a response, not a command (RFC 4954).
+    AUTH = "auth"
     #: QUIT answered, a 421 sent, or the peer closed: nothing more is read.
     CLOSED = "closed"
 
@@ -61,6 +65,9 @@ class Verb(StrEnum):
     EXPN = "EXPN"
     HELP = "HELP"
     STARTTLS = "STARTTLS"
+    AUTH = "AUTH"
+    #: Pseudo-step: the client's answer to a 334 challenge (RFC 4954 4).
+    AUTH_RESPONSE = "<auth-response>"
     #: Pseudo-step: the server sends its greeting (RFC 5321 3.1).
     GREETING = "<greeting>"
     #: Pseudo-step: the server answers the final dot (RFC 5321 4.1.1.4).
@@ -69,7 +76,9 @@ class Verb(StrEnum):
 
 #: The verbs a client can type, by their upper-case spelling.
 COMMAND_VERBS: dict[bytes, Verb] = {
-    v.value.encode("ascii"): v for v in Verb if v not in (Verb.GREETING, Verb.END_OF_DATA)
+    v.value.encode("ascii"): v
+    for v in Verb
+    if v not in (Verb.GREETING, Verb.END_OF_DATA, Verb.AUTH_RESPONSE)
 }
 
 _S = State
@@ -120,12 +129,23 @@ TRANSITIONS: dict[tuple[State, Verb], State] = {
     # RFC 3207 4.2: after the TLS handshake the server forgets everything it learned from the
     # client, including HELO/EHLO. Whether STARTTLS is offered at all is the session's call.
     **_everywhere(_V.STARTTLS, _S.GREETED),
+    # RFC 4954 4: AUTH after EHLO and outside a transaction; 235 leaves the identity in
+    # place. Whether AUTH is offered at all (TLS, the listener) is the session's call.
+    (_S.READY, _V.AUTH): _S.READY,
+    # RFC 4954 4: the exchange ends with the reply to a response, whatever its code.
+    (_S.AUTH, _V.AUTH_RESPONSE): _S.READY,
+}
+
+#: Where a ``334`` challenge leads: the next line is the client's response (RFC 4954 4).
+CHALLENGES: dict[tuple[State, Verb], State] = {
+    (_S.READY, _V.AUTH): _S.AUTH,
+    (_S.AUTH, _V.AUTH_RESPONSE): _S.AUTH,
 }
 
 #: Pseudo-steps whose transition applies on any reply code, not only positive ones: a refused
 #: greeting (554, RFC 5321 3.1) still leads to a dialogue, and a refused message still ends the
 #: transaction.
-ALWAYS_APPLIES = frozenset({_V.GREETING, _V.END_OF_DATA})
+ALWAYS_APPLIES = frozenset({_V.GREETING, _V.END_OF_DATA, _V.AUTH_RESPONSE})
 
 # Which 503 wording a lookup miss gets; any miss not listed gets BAD_SEQUENCE.
 _REFUSALS: dict[tuple[State, Verb], Reply] = {
@@ -135,6 +155,9 @@ _REFUSALS: dict[tuple[State, Verb], Reply] = {
     (_S.MAIL, _V.MAIL): SENDER_ALREADY,
     (_S.RCPT, _V.MAIL): SENDER_ALREADY,
     (_S.MAIL, _V.DATA): NO_VALID_RECIPIENTS,
+    (_S.GREETED, _V.AUTH): NEED_HELO,
+    (_S.MAIL, _V.AUTH): AUTH_IN_TRANSACTION,
+    (_S.RCPT, _V.AUTH): AUTH_IN_TRANSACTION,
 }
 
 

@@ -51,6 +51,7 @@ class Connection:
         "_flush_scheduled",
         "_gone",
         "_handshaking",
+        "_implicit",
         "_on_closed",
         "_out",
         "_peer_closed",
@@ -99,7 +100,13 @@ class Connection:
             pass  # not fatal: the output bound above still holds
         self.session = Session(ctx, self, (peer[0], peer[1]), role=role)
         loop.register(sock, _READ, self._on_event)
-        self.session.start()
+        # RFC 8314: on an implicit-TLS listener the handshake comes first, the greeting
+        # after it, under TLS.
+        self._implicit = role is ListenerRole.SUBMISSIONS and tls_context is not None
+        if self._implicit:
+            self._begin_tls()
+        else:
+            self.session.start()
 
     # --- Transport --------------------------------------------------------------------------
     def write(self, data: bytes) -> None:
@@ -262,9 +269,12 @@ class Connection:
         self._handshaking = False
         self._set_events(_READ)
         cipher = sock.cipher()
-        self.session.tls_started(
-            TlsInfo(version=sock.version() or "TLS", cipher=cipher[0] if cipher else "unknown")
-        )
+        info = TlsInfo(version=sock.version() or "TLS", cipher=cipher[0] if cipher else "unknown")
+        if self._implicit:
+            self._implicit = False
+            self.session.start(tls=info)
+        else:
+            self.session.tls_started(info)
 
     def _linger(self) -> bool:
         """After a 421, half-close and read (and drop) what the client still sends until it

@@ -16,10 +16,14 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TextIO
 
+from smtpkit.auth import PasswordFile
 from smtpkit.config import Config, ListenerRole, TlsConfig
 from smtpkit.delivery.commit import DeliveryWorker
+from smtpkit.delivery.queue import QUEUE_FOLDER, clean_queue
 from smtpkit.delivery.router import Router
 from smtpkit.delivery.spool import SPOOL_FOLDER, Spool, SpoolPool, clean_spools
 from smtpkit.delivery.syncer import SharedSyncer
@@ -29,6 +33,7 @@ from smtpkit.journal import Journal
 from smtpkit.owner import Owner, as_owner, drop_to
 from smtpkit.policy import LocalPolicy
 from smtpkit.protocol import replies
+from smtpkit.server.authn import PasswordChecker
 from smtpkit.server.connection import Connection
 from smtpkit.server.counts import ConnectionCounts, SharedCounts
 from smtpkit.server.listener import TOO_MANY, TOO_MANY_FROM_IP, Listener, refuse
@@ -38,7 +43,7 @@ from smtpkit.session import ServerContext
 from smtpkit.signals import defer_server_signals, release_server_signals
 from smtpkit.users import UserStore
 
-__all__ = ["GRACE", "Server", "make_tls_context", "serve"]
+__all__ = ["GRACE", "Server", "TlsContexts", "make_tls_context", "make_tls_contexts", "serve"]
 
 GRACE = 10.0  # seconds a message in flight may take to finish after SIGTERM
 SWEEP = 1.0  # seconds between deadline checks
@@ -48,10 +53,34 @@ SWEEP = 1.0  # seconds between deadline checks
 JOURNAL_FLUSH = 0.02
 
 
-def make_tls_context(tls: TlsConfig) -> ssl.SSLContext:
-    """A server context with the ssl module's secure defaults, TLS 1.2 or newer only."""
+# Submission carries passwords: AEAD ciphers with forward secrecy only (TLS 1.3's suites are
+# all AEAD). Port 25 keeps the ssl module's wider defaults, which opportunistic TLS needs to
+# stay better than plain text for old senders.
+STRICT_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20"
+
+
+@dataclass(frozen=True, slots=True)
+class TlsContexts:
+    """The certificate loaded for each kind of listener."""
+
+    receive: ssl.SSLContext
+    submission: ssl.SSLContext
+
+    def for_role(self, role: ListenerRole) -> ssl.SSLContext:
+        return self.receive if role is ListenerRole.RECEIVE else self.submission
+
+
+def make_tls_contexts(tls: TlsConfig) -> TlsContexts:
+    return TlsContexts(make_tls_context(tls), make_tls_context(tls, strict=True))
+
+
+def make_tls_context(tls: TlsConfig, *, strict: bool = False) -> ssl.SSLContext:
+    """A server context with the ssl module's secure defaults, TLS 1.2 or newer only;
+    ``strict``: AEAD ciphers only (the submission listeners)."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if strict:
+        context.set_ciphers(STRICT_CIPHERS)
     # Client-initiated TLS 1.2 renegotiation buys nothing for SMTP and costs a full handshake
     # each time a client asks: refuse it.
     context.options |= ssl.OP_NO_RENEGOTIATION
@@ -83,7 +112,7 @@ class Server:
         counts: ConnectionCounts | None = None,
         worker: int = 0,
         tmp_cleaned: int = 0,
-        tls_fallback: ssl.SSLContext | None = None,
+        tls_fallback: TlsContexts | None = None,
         tls_given: bool = False,
         syncer: SharedSyncer | None = None,
     ) -> None:
@@ -95,10 +124,28 @@ class Server:
         self.journal = Journal(config.server.journal_dir, echo=echo)
         self.users = UserStore(config.server.users_dir, config.server.domains)
         router = Router(self.users, config.aliases, config.server.domains)
-        self.policy = LocalPolicy(router, config.limits)
+        # AUTH where there are submission listeners; a queue for other domains where anyone
+        # may relay (authenticated users, trusted networks).
+        self.auth = (
+            PasswordChecker(
+                PasswordFile.in_folder(config.server.directory, config.server.domains),
+                config.server.domains,
+                config.limits,
+                self.loop.call_soon_threadsafe,
+            )
+            if _submission(config)
+            else None
+        )
+        self.policy = LocalPolicy(
+            router,
+            config.limits,
+            queue=queue_folder(config),
+            trusted=config.submission.trusted_networks,
+            **({"sent_this_hour": self.auth.sent_this_hour} if self.auth is not None else {}),
+        )
         # tls_given: the certificate was loaded for us (by a supervisor that can read what
         # this worker cannot); otherwise the files as they are now, else the fallback.
-        self.tls_context = tls_fallback if tls_given else _load_tls(config, tls_fallback)
+        self.tls = tls_fallback if tls_given else _load_tls(config, tls_fallback)
         # One pool folder per worker: creating and renaming files locks their folder, and
         # workers sharing one would wait for each other.
         pool = SpoolPool(config.server.users_dir / SPOOL_FOLDER / str(worker))
@@ -120,7 +167,8 @@ class Server:
             journal=self.journal,
             submit=self.delivery.submit,
             open_spool=functools.partial(Spool, pool=pool),
-            tls_available=self.tls_context is not None,
+            tls_available=self.tls is not None,
+            auth=self.auth,
         )
         self.connections: set[Connection] = set()
         # Connection counts shared by all worker processes: the limits are global.
@@ -159,6 +207,8 @@ class Server:
             # Held again while closing down: the loop that handled them is going away.
             defer_server_signals()
             self.delivery.close()
+            if self.auth is not None:
+                self.auth.close()
             self.journal.write(
                 "stop", "-", "-", syncs=self.syncer.calls, syncs_shared=self.syncer.shared
             )
@@ -192,7 +242,7 @@ class Server:
         if self.config.tls is None:
             return
         try:
-            self.tls_context = make_tls_context(self.config.tls)
+            self.tls = make_tls_contexts(self.config.tls)
         except ConfigError as exc:
             # Echoed on stderr with every other event unless --quiet; always in the journal.
             self.journal.write(
@@ -216,9 +266,8 @@ class Server:
         if not self.counts.add(peer[0]):
             refuse(sock, TOO_MANY)
             return
-        conn = Connection(
-            self.loop, sock, peer, self.ctx, self.tls_context, self._closed, role=role
-        )
+        tls = self.tls.for_role(role) if self.tls is not None else None
+        conn = Connection(self.loop, sock, peer, self.ctx, tls, self._closed, role=role)
         self.connections.add(conn)
 
     def _closed(self, conn: Connection) -> None:
@@ -245,7 +294,7 @@ def serve(
     *,
     workers: int,
     echo: TextIO | None = None,
-    tls: ssl.SSLContext | None = None,
+    tls: TlsContexts | None = None,
     log: Callable[[str], None] = lambda text: None,
     run_as: Owner | None = None,
 ) -> int:
@@ -264,6 +313,10 @@ def serve(
     directory = config.server.directory
     with as_owner(directory):
         cleaned = _clean_spools(config)
+        queue = queue_folder(config)
+        if queue is not None:
+            make_dirs(queue, 0o700)
+            cleaned += clean_queue(queue)
     # With reloads that replace workers, old and new ones overlap for a while: each needs
     # a row of its own in the shared connection counts.
     slots = 2 * workers if run_as is not None else workers
@@ -302,7 +355,7 @@ def serve(
 
         def reload_certificate() -> bool:
             try:
-                certificate[0] = make_tls_context(tls_config)
+                certificate[0] = make_tls_contexts(tls_config)
             except ConfigError as exc:
                 note(ok=False, error=f"{exc}; keeping the old certificate")
                 return False
@@ -323,6 +376,17 @@ def serve(
     return supervisor.run()
 
 
+def _submission(config: Config) -> bool:
+    return any(a.role is not ListenerRole.RECEIVE for a in config.server.listen)
+
+
+def queue_folder(config: Config) -> Path | None:
+    """``DIR/queue`` when anyone may send mail to other domains, else None."""
+    if _submission(config) or config.submission.trusted_networks:
+        return config.server.directory / QUEUE_FOLDER
+    return None
+
+
 def _clean_spools(config: Config) -> int:
     users = UserStore(config.server.users_dir, config.server.domains)
     spool = users.users_dir / SPOOL_FOLDER
@@ -331,12 +395,12 @@ def _clean_spools(config: Config) -> int:
     return clean_spools(users.users_dir, folders + [(SPOOL_FOLDER, p.name) for p in pools])
 
 
-def _load_tls(config: Config, fallback: ssl.SSLContext | None) -> ssl.SSLContext | None:
+def _load_tls(config: Config, fallback: TlsContexts | None) -> TlsContexts | None:
     """The certificate as the files hold it now, else the one loaded at start-up."""
     if config.tls is None:
         return None
     try:
-        return make_tls_context(config.tls)
+        return make_tls_contexts(config.tls)
     except ConfigError:
         if fallback is None:
             raise

@@ -50,7 +50,7 @@ def first_bad(transcript: bytes) -> Reply:
         (b"\x00\x01\x02\r\n", 500),
         (b"\xff\xfe\r\n", 500),
         (b"MAILFROM:<a@b.c>\r\n", 500),
-        (b"AUTH PLAIN AGFhAGI=\r\n", 500),
+        (b"AUTH PLAIN AGFhAGI=\r\n", 503),  # a command now (RFC 4954): after EHLO only
         (b"BDAT 10 LAST\r\n", 500),
     ],
 )

@@ -1,0 +1,100 @@
+"""SASL mechanisms for AUTH (RFC 4954): PLAIN (RFC 4616) and LOGIN, without I/O.
+
+An ``Exchange`` is fed the initial response and then each response line; it answers with
+the next challenge (base64 text for a ``334`` reply) or, at the end, the ``Credentials`` to
+check. Anything malformed raises ``SaslError`` with the reply to send. Checking the
+password is the caller's business (slow, off the event loop).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+
+from smtpkit.protocol import replies
+from smtpkit.protocol.replies import Reply
+
+__all__ = ["MECHANISMS", "Credentials", "Exchange", "SaslError"]
+
+#: What smtpkit offers, in the order EHLO lists them.
+MECHANISMS = ("PLAIN", "LOGIN")
+
+# RFC 4616 2: authcid and passwd are at most 255 octets of UTF-8 each.
+_MAX_FIELD = 255
+_USERNAME = base64.b64encode(b"Username:").decode()
+_PASSWORD = base64.b64encode(b"Password:").decode()
+
+
+class SaslError(Exception):
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(str(reply))
+        self.reply = reply
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    user: str
+    password: str
+
+    def __repr__(self) -> str:  # never print a password, not even in a traceback
+        return f"Credentials(user={self.user!r}, password=<hidden>)"
+
+
+def _decode(text: str) -> bytes:
+    if text == "=":  # RFC 4954 4: an empty initial response
+        return b""
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise SaslError(replies.AUTH_BAD_RESPONSE) from None
+
+
+def _text(data: bytes) -> str:
+    if len(data) > _MAX_FIELD or b"\0" in data:
+        raise SaslError(replies.AUTH_BAD_RESPONSE)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SaslError(replies.AUTH_BAD_RESPONSE) from None
+
+
+class Exchange:
+    """One AUTH exchange: ``feed(initial)`` first (None when there was none), then
+    ``feed(line)`` for each response; each returns a challenge or the credentials."""
+
+    def __init__(self, mechanism: str) -> None:
+        if mechanism not in MECHANISMS:
+            raise SaslError(replies.AUTH_UNKNOWN_MECHANISM)
+        self.mechanism = mechanism
+        self._user: str | None = None
+        self._started = False
+
+    def feed(self, response: str | None) -> str | Credentials:
+        first = not self._started
+        self._started = True
+        if response == "*":
+            # RFC 4954 4: the client cancels the exchange.
+            raise SaslError(replies.AUTH_CANCELLED)
+        if self.mechanism == "PLAIN":
+            if response is None:
+                return ""  # RFC 4616: the client sends everything in its response
+            return self._plain(_decode(response))
+        if first and response is None:
+            return _USERNAME
+        if self._user is None:
+            self._user = _text(_decode(response or "="))
+            return _PASSWORD
+        return Credentials(self._user, _text(_decode(response or "=")))
+
+    @staticmethod
+    def _plain(message: bytes) -> Credentials:
+        # RFC 4616 2: [authzid] NUL authcid NUL passwd.
+        parts = message.split(b"\0")
+        if len(parts) != 3 or not parts[1]:
+            raise SaslError(replies.AUTH_BAD_RESPONSE)
+        authzid, user = _text(parts[0]) if parts[0] else "", _text(parts[1])
+        if authzid and authzid != user:
+            # Acting as another user (a proxy login) is not offered.
+            raise SaslError(replies.AUTH_FAILED)
+        return Credentials(user, _text(parts[2]))

@@ -1,0 +1,153 @@
+"""Password checks for AUTH, off the event loop, and the counts that stop brute force.
+
+Checking a password is slow and memory-hungry on purpose (argon2id): it runs in a small
+thread pool, and at most ``MAX_PENDING`` checks wait for it; beyond that, AUTH is answered
+``454`` (try later) instead of queueing without bound, so a flood of AUTH commands can stall
+neither the event loop nor the memory.
+
+Failures are counted per client address (an IPv6 client by its /64, like the connection
+limits) and per user name, over ``limits.auth_window``. An address with
+``limits.max_auth_failures`` failures in that window is refused AUTH (``454 4.7.0``) for a
+minute, doubling with each further failure, at most an hour. The counts live in this worker
+process: with N workers an attacker spread over them gets at most N times the budget.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TypeVar
+
+from smtpkit.addresses import normalize_address
+from smtpkit.auth import PasswordFile
+from smtpkit.errors import UserError
+from smtpkit.limits import Limits
+from smtpkit.server.counts import address_key
+
+__all__ = ["MAX_PENDING", "PasswordChecker"]
+
+#: Password checks waiting for the pool at most; more are refused for now.
+MAX_PENDING = 16
+_POOL = 2
+#: Distinct addresses and users remembered; the oldest are forgotten first.
+_REMEMBERED = 4096
+_BLOCK_FIRST = 60.0
+_BLOCK_MOST = 3600.0
+
+
+@dataclass(slots=True)
+class _Failures:
+    count: int
+    first: float
+    last: float
+
+
+class PasswordChecker:
+    """The ``Authenticator`` of a worker: passwords from ``DIR/passwd``, checked in a pool,
+    answered on the event loop through ``call_soon`` (thread-safe)."""
+
+    def __init__(
+        self,
+        passwords: PasswordFile,
+        domains: tuple[str, ...],
+        limits: Limits,
+        call_soon: Callable[[Callable[[], None]], None],
+    ) -> None:
+        self.passwords = passwords
+        self.domains = domains
+        self.limits = limits
+        self._call_soon = call_soon
+        self._pool = ThreadPoolExecutor(max_workers=_POOL, thread_name_prefix="smtpkit-auth")
+        self._pending = 0
+        self._lock = threading.Lock()
+        self._by_address: OrderedDict[tuple[int, int], _Failures] = OrderedDict()
+        self._by_user: OrderedDict[str, _Failures] = OrderedDict()
+        self._sent: OrderedDict[str, list[float]] = OrderedDict()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    # --- checking --------------------------------------------------------------------------
+    def check(self, user: str, password: str, done: Callable[[str | None], None]) -> None:
+        with self._lock:
+            busy = self._pending >= MAX_PENDING
+            if not busy:
+                self._pending += 1
+        if busy:
+            done(None)
+            return
+        self._pool.submit(self._verify, user, password, done)
+
+    def _verify(self, user: str, password: str, done: Callable[[str | None], None]) -> None:
+        try:
+            canonical = self._canonical(user)
+            # An unknown user still costs one hash check inside verify: no timing oracle.
+            ok = self.passwords.verify(canonical or user, password) and canonical is not None
+        except Exception:  # noqa: BLE001 - a broken password file must fail the login only
+            ok = False
+            canonical = None
+        finally:
+            with self._lock:
+                self._pending -= 1
+        answer = canonical if ok else None
+        self._call_soon(lambda: done(answer))
+
+    def _canonical(self, user: str) -> str | None:
+        try:
+            return normalize_address(user, self.domains)
+        except UserError:
+            return None
+
+    # --- brute force -------------------------------------------------------------------------
+    def blocked(self, peer: str) -> bool:
+        seen = self._by_address.get(address_key(peer))
+        if seen is None or seen.count < self.limits.max_auth_failures:
+            return False
+        over = seen.count - self.limits.max_auth_failures
+        block = min(_BLOCK_MOST, _BLOCK_FIRST * float(2 ** min(over, 16)))
+        return time.monotonic() < seen.last + block
+
+    def failed(self, peer: str, user: str) -> None:
+        now = time.monotonic()
+        _count(self._by_address, address_key(peer), now, self.limits.auth_window)
+        _count(self._by_user, user.lower(), now, self.limits.auth_window)
+
+    def user_failures(self, user: str) -> int:
+        seen = self._by_user.get(user.lower())
+        return 0 if seen is None else seen.count
+
+    # --- the sending limit -------------------------------------------------------------------
+    def sent(self, user: str) -> None:
+        times = self._sent.setdefault(user, [])
+        self._sent.move_to_end(user)
+        times.append(time.monotonic())
+        if len(self._sent) > _REMEMBERED:
+            self._sent.popitem(last=False)
+
+    def sent_this_hour(self, user: str) -> int:
+        times = self._sent.get(user)
+        if not times:
+            return 0
+        cut = time.monotonic() - 3600.0
+        while times and times[0] < cut:
+            times.pop(0)
+        return len(times)
+
+
+K = TypeVar("K")
+
+
+def _count(table: OrderedDict[K, _Failures], key: K, now: float, window: float) -> None:
+    seen = table.get(key)
+    if seen is None or now - seen.first > window:
+        seen = _Failures(0, now, now)
+        table[key] = seen
+    seen.count += 1
+    seen.last = now
+    table.move_to_end(key)
+    while len(table) > _REMEMBERED:
+        table.popitem(last=False)
