@@ -341,6 +341,21 @@ def test_the_file_is_read_again_only_when_it_changed(
     assert reads == 4
 
 
+def test_each_version_gets_a_later_whole_second_so_that_dovecot_rereads_it(
+    passwd: PasswordFile,
+) -> None:
+    # Dovecot compares only the size and the mtime in seconds; a new password keeps the size.
+    versions = []
+    for password in ("one", "two", "three"):
+        passwd.set("alice@example.org", password)
+        st = passwd.path.stat()
+        versions.append((st.st_size, st.st_mtime_ns // 1_000_000_000))
+    assert len({size for size, _ in versions}) == 1
+    seconds = [second for _, second in versions]
+    assert seconds == sorted(set(seconds))
+    assert passwd.verify("alice@example.org", "three")
+
+
 def test_verify_is_safe_from_many_threads_while_the_file_changes(passwd: PasswordFile) -> None:
     passwd.set("alice@example.org", "secret")
     stop = threading.Event()
