@@ -573,7 +573,7 @@ class _FolderCheck:
         ]
         if writers:
             issues.append(f"writable by {' and '.join(writers)}")
-        if _in_users(entry.parts) and st.st_mode & stat.S_IROTH:
+        if _in_users(entry.parts) and st.st_mode & stat.S_IROTH and not _marker(entry, st):
             issues.append("readable by others")
         if not issues:
             return
@@ -587,6 +587,16 @@ class _FolderCheck:
             group = self.groups[(folder, text)] = _FileGroup(folder, self.show(folder), text)
             self.lines.append(group)
         group.files.append((name, st))
+
+
+def _marker(entry: _Entry, st: os.stat_result) -> bool:
+    """Dovecot's empty ``dovecot-uidvalidity.<hex>`` marker in a mailbox: made mode 0444
+    whatever the umask, and holding nothing to read."""
+    return (
+        not entry.is_dir
+        and st.st_size == 0
+        and entry.parts[-1].startswith("dovecot-uidvalidity.")
+    )
 
 
 @dataclass(slots=True)

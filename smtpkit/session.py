@@ -47,7 +47,7 @@ class Authenticator(Protocol):
 
     def check(self, user: str, password: str, done: Callable[[str | None], None]) -> None:
         """Check a password in the background; ``done`` gets the user's canonical address,
-        or None, on the loop."""
+        None for a wrong one, or "" when it could not check (try later), on the loop."""
 
     def failed(self, peer: str, user: str) -> None:
         """Count a failure against the address and the user name."""
@@ -610,7 +610,10 @@ class Session:
         self._sasl = None
         if self.closed:
             return
-        if user is not None:
+        if user == "":
+            self._journal("auth", mechanism=mechanism, user=claimed, result="unavailable")
+            self._refuse(replies.AUTH_UNAVAILABLE, journaled=True)
+        elif user is not None:
             self.user = user
             self._journal("auth", mechanism=mechanism, user=user, result="ok")
             self._reply(replies.AUTH_OK)

@@ -332,6 +332,24 @@ def test_users_and_mailboxes_readable_by_others(site: Site) -> None:
     ]
 
 
+def test_dovecots_empty_uidvalidity_marker_may_be_readable(site: Site) -> None:
+    """Dovecot makes it 0444 whatever the umask; it is empty. A non-empty file of that
+    name, or another name, is still reported."""
+    box = site.directory / "users/alice@example.org"
+    marker = box / "dovecot-uidvalidity.6b0d19a2"
+    marker.write_text("")
+    marker.chmod(0o444)
+    os.chown(marker, NOBODY.pw_uid, NOBODY.pw_gid)
+    assert site.check() == []
+    marker.write_text("x")
+    assert site.check() == [
+        error(
+            "users/alice@example.org/dovecot-uidvalidity.6b0d19a2: readable by others "
+            "(mode 0444)"
+        )
+    ]
+
+
 def test_a_root_owned_config_in_the_data_folder_is_fine_other_files_not(site: Site) -> None:
     site.check()
     os.chown(site.config_path, 0, 0)

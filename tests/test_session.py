@@ -305,11 +305,11 @@ class FakeAuth:
         return self.block
 
     def check(self, user: str, password: str, done: Callable[[str | None], None]) -> None:
-        done(
-            "alice@example.org"
-            if (user.lower(), password) == ("alice@example.org", "secret")
-            else None
-        )
+        if user == "unreadable@example.org":
+            done("")  # the password file could not be read
+            return
+        ok = (user.lower(), password) == ("alice@example.org", "secret")
+        done("alice@example.org" if ok else None)
 
     def failed(self, peer: str, user: str) -> None:
         self.failures.append((peer, user))
@@ -420,6 +420,15 @@ def test_three_failures_close_the_session(tmp_path: Path) -> None:
         "421 4.7.0 Too many authentication failures, closing connection"
     ]
     assert h.transport.closed
+
+
+def test_a_check_that_cannot_be_made_is_454_not_535(tmp_path: Path) -> None:
+    h, auth = submission(tmp_path)
+    h.say(b"EHLO c\r\n")
+    assert h.say(b"AUTH PLAIN " + b64("\0unreadable@example.org\0x") + b"\r\n") == [
+        "454 4.7.0 Temporary authentication failure, try again later"
+    ]
+    assert auth.failures == []  # not the client's failure
 
 
 def test_a_blocked_address_gets_454(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "AUTH_UNAVAILABLE",
     "BAD_DESTINATION",
     "FROM_NOT_OWNED",
     "SENDER_NOT_OWNED",
@@ -162,6 +163,7 @@ DATA_LINE_TOO_LONG = _r(550, "5.6.0", "Message refused: text line longer than 10
 AUTH_OK = _r(235, "2.7.0", "Authentication successful")
 TOO_MANY_AUTH_FAILURES = _r(421, "4.7.0", "Too many authentication failures, closing connection")
 AUTH_THROTTLED = _r(454, "4.7.0", "Too many authentication failures, try again later")
+AUTH_UNAVAILABLE = _r(454, "4.7.0", "Temporary authentication failure, try again later")
 AUTH_CANCELLED = _r(501, "5.7.0", "Authentication cancelled")
 AUTH_BAD_RESPONSE = _r(501, "5.5.2", "Cannot decode the response")
 AUTH_NOT_OFFERED = _r(503, "5.5.1", "Authentication not enabled here")

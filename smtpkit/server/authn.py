@@ -23,12 +23,16 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from smtpkit.addresses import normalize_address
-from smtpkit.auth import PasswordFile
+from smtpkit.auth import PasswordFile, PasswordFileError
 from smtpkit.errors import UserError
 from smtpkit.limits import Limits
 from smtpkit.server.counts import address_key
 
-__all__ = ["MAX_PENDING", "PasswordChecker"]
+__all__ = ["MAX_PENDING", "UNAVAILABLE", "PasswordChecker"]
+
+#: What ``check`` answers when it could not check at all (the password file cannot be read,
+#: too many checks waiting): the client gets 454 and tries later.
+UNAVAILABLE = ""
 
 #: Password checks waiting for the pool at most; more are refused for now.
 MAX_PENDING = 16
@@ -78,22 +82,24 @@ class PasswordChecker:
             if not busy:
                 self._pending += 1
         if busy:
-            done(None)
+            done(UNAVAILABLE)  # too many checks waiting: try later, not "wrong password"
             return
         self._pool.submit(self._verify, user, password, done)
 
     def _verify(self, user: str, password: str, done: Callable[[str | None], None]) -> None:
+        answer: str | None
         try:
             canonical = self._canonical(user)
             # An unknown user still costs one hash check inside verify: no timing oracle.
             ok = self.passwords.verify(canonical or user, password) and canonical is not None
-        except Exception:  # noqa: BLE001 - a broken password file must fail the login only
-            ok = False
-            canonical = None
+            answer = canonical if ok else None
+        except PasswordFileError:
+            answer = UNAVAILABLE  # the file cannot be read: our fault, try later
+        except Exception:  # noqa: BLE001 - anything else must fail the login only
+            answer = None
         finally:
             with self._lock:
                 self._pending -= 1
-        answer = canonical if ok else None
         self._call_soon(lambda: done(answer))
 
     def _canonical(self, user: str) -> str | None:

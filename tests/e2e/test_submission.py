@@ -1,0 +1,274 @@
+"""Submission end to end: a real `smtpkit serve` with port 25, STARTTLS submission (587-like)
+and implicit TLS (465-like) listeners on loopback; real clients (smtplib, swaks)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import signal
+import smtplib
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import MailServer, free_port, make_server, need_program, smtpkit
+
+PASSWORD = "correct horse battery staple"
+
+
+@dataclass
+class Submission:
+    server: MailServer
+    starttls: int  # the [submission] listen port
+    implicit: int  # the [submission] implicit_tls port
+
+    def context(self) -> ssl.SSLContext:
+        """A client that trusts the server's self-signed certificate, TLS 1.2+."""
+        context = ssl.create_default_context(cafile=str(self.server.directory / "tls" / "cert.pem"))
+        context.check_hostname = False  # connecting to 127.0.0.1, certificate for the MX name
+        return context
+
+    def smtp(self) -> smtplib.SMTP:
+        smtp = smtplib.SMTP(self.server.host, self.starttls, timeout=30)
+        smtp.starttls(context=self.context())
+        smtp.ehlo()
+        return smtp
+
+    def journal(self) -> list[dict[str, Any]]:
+        records = []
+        for path in sorted((self.server.directory / "journal").iterdir()):
+            records += [json.loads(line) for line in path.read_text().splitlines()]
+        return records
+
+    def queue(self) -> list[dict[str, Any]]:
+        out = smtpkit("queue", "list", "--json", config=self.server.config).stdout
+        return [json.loads(line) for line in out.splitlines()]
+
+
+def start_submission(root: Path, extra: str = "") -> Submission:
+    server = make_server(root)
+    smtpkit("tls", "self-signed", config=server.config)
+    starttls, implicit = free_port(), free_port()
+    with server.config.open("a") as fh:
+        fh.write(
+            f'\n[submission]\nlisten = ["127.0.0.1:{starttls}"]\n'
+            f'implicit_tls = ["127.0.0.1:{implicit}"]\n{extra}'
+        )
+    result = subprocess.run(
+        ["python3", "-m", "smtpkit", "-c", str(server.config), "user", "passwd", "--stdin",
+         "alice@example.org"],
+        input=PASSWORD + "\n", capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert result.stdout.strip() == "Password set for alice@example.org"
+    server.start("--workers", "2")
+    return Submission(server, starttls, implicit)
+
+
+@pytest.fixture
+def sub(tmp_path: Path) -> Iterator[Submission]:
+    made = start_submission(tmp_path)
+    yield made
+    if made.server.process is not None:
+        made.server.stop()
+
+
+def test_starttls_and_login_deliver_locally_and_queue_for_other_domains(sub: Submission) -> None:
+    with sub.smtp() as smtp:
+        smtp.login("alice@example.org", PASSWORD)
+        refused = smtp.sendmail(
+            "alice@example.org",
+            ["bob@example.org", "friend@remote.example"],
+            "From: Alice <alice@example.org>\r\nSubject: hello\r\n\r\nHi both\r\n",
+        )
+    assert refused == {}
+    (local,) = sub.server.new_files("bob@example.org")
+    message = local.read_bytes()
+    assert b"with ESMTPSA id " in message
+    head = message.split(b"\r\n\r\n", 1)[0]
+    assert b"\r\nDate: " in head and b"\r\nMessage-ID: <" in head
+    (queued,) = sub.queue()
+    assert queued["sender"] == "alice@example.org"
+    assert [(r["address"], r["state"]) for r in queued["recipients"]] == [
+        ("friend@remote.example", "queued")
+    ]
+    # One message, one 250: the local copy and the queued one are the same bytes.
+    queue_file = sub.server.directory / "queue" / queued["id"]
+    assert queue_file.read_bytes() == message
+    listing = smtpkit("queue", "list", config=sub.server.config).stdout.splitlines()
+    assert listing[0].startswith(queued["id"]) and listing[0].endswith("<alice@example.org>")
+    assert listing[1:] == ["    queued    friend@remote.example", "1 message in the queue."]
+
+
+def test_implicit_tls_and_login(sub: Submission) -> None:
+    with smtplib.SMTP_SSL(sub.server.host, sub.implicit, context=sub.context()) as smtp:
+        assert "AUTH" in smtp.ehlo()[1].decode()
+        smtp.login("alice@example.org", PASSWORD)
+        smtp.sendmail("alice@example.org", ["bob@example.org"], "Subject: 465\r\n\r\nx\r\n")
+    assert len(sub.server.new_files("bob@example.org")) == 1
+    connects = [r for r in sub.journal() if r["event"] == "connect" and r.get("tls")]
+    assert connects and connects[0]["tls"] in ("TLSv1.2", "TLSv1.3")
+
+
+def test_no_password_before_tls_and_no_mail_before_auth(sub: Submission) -> None:
+    plain = socket.create_connection((sub.server.host, sub.starttls), timeout=10)
+    with plain:
+        reader = plain.makefile("rb")
+        assert reader.readline().startswith(b"220 ")
+        plain.sendall(b"EHLO client.test\r\n")
+        lines = []
+        while not (line := reader.readline()).startswith(b"250 "):
+            lines.append(line)
+        assert not any(b"AUTH" in line for line in lines)
+        plain.sendall(b"AUTH PLAIN AGFsaWNlQGV4YW1wbGUub3JnAHBhc3M=\r\n")
+        assert reader.readline() == (
+            b"538 5.7.11 Encryption required for requested authentication mechanism\r\n"
+        )
+        plain.sendall(b"MAIL FROM:<alice@example.org>\r\n")
+        assert reader.readline() == b"530 5.7.0 Must issue a STARTTLS command first\r\n"
+    with sub.smtp() as smtp:
+        assert smtp.mail("alice@example.org") == (530, b"5.7.0 Authentication required")
+
+
+def test_a_wrong_password_is_535_and_never_journaled(sub: Submission) -> None:
+    with sub.smtp() as smtp, pytest.raises(smtplib.SMTPAuthenticationError) as caught:
+        smtp.login("alice@example.org", "not the password")
+    assert caught.value.smtp_code == 535
+    assert caught.value.smtp_error == b"5.7.8 Authentication credentials invalid"
+    auths = [r for r in sub.journal() if r["event"] == "auth"]
+    assert [(r["user"], r["result"]) for r in auths] == [("alice@example.org", "failed")]
+    journal_text = "".join(p.read_text() for p in (sub.server.directory / "journal").iterdir())
+    assert "not the password" not in journal_text and PASSWORD not in journal_text
+
+
+def test_users_cannot_pose_as_others(sub: Submission) -> None:
+    with sub.smtp() as smtp:
+        smtp.login("alice@example.org", PASSWORD)
+        code, text = smtp.mail("bob@example.org")
+        assert (code, text) == (553, b"5.7.1 Sender address not owned by the authenticated user")
+        smtp.rset()
+        with pytest.raises(smtplib.SMTPDataError) as caught:
+            smtp.sendmail(
+                "alice@example.org",
+                ["friend@remote.example"],
+                "From: Bob <bob@example.org>\r\nSubject: forged\r\n\r\nx\r\n",
+            )
+    assert (caught.value.smtp_code, caught.value.smtp_error) == (
+        550,
+        b"5.7.1 From: header address not owned by the authenticated user",
+    )
+    assert sub.queue() == []
+
+
+@pytest.mark.timeout(120)
+def test_brute_force_from_one_address_is_slowed_down(sub: Submission) -> None:
+    """3 failures end a session (421); after 5 within 10 minutes the address gets 454 for
+    AUTH, even with the right password (bounded: 6 attempts)."""
+    guess = "PLAIN AGFsaWNlQGV4YW1wbGUub3JnAGd1ZXNz"  # alice@example.org / guess
+    with sub.smtp() as smtp:
+        for _ in range(3):
+            assert smtp.docmd("AUTH", guess) == (
+                535,
+                b"5.7.8 Authentication credentials invalid",
+            )
+        assert smtp.getreply() == (
+            421,
+            b"4.7.0 Too many authentication failures, closing connection",
+        )
+        smtp.close()
+    for _ in range(2):  # failures 4 and 5 (in a worker or the other)
+        with sub.smtp() as smtp:
+            assert smtp.docmd("AUTH", guess)[0] == 535
+    # Each worker counts its own failures: the 454 comes once one worker has seen 5, so
+    # more failures may be needed with 2 workers (bounded).
+    right = "PLAIN " + base64.b64encode(f"\0alice@example.org\0{PASSWORD}".encode()).decode()
+    for _attempt in range(10):
+        with sub.smtp() as smtp:
+            code, text = smtp.docmd("AUTH", right)
+            if code == 454:
+                assert text == b"4.7.0 Too many authentication failures, try again later"
+                break
+            smtp.close()
+        with sub.smtp() as smtp:
+            assert smtp.docmd("AUTH", guess)[0] in (535, 454)  # 454: this worker is there
+    else:
+        raise AssertionError("the address was never slowed down")
+    deadline = time.monotonic() + 10  # the journal is appended every 20 ms
+    while not any(r["event"] == "auth" and r["result"] == "throttled" for r in sub.journal()):
+        assert time.monotonic() < deadline, "no throttled auth event in the journal"
+        time.sleep(0.05)
+
+
+def test_port_25_offers_no_auth_and_still_refuses_relaying(sub: Submission) -> None:
+    with smtplib.SMTP(sub.server.host, sub.server.port, timeout=10) as smtp:
+        smtp.starttls(context=sub.context())
+        smtp.ehlo()
+        assert not smtp.has_extn("auth")
+        smtp.mail("x@remote.example")
+        assert smtp.rcpt("friend@remote.example") == (550, b"5.7.1 Relaying denied")
+
+
+def test_swaks_auth_plain_and_login(sub: Submission) -> None:
+    swaks = need_program("swaks", "swaks")
+    for auth, tls in (("PLAIN", "--tls"), ("LOGIN", "--tlsc")):
+        port = sub.starttls if tls == "--tls" else sub.implicit
+        result = subprocess.run(
+            [swaks, "--server", f"{sub.server.host}:{port}", tls, "--auth", auth,
+             "--auth-user", "alice@example.org", "--auth-password", PASSWORD,
+             "--from", "alice@example.org", "--to", "bob@example.org",
+             "--header", f"Subject: swaks {auth}"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "235 2.7.0 Authentication successful" in result.stdout
+    assert len(sub.server.new_files("bob@example.org")) == 2
+
+
+def test_trusted_networks_relay_on_port_25_without_auth(tmp_path: Path) -> None:
+    sub = start_submission(tmp_path, 'trusted_networks = ["127.0.0.0/8"]\n')
+    try:
+        with smtplib.SMTP(sub.server.host, sub.server.port, timeout=10) as smtp:
+            smtp.sendmail("app@example.org", ["friend@remote.example"], "Subject: app\r\n\r\nx\r\n")
+        (queued,) = sub.queue()
+        assert queued["sender"] == "app@example.org"
+    finally:
+        sub.server.stop()
+
+
+@pytest.mark.timeout(120)
+def test_a_queued_message_survives_sigkill_right_after_its_250(tmp_path: Path) -> None:
+    sub = start_submission(tmp_path)
+    with sub.smtp() as smtp:
+        smtp.login("alice@example.org", PASSWORD)
+        smtp.sendmail("alice@example.org", ["friend@remote.example"], "Subject: s\r\n\r\nx\r\n")
+    assert sub.server.stop(signal.SIGKILL) == -signal.SIGKILL
+    sub.server.start("--workers", "2")
+    try:
+        (queued,) = sub.queue()
+        assert queued["recipients"][0]["address"] == "friend@remote.example"
+        assert (
+            (sub.server.directory / "queue" / queued["id"])
+            .read_bytes()
+            .endswith(b"Subject: s\r\n\r\nx\r\n")
+        )
+    finally:
+        sub.server.stop()
+
+
+def test_submission_listeners_need_tls(tmp_path: Path) -> None:
+    server = make_server(tmp_path)
+    with server.config.open("a") as fh:
+        fh.write('\n[submission]\nimplicit_tls = ["127.0.0.1:4650"]\n')
+    result = smtpkit("check", config=server.config, check=False)
+    assert result.returncode == 1
+    assert result.stdout.strip() == (
+        "error: submission -> implicit_tls: needs [tls]: passwords are only ever sent under "
+        "TLS (smtpkit tls self-signed, or a certificate and key) "
+        f"({server.config})"
+    )
