@@ -99,10 +99,13 @@ class Connection:
         except OSError:
             pass  # not fatal: the output bound above still holds
         self.session = Session(ctx, self, (peer[0], peer[1]), role=role)
-        loop.register(sock, _READ, self._on_event)
-        # RFC 8314: on an implicit-TLS listener the handshake comes first, the greeting
-        # after it, under TLS.
         self._implicit = role is ListenerRole.SUBMISSIONS and tls_context is not None
+
+    def start(self) -> None:
+        """Begin: greet, or (RFC 8314, an implicit-TLS listener) handshake first and greet
+        under TLS. Apart from the constructor, so that the owner has the connection in
+        hand even when it ends at once (a handshake that fails right away)."""
+        self.loop.register(self.sock, _READ, self._on_event)
         if self._implicit:
             self._begin_tls()
         else:

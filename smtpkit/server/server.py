@@ -269,6 +269,7 @@ class Server:
         tls = self.tls.for_role(role) if self.tls is not None else None
         conn = Connection(self.loop, sock, peer, self.ctx, tls, self._closed, role=role)
         self.connections.add(conn)
+        conn.start()
 
     def _closed(self, conn: Connection) -> None:
         # Only now, with the socket closed, does the connection stop counting: see

@@ -272,3 +272,84 @@ def test_submission_listeners_need_tls(tmp_path: Path) -> None:
         "TLS (smtpkit tls self-signed, or a certificate and key) "
         f"({server.config})"
     )
+
+
+# --- the hardening battery on the submission listeners ------------------------------------------
+
+
+def authenticated(sub: Submission, implicit: bool) -> tuple[ssl.SSLSocket, Any]:
+    """A raw TLS socket, past EHLO and AUTH, on the STARTTLS or the implicit-TLS listener."""
+    context = sub.context()
+    if implicit:
+        raw = socket.create_connection((sub.server.host, sub.implicit), timeout=30)
+        sock = context.wrap_socket(raw)
+        reader = sock.makefile("rb")
+        assert reader.readline().startswith(b"220 ")
+    else:
+        raw = socket.create_connection((sub.server.host, sub.starttls), timeout=30)
+        plain = raw.makefile("rb")
+        assert plain.readline().startswith(b"220 ")
+        raw.sendall(b"EHLO hostile.test\r\nSTARTTLS\r\n")
+        while not plain.readline().startswith(b"250 "):
+            pass
+        assert plain.readline().startswith(b"220 ")
+        sock = context.wrap_socket(raw)
+        reader = sock.makefile("rb")
+    token = base64.b64encode(f"\0alice@example.org\0{PASSWORD}".encode())
+    sock.sendall(b"EHLO hostile.test\r\nAUTH PLAIN " + token + b"\r\n")
+    while not reader.readline().startswith(b"250 "):
+        pass
+    assert reader.readline() == b"235 2.7.0 Authentication successful\r\n"
+    return sock, reader
+
+
+@pytest.mark.parametrize("implicit", [False, True], ids=["starttls", "implicit-tls"])
+def test_smuggling_and_limits_hold_on_submission(sub: Submission, implicit: bool) -> None:
+    """Every bare-newline end-of-data variant, a 1 MB command line and a message over the
+    size limit, after AUTH: refused exactly as on port 25, nothing stored or queued."""
+    from tests.e2e.test_smuggling import BARE_VARIANTS, REFUSED, SMUGGLED
+
+    for variant in BARE_VARIANTS.values():  # a session each: every 550 spends the budget
+        sock, reader = authenticated(sub, implicit)
+        with sock:
+            sock.sendall(
+                b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<friend@remote.example>\r\nDATA\r\n"
+                b"Subject: smuggle\r\n\r\nhi" + variant + SMUGGLED + b"\r\n.\r\n"
+            )
+            replies = [reader.readline() for _ in range(4)]
+            assert [line[:3] for line in replies] == [b"250", b"250", b"354", b"550"]
+            assert replies[-1] == b"%d %s\r\n" % REFUSED
+            sock.sendall(b"NOOP\r\n")  # what was smuggled was never run as commands
+            assert reader.readline() == b"250 2.0.0 OK\r\n"
+    sock, reader = authenticated(sub, implicit)
+    with sock:
+        sock.sendall(b"NOOP " + b"x" * 1024 * 1024 + b"\r\n")
+        assert reader.readline() == b"500 5.5.6 Command line too long\r\n"
+        sock.sendall(b"MAIL FROM:<alice@example.org> SIZE=99999999\r\n")
+        assert reader.readline() == b"552 5.3.4 Message size exceeds fixed maximum message size\r\n"
+    assert sub.queue() == []
+    assert sub.server.new_files("bob@example.org") == []
+
+
+def test_submission_refuses_cbc_ciphers_port_25_does_not(sub: Submission) -> None:
+    """Passwords travel only under AEAD ciphers; opportunistic TLS on port 25 stays wide."""
+    cbc = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    cbc.check_hostname = False
+    cbc.verify_mode = ssl.CERT_NONE
+    cbc.maximum_version = ssl.TLSVersion.TLSv1_2
+    cbc.set_ciphers("ECDHE-ECDSA-AES128-SHA256:ECDHE-RSA-AES128-SHA256")  # CBC only
+    with smtplib.SMTP(sub.server.host, sub.server.port, timeout=10) as smtp:
+        smtp.starttls(context=cbc)
+        assert isinstance(smtp.sock, ssl.SSLSocket)
+        cipher = smtp.sock.cipher()
+        assert cipher is not None and cipher[0].endswith("AES128-SHA256")
+    with (
+        pytest.raises(ssl.SSLError, match="handshake failure"),
+        smtplib.SMTP_SSL(sub.server.host, sub.implicit, context=cbc, timeout=10),
+    ):
+        pass
+    with (
+        smtplib.SMTP(sub.server.host, sub.starttls, timeout=10) as smtp,
+        pytest.raises(ssl.SSLError, match="handshake failure"),
+    ):
+        smtp.starttls(context=cbc)
