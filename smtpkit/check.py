@@ -441,6 +441,9 @@ class _FolderCheck:
         self._reach_directory()
         for entry in scan.entries.values():
             parts = entry.parts
+            if parts[:1] == ("maildrop",):
+                self._maildrop(entry)
+                continue
             if entry.is_link:
                 self._link(entry)
                 continue
@@ -462,6 +465,22 @@ class _FolderCheck:
                     f"check as root or as {self.who.name})",
                 )
         return [line if isinstance(line, Problem) else line.problem() for line in self.lines]
+
+    def _maildrop(self, entry: _Entry) -> None:
+        """``maildrop/`` is meant to be written by everyone (mode 1733, sticky, not listable:
+        smtpkit-sendmail drops files there) and its files are the dropping users'."""
+        if len(entry.parts) > 1:
+            return
+        st = entry.st
+        mode = stat.S_IMODE(st.st_mode)
+        if entry.is_link or not entry.is_dir:
+            self.add(True, "maildrop: not a folder (smtpkit serve makes it, mode 1733)")
+        elif mode != 0o1733 or st.st_uid != self.owner.uid:
+            self.add(
+                False,
+                f"maildrop: mode {mode:04o}, owned by {_user(st.st_uid)}; it must be mode 1733 "
+                f"and {self.owner.name}'s (smtpkit serve sets it right)",
+            )
 
     def _below_blocked(self, parts: tuple[str, ...]) -> bool:
         """True when ``parts`` or a folder above it is one the server cannot pass."""
@@ -593,9 +612,7 @@ def _marker(entry: _Entry, st: os.stat_result) -> bool:
     """Dovecot's empty ``dovecot-uidvalidity.<hex>`` marker in a mailbox: made mode 0444
     whatever the umask, and holding nothing to read."""
     return (
-        not entry.is_dir
-        and st.st_size == 0
-        and entry.parts[-1].startswith("dovecot-uidvalidity.")
+        not entry.is_dir and st.st_size == 0 and entry.parts[-1].startswith("dovecot-uidvalidity.")
     )
 
 

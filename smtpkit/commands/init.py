@@ -31,6 +31,7 @@ from smtpkit.config import (
 )
 from smtpkit.errors import ConfigError, UserError
 from smtpkit.fsutil import fsync_dir, make_dirs, place_durably, unique_name, write_all
+from smtpkit.maildrop import ensure_maildrop
 from smtpkit.owner import Owner, OwnerError, as_owner, group_name, lookup_user, owner_of
 
 __all__ = ["check_listen", "command"]
@@ -242,6 +243,7 @@ def _make_inside(directory: Path) -> None:
         try:
             make_dirs(directory / "users", 0o700)
             make_dirs(directory / "journal", 0o750)
+            ensure_maildrop(directory)  # for smtpkit-sendmail, even before serve runs
         except PermissionError as exc:
             if owner.is_root:
                 raise

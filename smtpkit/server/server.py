@@ -30,6 +30,7 @@ from smtpkit.delivery.syncer import SharedSyncer
 from smtpkit.errors import ConfigError
 from smtpkit.fsutil import make_dirs
 from smtpkit.journal import Journal
+from smtpkit.maildrop import ensure_maildrop
 from smtpkit.owner import Owner, as_owner, drop_to
 from smtpkit.policy import LocalPolicy
 from smtpkit.protocol import replies
@@ -38,6 +39,7 @@ from smtpkit.server.connection import Connection
 from smtpkit.server.counts import ConnectionCounts, SharedCounts
 from smtpkit.server.listener import TOO_MANY, TOO_MANY_FROM_IP, Listener, refuse
 from smtpkit.server.loop import EventLoop
+from smtpkit.server.pickup import Pickup
 from smtpkit.server.workers import Supervisor
 from smtpkit.session import ServerContext
 from smtpkit.signals import defer_server_signals, release_server_signals
@@ -160,6 +162,14 @@ class Server:
         self.delivery = DeliveryWorker(
             self.loop.call_soon_threadsafe, pool=pool, syncer=self.syncer
         )
+        self.pickup = Pickup(
+            config,
+            self.policy,
+            pool,
+            self.syncer,
+            self.loop.call_soon_threadsafe,
+            self.journal.write,
+        )
         self.ctx = ServerContext(
             hostname=config.server.hostname,
             limits=config.limits,
@@ -201,11 +211,13 @@ class Server:
         release_server_signals()
         self.loop.call_later(JOURNAL_FLUSH, self._flush_journal)
         self.loop.call_later(SWEEP, self._sweep)
+        self.pickup.start()
         try:
             self.loop.run()
         finally:
             # Held again while closing down: the loop that handled them is going away.
             defer_server_signals()
+            self.pickup.stop()
             self.delivery.close()
             if self.auth is not None:
                 self.auth.close()
@@ -315,9 +327,9 @@ def serve(
     with as_owner(directory):
         cleaned = _clean_spools(config)
         queue = queue_folder(config)
-        if queue is not None:
-            make_dirs(queue, 0o700)
-            cleaned += clean_queue(queue)
+        make_dirs(queue, 0o700)
+        cleaned += clean_queue(queue)
+        ensure_maildrop(directory)
     # With reloads that replace workers, old and new ones overlap for a while: each needs
     # a row of its own in the shared connection counts.
     slots = 2 * workers if run_as is not None else workers
@@ -381,11 +393,10 @@ def _submission(config: Config) -> bool:
     return any(a.role is not ListenerRole.RECEIVE for a in config.server.listen)
 
 
-def queue_folder(config: Config) -> Path | None:
-    """``DIR/queue`` when anyone may send mail to other domains, else None."""
-    if _submission(config) or config.submission.trusted_networks:
-        return config.server.directory / QUEUE_FOLDER
-    return None
+def queue_folder(config: Config) -> Path:
+    """``DIR/queue``: where mail for other domains waits (who may send there is policy's
+    business: authenticated users, trusted networks, local programs)."""
+    return config.server.directory / QUEUE_FOLDER
 
 
 def _clean_spools(config: Config) -> int:

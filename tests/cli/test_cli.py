@@ -116,9 +116,9 @@ def test_user_add_list_remove(runner: CliRunner, tmp_path: Path) -> None:
     (users / "bob@example.net" / "cur" / "2.M1P1Q1.host:2,S").write_bytes(b"Subject: y\r\n\r\n")
     result = runner.invoke(cli, [*c, "user", "list"])
     assert result.output.splitlines() == [
-        "ADDRESS              NEW   SEEN",
-        "alice@example.org      0      0",
-        "bob@example.net        1      1",
+        "ADDRESS              NEW   SEEN  PASSWORD",
+        "alice@example.org      0      0  no",
+        "bob@example.net        1      1  no",
     ]
     result = runner.invoke(cli, [*c, "user", "list", "--json"])
     assert [json.loads(line) for line in result.output.splitlines()] == [
@@ -126,12 +126,14 @@ def test_user_add_list_remove(runner: CliRunner, tmp_path: Path) -> None:
             "address": "alice@example.org",
             "new": 0,
             "seen": 0,
+            "password": False,
             "folders": {"INBOX": {"new": 0, "seen": 0}},
         },
         {
             "address": "bob@example.net",
             "new": 1,
             "seen": 1,
+            "password": False,
             "folders": {"INBOX": {"new": 1, "seen": 1}},
         },
     ]

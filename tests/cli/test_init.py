@@ -71,7 +71,9 @@ def test_owner_gets_the_folder_and_what_is_inside(
         *next_steps(config),
     ]
     uid, gid = service_user.uid, service_user.gid
-    assert ownership(data) == (uid, gid, 0o750)
+    # 0751: every local user may pass through to the maildrop (smtpkit-sendmail).
+    assert ownership(data) == (uid, gid, 0o751)
+    assert ownership(data / "maildrop") == (uid, gid, 0o1733)
     assert ownership(data / "users") == (uid, gid, 0o700)
     assert ownership(data / "journal") == (uid, gid, 0o750)
     assert ownership(config) == (0, 0, 0o644)  # the config is root's
@@ -104,7 +106,7 @@ def test_config_in_etc_and_data_in_var_lib(
     assert ownership(config.parent) == (0, 0, 0o755)
     for parent in (open_tmp_path / "var", open_tmp_path / "var" / "lib"):
         assert ownership(parent) == (0, 0, 0o755)  # the owner can pass through
-    assert ownership(data) == (service_user.uid, service_user.gid, 0o750)
+    assert ownership(data) == (service_user.uid, service_user.gid, 0o751)
     assert ownership(data / "users") == (service_user.uid, service_user.gid, 0o700)
 
 
@@ -180,7 +182,7 @@ def test_an_empty_folder_is_taken_over(
         cli, ["init", str(data), "--domain", "example.org", "--owner", service_user.name]
     )
     assert result.exit_code == 0, result.output
-    assert ownership(data) == (service_user.uid, service_user.gid, 0o750)
+    assert ownership(data) == (service_user.uid, service_user.gid, 0o751)
 
 
 def test_a_folder_of_the_owner_may_hold_files(
@@ -195,7 +197,8 @@ def test_a_folder_of_the_owner_may_hold_files(
         cli, ["init", str(data), "--domain", "example.org", "--owner", service_user.name]
     )
     assert result.exit_code == 0, result.output
-    assert ownership(data) == (service_user.uid, service_user.gid, 0o700)  # left as it was
+    # Left as it was, but for the search bit others need to reach the maildrop.
+    assert ownership(data) == (service_user.uid, service_user.gid, 0o701)
     assert (data / "notes").read_text() == "mine"
     assert ownership(data / "users")[:2] == (service_user.uid, service_user.gid)
 
@@ -253,6 +256,7 @@ def test_force_keeps_the_old_config_as_bak(runner: CliRunner, tmp_path: Path) ->
     assert (data / "smtpkit.toml.bak.1").read_text() == second
     assert sorted(p.name for p in data.iterdir()) == [
         "journal",
+        "maildrop",
         "smtpkit.toml",
         "smtpkit.toml.bak",
         "smtpkit.toml.bak.1",

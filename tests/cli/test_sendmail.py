@@ -55,6 +55,9 @@ class Site:
         self.maildrop = self.directory / "maildrop"
         if make_maildrop:
             ensure_maildrop(self.directory)
+        else:  # as before init made it: no maildrop, a data folder nobody else may pass
+            self.maildrop.rmdir()
+            self.directory.chmod(0o750)
 
     def dropped(self) -> list[tuple[DropEnvelope, bytes]]:
         found = []

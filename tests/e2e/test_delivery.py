@@ -499,8 +499,9 @@ def test_under_umask_000_every_folder_gets_its_own_mode(tmp_path: Path) -> None:
     folders = {k: v for k, v in modes.items() if (tmp_path / k).is_dir()}
     assert folders == {
         "new": 0o750,
-        "new/data": 0o750,
+        "new/data": 0o751,  # others may pass through to the maildrop, and no further
         "new/data/journal": 0o750,
+        "new/data/maildrop": 0o1733,
         "new/data/users": 0o700,
         "new/data/users/.spool": 0o700,
         "new/data/users/.spool/0": 0o700,
@@ -509,8 +510,10 @@ def test_under_umask_000_every_folder_gets_its_own_mode(tmp_path: Path) -> None:
         "new/data/users/alice@example.org/new": 0o700,
         "new/data/users/alice@example.org/tmp": 0o700,
     }
-    # Files: none writable by others; mail and the journal readable by nobody else.
-    assert not [k for k, v in modes.items() if v & 0o002], modes
+    # Nothing writable by others but the sticky maildrop; mail and the journal readable by
+    # nobody else.
+    writable = [k for k, v in modes.items() if v & 0o002]
+    assert writable == ["new/data/maildrop"], modes
     (message,) = (data / "users" / "alice@example.org" / "new").iterdir()
     assert stat.S_IMODE(message.stat().st_mode) == 0o600
     for hour in (data / "journal").iterdir():

@@ -1,0 +1,275 @@
+"""Picking up what local programs dropped with ``smtpkit-sendmail`` (``DIR/maildrop/``).
+
+One worker at a time picks up (it holds a lock beside the spool pool folders; another takes
+over if it dies). It learns of new files through inotify, and looks anyway every few seconds
+(a missed event, files dropped while the server was stopped). Each file is untrusted input:
+``maildrop.read`` checks its form and size; the sender comes from the file's owner (``-f``
+counts only for root and the data folder's owner, as Postfix trusts only its own users);
+the message is copied into a spool file behind our trace header, with the line rules of
+SMTP applied (a bare CR or LF ends a line, a line over 998 octets is broken, as Postfix's
+cleanup does), then committed like any message: local recipients to their Maildirs, others
+to the queue. The file is removed once the message is durable, or when it is refused.
+
+The work runs in a thread of its own: reading and writing files never stalls the event
+loop. Journal lines are handed to the loop.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import os
+import pwd
+import re
+import select
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from pathlib import Path
+from typing import Any
+
+from smtpkit.config import Config, ListenerRole
+from smtpkit.delivery.commit import commit_batch
+from smtpkit.delivery.spool import Spool, SpoolPool
+from smtpkit.delivery.syncer import SharedSyncer
+from smtpkit.delivery.targets import Delivery, Target
+from smtpkit.maildrop import MaildropError, leftovers, maildrop_path, pending, read
+from smtpkit.policy import Accept, LocalPolicy, SessionFacts
+from smtpkit.protocol.events import RcptTo
+from smtpkit.protocol.replies import UNKNOWN_USER
+
+__all__ = ["Pickup"]
+
+SCAN_EVERY = 5.0  # seconds between looks at the folder when inotify says nothing
+_MAX_LINE = 998  # RFC 5321 4.5.3.1.6 without its CRLF
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+Journal = Callable[..., None]
+
+
+def _inotify(folder: Path) -> int:
+    """An inotify descriptor watching for files moved in or closed after writing, or -1."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = int(libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC))
+        if fd < 0:
+            return -1
+        mask = 0x00000080 | 0x00000008  # IN_MOVED_TO | IN_CLOSE_WRITE
+        if libc.inotify_add_watch(fd, str(folder).encode(), mask) < 0:
+            os.close(fd)
+            return -1
+        return fd
+    except (OSError, AttributeError):
+        return -1
+
+
+class Pickup:
+    """Runs in its own thread; ``stop()`` ends it."""
+
+    def __init__(
+        self,
+        config: Config,
+        policy: LocalPolicy,
+        pool: SpoolPool,
+        syncer: SharedSyncer,
+        journal: Callable[[Callable[[], None]], None],
+        write_journal: Journal,
+    ) -> None:
+        self.config = config
+        self.policy = policy
+        self.pool = pool
+        self.syncer = syncer
+        self._call_soon = journal
+        self._write = write_journal
+        self.folder = maildrop_path(config.server.directory)
+        self._stop = threading.Event()
+        self._wake_r, self._wake_w = os.pipe()
+        self._thread = threading.Thread(target=self._run, name="smtpkit-pickup", daemon=True)
+        self._counter = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        os.write(self._wake_w, b"x")
+        self._thread.join()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def _journal(self, event: str, session: str, **fields: Any) -> None:
+        self._call_soon(lambda: self._write(event, session, "local", **fields))
+
+    # --- the thread --------------------------------------------------------------------------
+    def _run(self) -> None:
+        lock = self._lock()
+        if lock < 0:
+            return
+        watch = -1
+        try:
+            while not self._stop.is_set():
+                # Only one worker picks up: the others wait for the lock, in case it dies.
+                try:
+                    fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    self._wait(-1, SCAN_EVERY)
+                    continue
+                if watch < 0:
+                    watch = _inotify(self.folder)
+                self._scan()
+                self._wait(watch, SCAN_EVERY)
+        finally:
+            if watch >= 0:
+                os.close(watch)
+            os.close(lock)
+
+    def _lock(self) -> int:
+        try:
+            return os.open(
+                self.pool.folder.parent / ".maildrop-lock",
+                os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
+                0o600,
+            )
+        except OSError:
+            return -1
+
+    def _wait(self, watch: int, timeout: float) -> None:
+        # Any inotify event means "look": what it says is not needed.
+        fds = [self._wake_r] + ([watch] if watch >= 0 else [])
+        ready, _, _ = select.select(fds, [], [], timeout)
+        if watch in ready:
+            try:
+                while os.read(watch, 65536):
+                    pass
+            except BlockingIOError:
+                pass
+
+    def _scan(self) -> None:
+        try:
+            files = pending(self.folder)
+        except OSError:
+            return
+        for path in files:
+            if self._stop.is_set():
+                return
+            self._take(path)
+        try:
+            stale = leftovers(self.folder, older_than=3600)
+        except OSError:
+            stale = []
+        for path in stale:
+            try:
+                path.unlink()
+            except OSError:
+                pass
+
+    # --- one file --------------------------------------------------------------------------
+    def _take(self, path: Path) -> None:
+        self._counter += 1
+        session = f"local{os.getpid():x}{self._counter:x}"
+        limits = self.config.limits
+        try:
+            dropped = read(path, max_size=limits.max_message_size)
+        except MaildropError as exc:
+            self._journal("rejected", session, file=path.name, error=str(exc))
+            _remove(path)
+            return
+        with dropped:
+            sender = self._sender(dropped.uid, dropped.envelope.sender)
+            targets, accepted, refused = self._route(dropped.envelope.recipients)
+            for address, reply in refused:
+                self._journal("rcpt", session, to=address, sender=sender, code=reply[0],
+                              text=reply[1])  # fmt: skip
+            if not targets:
+                self._journal("rejected", session, file=path.name, sender=sender,
+                              error="no recipient can be delivered")  # fmt: skip
+                _remove(path)
+                return
+            message_id = f"{session}.1"
+            spool = Spool(self._trace(dropped.uid, sender, message_id), self.pool)
+            for chunk in _lines(dropped.chunks()):
+                spool.write(chunk)
+            delivery = Delivery(spool, targets, sender=sender, message_id=message_id)
+            commit_batch([delivery], self.syncer)
+        if delivery.error is not None:
+            # Stays in the maildrop: tried again at the next look.
+            self._journal("error", session, id=message_id, error=str(delivery.error))
+            return
+        _remove(path)
+        self._journal(
+            "stored", session, id=message_id, size=spool.size, sender=sender, to=accepted,
+            files=delivery.stored, uid=dropped.uid,
+        )  # fmt: skip
+
+    def _sender(self, uid: int, requested: str | None) -> str:
+        owner = os.stat(self.config.server.directory).st_uid
+        if requested is not None and uid in (0, owner):
+            return requested
+        try:
+            login = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            login = f"uid{uid}"
+        domain = self.config.submission.local_sender_domain or self.config.server.hostname
+        return f"{login}@{domain}"
+
+    def _route(
+        self, recipients: tuple[str, ...]
+    ) -> tuple[tuple[Target, ...], list[str], list[tuple[str, tuple[int, str]]]]:
+        """Each recipient as a trusted local program's: local ones to their mailboxes,
+        others to the queue. A bare name (cron's default ``MAILTO`` is the login) is a user
+        of the first local domain."""
+        facts = SessionFacts(peer="127.0.0.1", role=ListenerRole.RECEIVE, user="local")
+        targets: dict[Target, None] = {}
+        accepted: list[str] = []
+        refused: list[tuple[str, tuple[int, str]]] = []
+        for address in recipients:
+            if "@" not in address:
+                address = f"{address}@{self.config.server.domains[0]}"
+            decision = self.policy.check_rcpt(facts, RcptTo(address))
+            if isinstance(decision, Accept) and decision.targets:
+                accepted.append(address)
+                for target in decision.targets:
+                    targets[target] = None
+            else:
+                reply = decision.reply if not isinstance(decision, Accept) else UNKNOWN_USER
+                refused.append((address, (reply.code, str(reply))))
+        return tuple(targets), accepted, refused
+
+    def _trace(self, uid: int, sender: str, message_id: str) -> bytes:
+        stamp = format_datetime(datetime.now(UTC))
+        return (
+            f"Return-Path: <{sender}>\r\n"
+            f"Received: by {self.config.server.hostname} (smtpkit, from userid {uid})\r\n"
+            f"\tid {message_id}; {stamp}\r\n"
+        ).encode("utf-8", "replace")
+
+
+def _lines(chunks: Any) -> Any:
+    """The message with every line ending in CRLF (a bare CR or LF ends a line) and lines
+    over 998 octets broken, as a stream of chunks."""
+    rest = b""
+    for chunk in chunks:
+        data = rest + chunk
+        # Keep a trailing CR back: it may be the first half of a CRLF.
+        cut = len(data) - 1 if data.endswith(b"\r") else len(data)
+        pieces = _LINE_END.split(data[:cut])
+        rest = pieces.pop() + data[cut:]
+        yield b"".join(_broken(p) + b"\r\n" for p in pieces)
+    if rest:
+        for piece in _LINE_END.split(rest):
+            if piece:
+                yield _broken(piece) + b"\r\n"
+
+
+def _broken(line: bytes) -> bytes:
+    if len(line) <= _MAX_LINE:
+        return line
+    return b"\r\n".join(line[i : i + _MAX_LINE] for i in range(0, len(line), _MAX_LINE))
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        pass
