@@ -344,8 +344,7 @@ def test_dovecots_empty_uidvalidity_marker_may_be_readable(site: Site) -> None:
     marker.write_text("x")
     assert site.check() == [
         error(
-            "users/alice@example.org/dovecot-uidvalidity.6b0d19a2: readable by others "
-            "(mode 0444)"
+            "users/alice@example.org/dovecot-uidvalidity.6b0d19a2: readable by others (mode 0444)"
         )
     ]
 
