@@ -194,8 +194,8 @@ def spool_files(directory: Path) -> list[Path]:
         delivered = len(inside) == 3 and inside[1] in ("new", "cur")
         # A Maildir's own tmp/new/cur entry, even when a test has turned it into a file.
         structural = len(inside) == 2 and inside[1] in ("new", "cur", "tmp")
-        # The workers' commit lock beside the pool folders is no message.
-        lock = inside == (".spool", ".commit-lock")
+        # The workers' locks beside the pool folders (commit, maildrop) are no messages.
+        lock = len(inside) == 2 and inside[0] == ".spool" and inside[1].endswith("-lock")
         if not delivered and not structural and not lock and not path.is_dir():
             found.append(path)
     return sorted(found)

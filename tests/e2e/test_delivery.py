@@ -502,6 +502,7 @@ def test_under_umask_000_every_folder_gets_its_own_mode(tmp_path: Path) -> None:
         "new/data": 0o751,  # others may pass through to the maildrop, and no further
         "new/data/journal": 0o750,
         "new/data/maildrop": 0o1733,
+        "new/data/queue": 0o700,
         "new/data/users": 0o700,
         "new/data/users/.spool": 0o700,
         "new/data/users/.spool/0": 0o700,

@@ -181,15 +181,16 @@ def test_relay_probe_gets_its_exact_reply(
 
 def allowed_tree(server: MailServer, stored: dict[str, int]) -> None:
     """The data folder holds only the config, the journal, the users' Maildirs (with
-    ``stored[user]`` files in ``new/``, none elsewhere), the pool of empty spool files and
-    the workers' commit lock."""
+    ``stored[user]`` files in ``new/``, none elsewhere), the pool of empty spool files, the
+    workers' locks, and the (empty) maildrop and queue folders."""
     root = server.directory
     users = root / "users"
     maildirs = {users / u / sub for u in USERS for sub in ("tmp", "new", "cur")}
     spool = users / SPOOL_FOLDER
     # One pool folder per worker process, named by its number.
     pools = {spool / str(n) for n in range(load_config(server.config).server.workers)}
-    allowed_dirs = {root, root / "journal", users, spool, *pools, *maildirs}
+    allowed_dirs = {root, root / "journal", root / "maildrop", root / "queue", users, spool}
+    allowed_dirs |= {*pools, *maildirs}
     allowed_dirs |= {users / u for u in USERS}
     found_dirs: set[Path] = set()
     unexpected: list[str] = []
@@ -208,8 +209,8 @@ def allowed_tree(server: MailServer, stored: dict[str, int]) -> None:
                 continue
             if here in pools and path.stat().st_size == 0:
                 continue  # ready, empty spool files (SpoolPool)
-            if here == spool and name == ".commit-lock":
-                continue  # the workers' shared commit lock, empty
+            if here == spool and name in (".commit-lock", ".maildrop-lock"):
+                continue  # the workers' shared locks, empty
             if here.name == "new" and here in maildirs:
                 new_counts[here.parent.name] = new_counts.get(here.parent.name, 0) + 1
                 continue
