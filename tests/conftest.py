@@ -194,7 +194,8 @@ def system_venv() -> Iterator[Path]:
             unavailable(f"python3 -m venv failed (install python3-venv): {made.stderr.strip()}")
         pip = [str(folder / "venv" / "bin" / "pip"), "install", "--quiet"]
         build = folder / "src"  # a copy: building in the checkout would leave build/ there
-        shutil.copytree(REPOSITORY, build, ignore=shutil.ignore_patterns(".git", "*.egg-info"))
+        skip = shutil.ignore_patterns(".git", ".venv", "*.egg-info", "build", "demo")
+        shutil.copytree(REPOSITORY, build, ignore=skip)
         subprocess.run([*pip, str(build)], check=True, capture_output=True, timeout=600)
         yield folder / "venv"
     finally:
