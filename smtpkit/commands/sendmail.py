@@ -8,6 +8,8 @@ status follows sysexits.h, like every sendmail's, not the 0/1/2 of the other com
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from smtpkit.commands import App, pass_app
@@ -33,9 +35,9 @@ def command(app: App, argv: tuple[str, ...]) -> None:
         argv,
         prog="smtpkit sendmail",
         default_config=app.config_path,
-        stdin=click.get_binary_stream("stdin"),
-        stdout=click.get_text_stream("stdout"),
-        stderr=click.get_text_stream("stderr"),
+        stdin=sys.stdin.buffer,
+        stdout=sys.stdout,
+        stderr=sys.stderr,
         config_default=f"-c, ${CONFIG_ENV}, else ./smtpkit.toml",
     )
     click.get_current_context().exit(status)

@@ -348,7 +348,7 @@ def _read_password(address: str, from_stdin: bool) -> str:
     taken off; bytes that are no UTF-8 kept as they are), else asked twice on the terminal."""
     if from_stdin:
         # One byte more than a password and its CR LF may take: a longer line is refused.
-        line = click.get_binary_stream("stdin").readline(MAX_PASSWORD_BYTES + 3)
+        line = sys.stdin.buffer.readline(MAX_PASSWORD_BYTES + 3)
         line = line.removesuffix(b"\n").removesuffix(b"\r")
         return line.decode("utf-8", "surrogateescape")
     if not _stdin_is_terminal():
