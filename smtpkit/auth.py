@@ -19,10 +19,12 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import argon2
-from argon2.exceptions import InvalidHashError, VerificationError
+if TYPE_CHECKING:
+    import argon2
 
 from smtpkit.addresses import normalize_address
 from smtpkit.errors import SmtpkitError, UserError
@@ -64,14 +66,24 @@ ARGON2_PARALLELISM = 1
 # length, but a bound keeps anyone from handing the verifier megabytes.
 MAX_PASSWORD_BYTES = 1024
 
-_HASHER = argon2.PasswordHasher(
-    time_cost=ARGON2_TIME_COST,
-    memory_cost=ARGON2_MEMORY_KIB,
-    parallelism=ARGON2_PARALLELISM,
-    hash_len=32,
-    salt_len=16,
-    type=argon2.Type.ID,
-)
+
+@cache
+def _argon2() -> tuple[argon2.PasswordHasher, type[Exception], type[Exception]]:
+    """argon2 and its hasher, imported on first use: every smtpkit command imports this
+    module, and only password checks and changes need the library."""
+    import argon2
+    from argon2.exceptions import InvalidHashError, VerificationError
+
+    hasher = argon2.PasswordHasher(
+        time_cost=ARGON2_TIME_COST,
+        memory_cost=ARGON2_MEMORY_KIB,
+        parallelism=ARGON2_PARALLELISM,
+        hash_len=32,
+        salt_len=16,
+        type=argon2.Type.ID,
+    )
+    return hasher, VerificationError, InvalidHashError
+
 
 # Verified against when the address has no usable password, so that an unknown user costs
 # the same time as a known one with a wrong password: the time of a failed login tells
@@ -124,14 +136,15 @@ def hash_password(password: str) -> str:
     """The passwd-file form of ``password``: ``{ARGON2ID}$argon2id$v=19$m=19456,t=2,p=1$...``
     with a fresh random salt. Raises ``PasswordError`` as ``check_password`` does."""
     check_password(password)
-    return SCHEME + _HASHER.hash(_encode(password))
+    return SCHEME + _argon2()[0].hash(_encode(password))
 
 
 def _matches(encoded: str, secret: bytes) -> bool:
     """One Argon2 verification; libargon2 compares the tags in constant time."""
+    hasher, mismatch, broken = _argon2()
     try:
-        return _HASHER.verify(encoded, secret)
-    except (VerificationError, InvalidHashError):
+        return hasher.verify(encoded, secret)
+    except (mismatch, broken):
         return False
 
 
@@ -151,8 +164,10 @@ def _usable_hash(field: str) -> tuple[str | None, str | None]:
             "set it again with smtpkit user passwd)"
         )
     try:
+        import argon2
+
         params = argon2.extract_parameters(encoded)
-    except InvalidHashError:
+    except _argon2()[2]:
         return None, f"the password is no valid {SCHEME} hash"
     if params.type is not argon2.Type.ID:
         return None, f"the password is no valid {SCHEME} hash"

@@ -6,11 +6,6 @@ from pathlib import Path
 from typing import Any, cast
 
 import click
-
-# cryptography loads its OpenSSL backend on first use. Load it now, as the user who started
-# the command: the files are written as the data folder's owner, who may be unable to read
-# the folder Python is installed in (root's home, for one).
-import cryptography.hazmat.backends.openssl.backend  # noqa: F401
 import tomli_w
 
 from smtpkit.commands import App, pass_app, reports_errors
@@ -82,6 +77,12 @@ def self_signed(app: App, hostname: str | None, days: int, key_type: str, force:
     folder = directory / "tls"
     # The files are the data folder owner's, as the server's workers (which run as that user)
     # read them again on SIGHUP; the config update below stays root's.
+    # cryptography loads its OpenSSL backend on first use. Load it now, as the user who
+    # started the command: the files are written as the data folder's owner, who may be
+    # unable to read the folder Python is installed in (root's home, for one). Here, not at
+    # import: every other command would pay for it.
+    import cryptography.hazmat.backends.openssl.backend  # noqa: F401
+
     with as_owner(directory):
         made = write_self_signed(
             folder / "cert.pem",
