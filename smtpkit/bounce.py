@@ -314,7 +314,7 @@ def _status_fields(
         fields.append(("Status", r.status))
         if r.remote_mta is not None:
             fields.append(("Remote-MTA", f"dns; {r.remote_mta}"))
-        if r.diagnostic is not None:
+        if r.diagnostic is not None and _clean(r.diagnostic):
             fields.append(("Diagnostic-Code", _diagnostic_code(r.diagnostic)))
         if r.last_attempt is not None:
             fields.append(("Last-Attempt-Date", format_datetime(r.last_attempt)))
@@ -448,8 +448,8 @@ def _recipient_text(r: RecipientStatus) -> list[str]:
     else:
         first = f"<{r.address}>: delivered to a list or alias, which forwards it further."
     lines = textwrap.wrap(first, _TEXT_WIDTH, break_long_words=False, break_on_hyphens=False)
-    if r.diagnostic is not None:
-        text = _clean(r.diagnostic)
+    text = _clean(r.diagnostic or "")
+    if text:
         if r.remote_mta and _REPLY.match(text):
             text = f"{r.remote_mta} answered: {text}"
         lines += textwrap.wrap(

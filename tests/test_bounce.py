@@ -13,6 +13,8 @@ from email.message import EmailMessage, Message
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from smtpkit.bounce import (
     FULL_RETURN_LIMIT,
@@ -96,7 +98,9 @@ def report(
 def parse(raw: bytes) -> EmailMessage:
     message = email.message_from_bytes(raw, policy=email.policy.default)
     assert isinstance(message, EmailMessage)
-    for part in message.walk():
+    # The report and its parts are well-formed; the original inside is whatever it was.
+    assert message.defects == []
+    for part in message.iter_parts():
         assert part.defects == [], part.get_content_type()
     return message
 
@@ -704,3 +708,39 @@ def test_status_from_reply_refuses(reply: str) -> None:
 
 def test_status_constants() -> None:
     assert (STATUS_NULL_MX, STATUS_NO_SUCH_DOMAIN, STATUS_EXPIRED) == ("5.1.10", "5.1.2", "4.4.7")
+
+
+# Whatever a remote server answers
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    diagnostics=st.lists(st.text(max_size=3000), min_size=1, max_size=3),
+    original=st.binary(max_size=3000),
+)
+def test_any_reply_and_original_give_a_parseable_report(
+    diagnostics: list[str], original: bytes
+) -> None:
+    recipients = [
+        RecipientStatus(f"r{i}@example.com", "failed", "5.0.0", diagnostic=diagnostic)
+        for i, diagnostic in enumerate(diagnostics)
+    ]
+    raw = report(recipients, original)
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 998
+    assert b"\n" not in raw.replace(b"\r\n", b"")
+    message = email.message_from_bytes(raw, policy=email.policy.default)
+    assert [p.get_content_type() for p in message.iter_parts()] == [
+        "text/plain",
+        "message/delivery-status",
+        "message/rfc822",
+    ]
+    blocks = status_blocks(raw)[1:]
+    assert [b["Final-Recipient"] for b in blocks] == [f"rfc822; {r.address}" for r in recipients]
+    for block, diagnostic in zip(blocks, diagnostics, strict=True):
+        value = block.get("Diagnostic-Code", "").partition("; ")[2]
+        assert value.isascii()
+        assert len(value) <= 4000 + 4000 // 900
+        if re.fullmatch(r"[\x21-\x7e]{1,800}(?: [\x21-\x7e]{1,800})*", diagnostic):
+            assert value == diagnostic[:4000]
+        if not diagnostic.strip():
+            assert "Diagnostic-Code" not in block
