@@ -80,6 +80,8 @@ __all__ = [
     "ClientConnection",
     "ClientState",
     "LocalProtocolError",
+    "NeedData",
+    "Paused",
     "Waiting",
 ]
 

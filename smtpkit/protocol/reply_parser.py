@@ -240,6 +240,6 @@ def _without(text: str, enhanced: str) -> str:
 
 def _show(raw: bytes) -> str:
     """Bytes as a short printable text for a ProtocolError description."""
-    shown = raw[:60].decode("ascii", "backslashreplace")
-    shown = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in shown)
-    return repr(shown + ("..." if len(raw) > 60 else ""))
+    text = raw[:60].decode("ascii", "backslashreplace")
+    text = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+    return f"'{text}{'...' if len(raw) > 60 else ''}'"
