@@ -313,7 +313,10 @@ class ClientConnection:
         (nothing will happen until the caller acts: the TLS handshake, or after ``Closed``).
 
         Act on each event before asking for the next: replies already received for
-        commands not yet sent are read only once those commands are.
+        commands not yet sent are read only once those commands are. Write
+        ``data_to_send()`` before waiting for more bytes: answering a reply, the engine may
+        have sent a command of its own without returning an event (HELO after a refused
+        EHLO, the next RCPT without pipelining, MAIL after its RSET, an AUTH response).
         """
         while not self._events:
             if self._state is ClientState.CLOSED:
