@@ -596,6 +596,11 @@ class ClientConnection:
             self._fail(f"a reply when none was due: {reply}")
             return
         awaited = self._awaiting.popleft()
+        if not _answers(awaited.waiting, reply.code):
+            # Out of step: taking a 250 to DATA as the message's verdict would report mail
+            # delivered that was never sent.
+            self._fail(f"{reply.code} is no reply to {awaited.waiting.value}")
+            return
         _ON_REPLY[awaited.waiting](self, reply, awaited.index)
 
     def _on_greeting(self, reply: Reply, index: int) -> None:
@@ -784,6 +789,20 @@ class ClientConnection:
         self._auth_responses.clear()
         self._replies.clear()
         self._out.clear()
+
+
+#: The one 3xx each step may get (RFC 5321 4.3.2, RFC 4954 4); elsewhere 3xx is out of step.
+_INTERMEDIATE: Final = {Waiting.DATA: 354, Waiting.AUTH: 334}
+
+
+def _answers(waiting: Waiting, code: int) -> bool:
+    """Whether ``code`` can answer the step at all (RFC 5321 4.3.2): 4xx and 5xx always;
+    2xx anywhere but DATA, which only 354 accepts; 3xx only as the step's intermediate."""
+    if code >= 400:
+        return True
+    if code >= 300:
+        return code == _INTERMEDIATE.get(waiting)
+    return waiting is not Waiting.DATA
 
 
 def _with(command: str, params: list[str]) -> str:

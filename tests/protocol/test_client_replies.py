@@ -432,3 +432,40 @@ def test_421_in_the_middle_of_lmtp_final_replies() -> None:
         "Done a@mx.test=250 b@mx.test=421 c@mx.test=421",
         "Closed 421",
     ]
+
+
+@pytest.mark.parametrize(
+    ("server_rules", "tail"),
+    [
+        # A 250 to DATA is no verdict on a message that was never sent.
+        (
+            rules(DATA=b"250 2.0.0 OK\r\n"),
+            ["Rcpt a@mx.test 250", "ProtocolError 250 is no reply to data", "Done a@mx.test=None"],
+        ),
+        (
+            rules(MAIL=b"354 go on\r\n"),
+            ["Ready", "ProtocolError 354 is no reply to mail", "Done a@mx.test=None"],
+        ),
+        (
+            rules(RCPT=b"334 VXNlcm5hbWU6\r\n"),
+            ["MailResult 250", "ProtocolError 334 is no reply to rcpt", "Done a@mx.test=None"],
+        ),
+        (
+            rules(DATA=b"334 what\r\n"),
+            ["Rcpt a@mx.test 250", "ProtocolError 334 is no reply to data", "Done a@mx.test=None"],
+        ),
+        (
+            rules(DOT=b"354 more?\r\n"),
+            ["SendData", "ProtocolError 354 is no reply to end-of-data", "Done a@mx.test=None"],
+        ),
+        (rules(EHLO=b"354 hm\r\n"), ["Greeting 220", "ProtocolError 354 is no reply to ehlo"]),
+    ],
+)
+def test_replies_out_of_step(server_rules: dict[str, list[bytes]], tail: list[str]) -> None:
+    out = play(FakeServer(server_rules), Plan([envelope("a@mx.test")]))
+    assert out.summary[-len(tail) - 1 :] == [*tail, "Closed None"]
+
+
+def test_greeting_out_of_step() -> None:
+    out = play(FakeServer(greeting=b"354 hello?\r\n"), Plan([envelope("a@mx.test")]))
+    assert out.summary == ["ProtocolError 354 is no reply to greeting", "Closed None"]
