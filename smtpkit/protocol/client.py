@@ -27,7 +27,7 @@ reads to ``receive_data()`` (``b""`` at EOF), takes events from ``next_event()``
                 sock = wrap(sock)                 # the TLS handshake
                 conn.tls_started()
             case Closed():
-                sock.sendall(conn.data_to_send())
+                sock.close()
                 break
 
 What the engine does by itself: EHLO (LHLO) after the greeting and again after TLS (RFC 3207
@@ -36,8 +36,8 @@ last one may have left the server's open, the answers to AUTH challenges, and th
 RFC 2920 3.1. Everything that is a choice (TLS, AUTH, each envelope, QUIT) is the caller's.
 
 A call that breaks the rules (a command in the wrong state, an address with a CR, AUTH in
-the clear) raises ``LocalProtocolError`` before anything is written: nothing the engine sends
-can break the protocol. The server's mistakes are events (``ProtocolError``), never
+the clear) raises ``LocalProtocolError`` and writes nothing of that call: nothing the engine
+sends can break the protocol. The server's mistakes are events (``ProtocolError``), never
 exceptions.
 """
 
@@ -218,7 +218,8 @@ class ClientConnection:
     ``helo_name`` is the name sent with EHLO (LHLO, HELO): a domain or address literal.
     ``lmtp`` speaks RFC 2033: LHLO, no HELO fallback, one reply per accepted recipient after
     the final dot. ``tls`` says the connection is already encrypted (implicit TLS, port 465),
-    which allows ``authenticate()``.
+    which allows ``authenticate()``. ``limits`` bounds the AUTH lines it sends
+    (``max_auth_line``, RFC 4954 4).
     """
 
     def __init__(
@@ -312,8 +313,8 @@ class ClientConnection:
         """The next thing the server said, ``NEED_DATA`` (feed more bytes) or ``PAUSED``
         (nothing will happen until the caller acts: the TLS handshake, or after ``Closed``).
 
-        Act on each event before asking for the next: replies already received for
-        commands not yet sent are read only once those commands are. Write
+        Act on each event before asking for the next: a reply read while no command awaits
+        one is the server's mistake (a ``ProtocolError``; a 421 closes). Write
         ``data_to_send()`` before waiting for more bytes: answering a reply, the engine may
         have sent a command of its own without returning an event (HELO after a refused
         EHLO, the next RCPT without pipelining, MAIL after its RSET, an AUTH response).
@@ -367,8 +368,8 @@ class ClientConnection:
         """AUTH PLAIN (RFC 4616, as an initial response) or LOGIN (username and password as
         the two challenges ask); ``AuthResult`` follows.
 
-        Refused before TLS: credentials never travel in the clear (RFC 4954 4 leaves it to
-        the client; PLAIN and LOGIN are only base64).
+        Refused before TLS: credentials never travel in the clear (PLAIN and LOGIN are only
+        base64; RFC 4954 4 asks the same of servers for such mechanisms).
         """
         self._allow("authenticate")
         if not self._tls:
@@ -412,8 +413,8 @@ class ClientConnection:
         TO for each recipient, and DATA once one is accepted.
 
         With PIPELINING (RFC 2920) they go in one write, DATA included, before any reply is
-        known; without it, one at a time. ``MailResult``, a ``RecipientResult`` per
-        recipient, then ``SendData`` or ``MessageResult`` follow, and ``TransactionDone``
+        known; without it, one at a time. ``MailResult``, a ``RecipientResult`` per RCPT
+        answered, then ``SendData`` or ``MessageResult`` follow, and ``TransactionDone``
         always ends it.
 
         MAIL FROM gets ``SIZE=size`` when SIZE is offered (RFC 1870), ``BODY=8BITMIME`` when
