@@ -85,6 +85,13 @@ def _argon2() -> tuple[argon2.PasswordHasher, type[Exception], type[Exception]]:
     return hasher, VerificationError, InvalidHashError
 
 
+def load_hasher() -> None:
+    """Import argon2 now, as the user who started the program: a command or worker that
+    later runs as the data folder's owner may be unable to read the folder Python's
+    packages live in (root's home, for one)."""
+    _argon2()
+
+
 # Verified against when the address has no usable password, so that an unknown user costs
 # the same time as a known one with a wrong password: the time of a failed login tells
 # nobody which users exist. Its password is a random string nobody kept; its parameters are

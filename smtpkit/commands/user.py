@@ -17,7 +17,13 @@ from typing import Any
 import click
 
 from smtpkit.addresses import normalize_address
-from smtpkit.auth import MAX_PASSWORD_BYTES, PasswordError, PasswordFile, check_password
+from smtpkit.auth import (
+    MAX_PASSWORD_BYTES,
+    PasswordError,
+    PasswordFile,
+    check_password,
+    load_hasher,
+)
 from smtpkit.commands import App, pass_app, reports_errors
 from smtpkit.config import Config, load_config, update_config
 from smtpkit.errors import SmtpkitError, UserError
@@ -37,6 +43,7 @@ def _as_owner(cfg: Config) -> Iterator[UserStore]:
     the same refusal as ``smtpkit serve``'s."""
     store = _store(cfg)
     store.require_folder()
+    load_hasher()  # before becoming the owner (see load_hasher)
     with as_owner(cfg.server.directory):
         yield store
 
