@@ -50,7 +50,7 @@ from email.utils import format_datetime, make_msgid
 from io import BytesIO
 from typing import BinaryIO, Final, Literal
 
-from smtpkit.dsn import MailDsn, RcptDsn, Ret, utf8_addr_xtext_encode
+from smtpkit.protocol.dsn import MailDsn, RcptDsn, Ret, utf8_addr_xtext_encode
 
 __all__ = [
     "ACTIONS",

@@ -27,8 +27,13 @@ __all__ = [
     "CONFIG_ENV",
     "CONFIG_NAME",
     "Config",
+    "DeliveryConfig",
     "ListenAddress",
     "ListenerRole",
+    "NextHop",
+    "QueueConfig",
+    "RelayConfig",
+    "RelayTls",
     "ServerConfig",
     "SubmissionConfig",
     "TlsConfig",
@@ -80,6 +85,10 @@ class ServerConfig:
     directory: Path
     domains: tuple[str, ...]
     workers: int = 1
+    #: Offer DSN (RFC 3461) on the receive listeners too; off by default: success notices
+    #: asked for by an unauthenticated client would mail whatever it sends to whomever it
+    #: names as the sender (backscatter).
+    dsn_on_receive: bool = False
 
     @property
     def users_dir(self) -> Path:
@@ -103,6 +112,64 @@ class SubmissionConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class NextHop:
+    """Where a route or the smarthost points: a host name (its A/AAAA addresses are used,
+    never its MX records) or an IP address, and a port."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return host_port(self.host, self.port)
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryConfig:
+    """``[delivery]`` and ``[dns]``: how the queue runner reaches other servers."""
+
+    max_connections: int = 100
+    max_per_domain: int = 10
+    connect_timeout: float = 30.0
+    #: Caps the wait for every reply (RFC 5321 4.5.3.2 gives 2 to 10 minutes a step); None:
+    #: the RFC's times.
+    reply_timeout: float | None = None
+    #: Nameservers for delivery and ``mx --check`` ("HOST[:PORT]"); empty: the system's.
+    nameservers: tuple[str, ...] = ()
+    #: Static next hops by domain (``[routes]``): no MX lookup for these domains.
+    routes: Mapping[str, NextHop] = field(default_factory=dict)
+
+
+class RelayTls(StrEnum):
+    STARTTLS = "starttls"
+    IMPLICIT = "implicit"
+    NONE = "none"
+
+
+@dataclass(frozen=True, slots=True)
+class RelayConfig:
+    """``[relay]``: a smarthost for all mail that no route names."""
+
+    hop: NextHop
+    tls: RelayTls = RelayTls.STARTTLS
+    username: str = ""
+    password_file: Path | None = None
+    ca_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QueueConfig:
+    """``[queue]``: retries and their end, in seconds."""
+
+    min_retry: float = 300.0
+    max_retry: float = 3600.0
+    max_age: float = 432000.0
+    #: When to tell a sender that mail is still waiting; 0: never.
+    delay_warning: float = 14400.0
+    #: Keep everything queued and send nothing (maintenance; `smtpkit queue` still works).
+    hold: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class TlsConfig:
     certificate: Path
     key: Path
@@ -118,6 +185,9 @@ class Config:
     aliases: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     tls: TlsConfig | None = None
     submission: SubmissionConfig = field(default_factory=SubmissionConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    relay: RelayConfig | None = None
+    queue: QueueConfig = field(default_factory=QueueConfig)
     #: Things in the file that still work but should change (deprecated keys), one line
     #: each; ``serve`` and ``check`` show them.
     notes: tuple[str, ...] = ()
@@ -189,6 +259,20 @@ def _positive_number(value: Any) -> float | None:
     return float(value) if ok else None
 
 
+def _non_negative_number(value: Any) -> float | None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+    return float(value) if ok else None
+
+
+def _boolean(value: Any) -> bool | None:
+    return value if isinstance(value, bool) else None
+
+
+def _port(value: Any) -> int | None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and 0 < value < 65536
+    return value if ok else None
+
+
 def _string(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
@@ -225,6 +309,43 @@ _LIMIT_KEYS: dict[str, tuple[Callable[[Any], Any], str]] = {
 _MOVED_TO_LIMITS = ("max_message_size", "max_recipients")
 
 
+_SECTIONS = {
+    "server", "limits", "aliases", "tls", "submission", "delivery", "dns", "routes", "relay",
+    "queue",
+}  # fmt: skip
+
+
+def parse_next_hop(text: str, default_port: int = 25) -> NextHop:
+    """``host``, ``host:port``, ``[address]`` or ``[address]:port`` (an IPv6 address only in
+    brackets); raises ``ValueError`` with the reason."""
+    usage = f"{text!r} is not HOST[:PORT] or [ADDRESS][:PORT]"
+    port_text = ""
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(usage)
+        port_text = rest[1:] if rest else "-"
+        try:
+            host = str(ipaddress.ip_address(host))
+        except ValueError:
+            raise ValueError(f"{text!r}: {host!r} in brackets is not an IP address") from None
+    else:
+        host, sep, port_text = text.partition(":")
+        port_text = port_text if sep else "-"
+        try:
+            host = str(ipaddress.ip_address(host))
+        except ValueError:
+            try:
+                host = normalize_domain(host)
+            except UserError:
+                raise ValueError(usage) from None
+    if port_text == "-":
+        return NextHop(host, default_port)
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"{text!r}: the port must be 1-65535")
+    return NextHop(host, int(port_text))
+
+
 def load_config(path: Path | str | None = None) -> Config:
     """Read and check ``path`` (default: ``default_config_path()``).
 
@@ -249,7 +370,7 @@ def load_config(path: Path | str | None = None) -> Config:
 
 def parse_config(data: Mapping[str, Any], path: Path) -> Config:
     """Check an already-parsed TOML document; ``path`` locates errors and relative paths."""
-    unknown = sorted(set(data) - {"server", "limits", "aliases", "tls", "submission"})
+    unknown = sorted(set(data) - _SECTIONS)
     if unknown:
         raise ConfigError("unknown section", path=path, key=unknown[0])
     base = path.resolve().parent
@@ -281,6 +402,7 @@ def parse_config(data: Mapping[str, Any], path: Path) -> Config:
         directory=directory,
         domains=tuple(dict.fromkeys(domains)),
         workers=srv.get("workers", _positive_int, "a positive integer", os.cpu_count() or 1),
+        dsn_on_receive=srv.get("dsn_on_receive", _boolean, "true or false", False),
     )
     # Deprecated home of two limits: still read, but only from one place.
     moved = {key: srv.data[key] for key in _MOVED_TO_LIMITS if key in srv.data}
@@ -352,8 +474,122 @@ def parse_config(data: Mapping[str, Any], path: Path) -> Config:
         aliases=aliases,
         tls=tls,
         submission=submission,
+        delivery=_parse_delivery(data, path, server),
+        relay=_parse_relay(data, path, base),
+        queue=_parse_queue(data, path),
         notes=tuple(notes),
     )
+
+
+def _parse_delivery(data: Mapping[str, Any], path: Path, server: ServerConfig) -> DeliveryConfig:
+    sec = _Section(_table(data, "delivery", path), "delivery", path)
+    default = DeliveryConfig()
+    max_connections = sec.get(
+        "max_connections", _positive_int, "a positive integer", default.max_connections
+    )
+    max_per_domain = sec.get(
+        "max_per_domain", _positive_int, "a positive integer", default.max_per_domain
+    )
+    connect_timeout = sec.get(
+        "connect_timeout", _positive_number, "a positive number of seconds",
+        default.connect_timeout,
+    )  # fmt: skip
+    reply_timeout = sec.get("reply_timeout", _positive_number, "a positive number of seconds", 0.0)
+    sec.finish()
+    dns_sec = _Section(_table(data, "dns", path), "dns", path)
+    none: list[str] = []
+    nameservers = dns_sec.get("nameservers", _string_list, 'a list of "HOST[:PORT]"', none)
+    from smtpkit.dns import DnsError, parse_nameserver  # dnspython only when configured
+
+    for text in nameservers:
+        try:
+            parse_nameserver(text)
+        except DnsError as exc:
+            raise dns_sec.error("nameservers", str(exc)) from None
+    dns_sec.finish()
+    routes: dict[str, NextHop] = {}
+    for key, value in _table(data, "routes", path).items():
+        where = f"routes -> {key}"
+        if not isinstance(value, str) or not value:
+            raise ConfigError('must be "HOST[:PORT]" or "[ADDRESS][:PORT]"', path=path, key=where)
+        try:
+            domain = normalize_domain(key)
+        except UserError as exc:
+            raise ConfigError(str(exc), path=path, key=where) from None
+        if domain in server.domains:
+            raise ConfigError(
+                "is a local domain (server.domains): its mail is delivered here",
+                path=path,
+                key=where,
+            )
+        try:
+            routes[domain] = parse_next_hop(value)
+        except ValueError as exc:
+            raise ConfigError(str(exc), path=path, key=where) from None
+    return DeliveryConfig(
+        max_connections=max_connections,
+        max_per_domain=max_per_domain,
+        connect_timeout=connect_timeout,
+        reply_timeout=reply_timeout or None,
+        nameservers=tuple(nameservers),
+        routes=routes,
+    )
+
+
+_RELAY_PORTS = {RelayTls.STARTTLS: 587, RelayTls.IMPLICIT: 465, RelayTls.NONE: 25}
+
+
+def _parse_relay(data: Mapping[str, Any], path: Path, base: Path) -> RelayConfig | None:
+    if "relay" not in data:
+        return None
+    sec = _Section(_table(data, "relay", path), "relay", path)
+    host = sec.get("host", _string, '"HOST[:PORT]"', "")
+    if not host:
+        raise sec.error("host", 'is required: the smarthost, "HOST[:PORT]"')
+    tls_text = sec.get("tls", _string, '"starttls", "implicit" or "none"', "starttls")
+    try:
+        tls = RelayTls(tls_text)
+    except ValueError:
+        raise sec.error(
+            "tls", f'must be "starttls", "implicit" or "none", got {tls_text!r}'
+        ) from None
+    try:
+        hop = parse_next_hop(host, _RELAY_PORTS[tls])
+    except ValueError as exc:
+        raise sec.error("host", str(exc)) from None
+    username = sec.get("username", _string, "a user name", "")
+    password_text = sec.get("password_file", _string, "a file path", "")
+    ca_text = sec.get("ca_file", _string, "a PEM file path", "")
+    sec.finish()
+    if bool(username) != bool(password_text):
+        raise sec.error(
+            "password_file" if username else "username", "username and password_file go together"
+        )
+    if username and tls is RelayTls.NONE:
+        raise sec.error("tls", 'cannot be "none" with a username: passwords only go under TLS')
+
+    def where(text: str) -> Path | None:
+        return (base / text if not Path(text).is_absolute() else Path(text)) if text else None
+
+    return RelayConfig(hop, tls, username, where(password_text), where(ca_text))
+
+
+def _parse_queue(data: Mapping[str, Any], path: Path) -> QueueConfig:
+    sec = _Section(_table(data, "queue", path), "queue", path)
+    default = QueueConfig()
+    seconds = "a positive number of seconds"
+    min_retry = sec.get("min_retry", _positive_number, seconds, default.min_retry)
+    max_retry = sec.get("max_retry", _positive_number, seconds, default.max_retry)
+    max_age = sec.get("max_age", _positive_number, seconds, default.max_age)
+    delay_warning = sec.get(
+        "delay_warning", _non_negative_number, "a number of seconds (0: never)",
+        default.delay_warning,
+    )  # fmt: skip
+    hold = sec.get("hold", _boolean, "true or false", False)
+    sec.finish()
+    if max_retry < min_retry:
+        raise sec.error("max_retry", f"must not be less than min_retry ({min_retry:g})")
+    return QueueConfig(min_retry, max_retry, max_age, delay_warning, hold)
 
 
 def _parse_submission(

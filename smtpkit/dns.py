@@ -313,19 +313,19 @@ class MailResolver:
     Build one and use it for every domain: it holds the dnspython resolver, and a nameserver
     given by name is looked up once, here (``NameserverError`` when that fails).
 
-    ``nameserver`` is a ``Nameserver`` or its text form (see ``parse_nameserver``); ``None``
-    uses the resolvers in ``/etc/resolv.conf``. ``timeout`` bounds each DNS query in seconds;
-    ``deadline`` bounds all the queries for one domain (default ``DEADLINE_FACTOR`` times
-    ``timeout``): what has no answer by then counts as timed out. ``max_hosts`` is how many MX
-    hosts, by preference, are looked up. Address queries run concurrently, on at most
-    ``LOOKUP_THREADS`` threads. Nothing is cached between queries: every answer is what DNS
-    says now.
+    ``nameserver`` is a ``Nameserver`` or its text form (see ``parse_nameserver``), or a list
+    of them, asked in order; ``None`` uses the resolvers in ``/etc/resolv.conf``. ``timeout``
+    bounds each DNS query in seconds; ``deadline`` bounds all the queries for one domain
+    (default ``DEADLINE_FACTOR`` times ``timeout``): what has no answer by then counts as
+    timed out. ``max_hosts`` is how many MX hosts, by preference, are looked up. Address
+    queries run concurrently, on at most ``LOOKUP_THREADS`` threads. Nothing is cached
+    between queries: every answer is what DNS says now.
     """
 
     def __init__(
         self,
         *,
-        nameserver: Nameserver | str | None = None,
+        nameserver: Nameserver | str | Sequence[Nameserver | str] | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         deadline: float | None = None,
         max_hosts: int = MAX_MX_HOSTS,
@@ -344,10 +344,14 @@ class MailResolver:
                     "no system DNS resolver configured (/etc/resolv.conf); give a nameserver"
                 ) from None
         else:
-            server = parse_nameserver(nameserver) if isinstance(nameserver, str) else nameserver
+            given = [nameserver] if isinstance(nameserver, str | Nameserver) else nameserver
+            servers = [parse_nameserver(n) if isinstance(n, str) else n for n in given]
+            if not servers:
+                raise DnsError("an empty list of nameservers")
             resolver = dns.resolver.Resolver(configure=False)
             resolver.nameservers = [
                 dns.nameserver.Do53Nameserver(address, server.port)
+                for server in servers
                 for address in _nameserver_addresses(server)
             ]
         resolver.timeout = float(timeout)

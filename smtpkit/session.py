@@ -21,12 +21,13 @@ from typing import Any, Protocol
 from smtpkit.addresses import host_port
 from smtpkit.config import ListenerRole
 from smtpkit.delivery.spool import Spool
-from smtpkit.delivery.targets import Delivery, Target
+from smtpkit.delivery.targets import Delivery, DsnRequest, Target
 from smtpkit.journal import Journal
 from smtpkit.limits import Limits
 from smtpkit.policy import Accept, Decision, Defer, Policy, Reject, SessionFacts, TlsInfo
 from smtpkit.protocol import NEED_DATA, PAUSED, ServerConnection, State, replies
 from smtpkit.protocol import events as ev
+from smtpkit.protocol.dsn import MailDsn, RcptDsn
 from smtpkit.protocol.replies import Reply
 from smtpkit.sasl import MECHANISMS, Credentials, Exchange, SaslError
 
@@ -86,6 +87,8 @@ class ServerContext:
     open_spool: Callable[[bytes], Spool]
     tls_available: bool = False
     auth: Authenticator | None = None
+    #: Offer DSN (RFC 3461) on the receive listeners too (it always is on submission).
+    dsn_on_receive: bool = False
 
 
 def new_session_id() -> str:
@@ -306,6 +309,8 @@ class Session:
         self.recipients: list[str] = []
         self._overshoot = 0  # RCPTs refused for being past max_recipients
         self.targets: dict[Target, None] = {}  # ordered, each once
+        self._mail_dsn: MailDsn | None = None  # RFC 3461 parameters, when given
+        self._rcpt_dsn: dict[str, RcptDsn] = {}
         self._headers: bytearray | None = None
         self._authors: list[str] = []
         self.spool: Spool | None = None
@@ -353,16 +358,28 @@ class Session:
         # so that no password ever crosses the network in clear.
         if self._auth_offered() and self.tls is not None:
             ext.append("AUTH " + " ".join(MECHANISMS))
+        if self._dsn_offered():
+            ext.append("DSN")
         ext.append("HELP")
         return tuple(ext)
 
+    def _dsn_offered(self) -> bool:
+        """RFC 3461 on the submission listeners; on port 25 only when configured: success
+        notices asked for by anyone would mail what they send to whomever they name as
+        the sender (backscatter)."""
+        return self.role is not ListenerRole.RECEIVE or self.ctx.dsn_on_receive
+
     def _on_mail(self, event: ev.MailFrom) -> None:
-        refusal = _refusal(self.ctx.policy.check_mail(self._facts(), event))
+        if event.dsn is not None and not self._dsn_offered():
+            refusal: Reply | None = replies.UNKNOWN_PARAMETER
+        else:
+            refusal = _refusal(self.ctx.policy.check_mail(self._facts(), event))
         if refusal is not None:
             self._journal("mail", sender=event.address, code=refusal.code, text=str(refusal))
             self._refuse(refusal, journaled=True)
             return
         self.sender = event.address
+        self._mail_dsn = event.dsn
         self._journal("mail", sender=event.address, size=event.size, code=250)
         self._reply(replies.OK_SENDER)
 
@@ -374,6 +391,10 @@ class Session:
             counts = self._overshoot == 1 or self._overshoot > limits.max_recipient_overshoot
             self._refuse(replies.TOO_MANY_RECIPIENTS, counts=counts, journaled=True)
             return
+        if event.dsn is not None and not self._dsn_offered():
+            self._journal_rcpt(event, replies.UNKNOWN_PARAMETER)
+            self._refuse(replies.UNKNOWN_PARAMETER, journaled=True)
+            return
         decision = self.ctx.policy.check_rcpt(self._facts(), event)
         targets = decision.targets if isinstance(decision, Accept) else ()
         # Accepted with no target would go nowhere: that is an unknown user too.
@@ -383,6 +404,8 @@ class Session:
             self._refuse(refusal, journaled=True)
             return
         self.recipients.append(event.address)
+        if event.dsn is not None:
+            self._rcpt_dsn[event.address] = event.dsn
         for target in targets:
             self.targets[target] = None
         self._journal("rcpt", to=event.address, sender=self.sender, code=250)
@@ -491,8 +514,15 @@ class Session:
             self._finish(replies.FROM_NOT_OWNED, refused=True)
             return
         self.waiting = True
+        dsn = None
+        if self._mail_dsn is not None or self._rcpt_dsn:
+            dsn = DsnRequest(self._mail_dsn or MailDsn(), dict(self._rcpt_dsn))
         delivery = Delivery(
-            spool, tuple(self.targets), sender=self.sender or "", message_id=self._queue_id()
+            spool,
+            tuple(self.targets),
+            sender=self.sender or "",
+            message_id=self._queue_id(),
+            dsn=dsn,
         )
         self.ctx.submit(delivery, self._delivered)
 

@@ -6,7 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from smtpkit.config import Config, parse_config
+from smtpkit.config import (
+    Config,
+    DeliveryConfig,
+    NextHop,
+    QueueConfig,
+    RelayConfig,
+    RelayTls,
+    parse_config,
+)
 from smtpkit.errors import ConfigError
 from smtpkit.limits import Limits
 
@@ -77,6 +85,89 @@ def test_the_old_server_keys_still_work_with_a_note(tmp_path: Path) -> None:
     ],
 )
 def test_limit_errors_name_the_key(
+    tmp_path: Path, sections: dict[str, dict[str, object]], message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, **sections)
+    assert str(caught.value) == f"{message} ({tmp_path / 'smtpkit.toml'})"
+
+
+def test_delivery_sections(tmp_path: Path) -> None:
+    config = load(
+        tmp_path,
+        server={"dsn_on_receive": True},
+        delivery={
+            "max_connections": 7,
+            "max_per_domain": 2,
+            "connect_timeout": 5,
+            "reply_timeout": 9,
+        },  # fmt: skip
+        dns={"nameservers": ["127.0.0.1:5353", "[::1]"]},
+        routes={"Example.NET": "mail.internal.example:2525", "b.example": "[192.0.2.7]"},
+        relay={"host": "smtp.provider.example", "username": "me", "password_file": "pw"},
+        queue={"min_retry": 1, "max_retry": 2, "max_age": 3, "delay_warning": 0, "hold": True},
+    )
+    assert config.server.dsn_on_receive is True
+    assert config.delivery == DeliveryConfig(
+        max_connections=7,
+        max_per_domain=2,
+        connect_timeout=5.0,
+        reply_timeout=9.0,
+        nameservers=("127.0.0.1:5353", "[::1]"),
+        routes={
+            "example.net": NextHop("mail.internal.example", 2525),
+            "b.example": NextHop("192.0.2.7", 25),
+        },
+    )
+    assert config.relay == RelayConfig(
+        NextHop("smtp.provider.example", 587), RelayTls.STARTTLS, "me", tmp_path / "pw", None
+    )
+    assert config.queue == QueueConfig(1.0, 2.0, 3.0, 0.0, True)
+
+
+def test_delivery_defaults(tmp_path: Path) -> None:
+    config = load(tmp_path)
+    assert config.delivery == DeliveryConfig()
+    assert config.relay is None
+    assert config.queue == QueueConfig(300.0, 3600.0, 432000.0, 14400.0, False)
+    assert config.server.dsn_on_receive is False
+
+
+@pytest.mark.parametrize(
+    ("sections", "message"),
+    [
+        ({"delivery": {"max_per_domain": 0}},
+         "delivery -> max_per_domain: must be a positive integer, got 0"),
+        ({"delivery": {"retries": 1}}, "delivery -> retries: unknown key"),
+        ({"dns": {"nameservers": ["1.2.3.4:99999"]}},
+         "dns -> nameservers: bad nameserver '1.2.3.4:99999': port must be 1-65535"),
+        ({"routes": {"example.org": "[192.0.2.7]"}},
+         "routes -> example.org: is a local domain (server.domains): its mail is delivered here"),
+        ({"routes": {"b.example": "[mail.example]:25"}},
+         "routes -> b.example: '[mail.example]:25': 'mail.example' in brackets is not an IP "
+         "address"),
+        ({"routes": {"b.example": "mx.b.example:0"}},
+         "routes -> b.example: 'mx.b.example:0': the port must be 1-65535"),
+        ({"routes": {"b.example": 25}},
+         'routes -> b.example: must be "HOST[:PORT]" or "[ADDRESS][:PORT]"'),
+        ({"relay": {"tls": "starttls"}},
+         'relay -> host: is required: the smarthost, "HOST[:PORT]"'),
+        ({"relay": {"host": "smtp.example", "tls": "ssl"}},
+         'relay -> tls: must be "starttls", "implicit" or "none", got \'ssl\''),
+        ({"relay": {"host": "smtp.example", "username": "me"}},
+         "relay -> password_file: username and password_file go together"),
+        ({"relay": {"host": "smtp.example", "username": "me", "password_file": "p",
+                    "tls": "none"}},
+         'relay -> tls: cannot be "none" with a username: passwords only go under TLS'),
+        ({"queue": {"min_retry": 60, "max_retry": 10}},
+         "queue -> max_retry: must not be less than min_retry (60)"),
+        ({"queue": {"delay_warning": -1}},
+         "queue -> delay_warning: must be a number of seconds (0: never), got -1"),
+        ({"server": {"dsn_on_receive": "yes"}},
+         "server -> dsn_on_receive: must be true or false, got 'yes'"),
+    ],
+)  # fmt: skip
+def test_delivery_errors_name_the_key(
     tmp_path: Path, sections: dict[str, dict[str, object]], message: str
 ) -> None:
     with pytest.raises(ConfigError) as caught:

@@ -9,16 +9,18 @@ its store module, and a row in ``STORES``: see ARCHITECTURE.md, "Adding a delive
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from smtpkit.errors import DeliveryError
+from smtpkit.protocol.dsn import MailDsn, RcptDsn
 
 if TYPE_CHECKING:
     from smtpkit.delivery.spool import Spool
 
-__all__ = ["Delivery", "Mailbox", "Placed", "Remote", "Target", "TargetFailed"]
+__all__ = ["Delivery", "DsnRequest", "Mailbox", "Placed", "Remote", "Target", "TargetFailed"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +61,16 @@ class TargetFailed(Exception):
         self.error = error
 
 
+@dataclass(frozen=True, slots=True)
+class DsnRequest:
+    """What the sender asked of delivery status notifications (RFC 3461): ``RET`` and
+    ``ENVID`` from MAIL, ``NOTIFY`` and ``ORCPT`` from each RCPT (by recipient address).
+    The queue keeps them with the message; reports and next hops use them."""
+
+    mail: MailDsn = field(default_factory=MailDsn)
+    rcpt: Mapping[str, RcptDsn] = field(default_factory=dict)
+
+
 @dataclass(slots=True)
 class Delivery:
     """One message and where it goes; after the commit, what happened to it."""
@@ -69,6 +81,8 @@ class Delivery:
     #: the Received header, the journal): what a queue entry records.
     sender: str = ""
     message_id: str = ""
+    #: The sender's DSN parameters, when any were given.
+    dsn: DsnRequest | None = None
     #: The error of each target that failed (the message then failed as a whole).
     errors: dict[Target, DeliveryError] = field(default_factory=dict)
     #: Where each copy went, as the journal shows it (``a@example.org/new/NAME``).

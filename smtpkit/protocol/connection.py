@@ -303,7 +303,7 @@ class ServerConnection:
         if verb is Verb.AUTH:
             return parse_auth(argument)
         if verb is Verb.RCPT:
-            return parse_rcpt(argument)
+            return parse_rcpt(argument, self._extended)
         if verb is Verb.VRFY:
             return Vrfy(argument)
         if verb is Verb.EXPN:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from smtpkit.protocol.dsn import MailDsn, RcptDsn
 from smtpkit.protocol.replies import Reply
 
 __all__ = [
@@ -41,22 +42,26 @@ class MailFrom:
     """``MAIL FROM:<address>``; ``address`` is "" for the null reverse-path ``<>``.
 
     ``size`` is the RFC 1870 SIZE= value when given, ``body`` the RFC 6152 BODY= value
-    upper-cased ("7BIT" or "8BITMIME") when given.
+    upper-cased ("7BIT" or "8BITMIME") when given, ``dsn`` RFC 3461's RET and ENVID when
+    either is given.
     """
 
     address: str
     size: int | None = None
     body: str | None = None
+    dsn: MailDsn | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class RcptTo:
     """``RCPT TO:<address>``; a source route (``<@a,@b:user@d>``) is dropped (RFC 5321 C).
 
-    ``address`` is ``postmaster`` (original case kept) for the bare RFC 5321 4.1.1.3 form.
+    ``address`` is ``postmaster`` (original case kept) for the bare RFC 5321 4.1.1.3 form;
+    ``dsn`` holds RFC 3461's NOTIFY and ORCPT when either is given.
     """
 
     address: str
+    dsn: RcptDsn | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ import ipaddress
 import re
 from typing import Final
 
+from smtpkit.protocol.dsn import parse_mail_dsn, parse_rcpt_dsn
 from smtpkit.protocol.events import Auth, MailFrom, RcptTo
 from smtpkit.protocol.replies import (
     SYNTAX_ERROR_ARGS,
@@ -65,6 +66,10 @@ _MAX_PATH: Final = 256
 # RFC 1870 SIZE is a decimal count of octets; 20 digits already exceed any 64-bit size.
 _MAX_SIZE_DIGITS: Final = 20
 _BODY_TYPES: Final = frozenset({"7BIT", "8BITMIME"})  # RFC 6152
+# RFC 3461 4: the parameters of the DSN extension (whether it is offered is the session's
+# business: the engine checks their syntax).
+_MAIL_DSN: Final = frozenset({"RET", "ENVID"})
+_RCPT_DSN: Final = frozenset({"NOTIFY", "ORCPT"})
 
 
 def _octets(text: str) -> int:
@@ -148,6 +153,7 @@ def parse_mail(argument: str, extended: bool) -> MailFrom | Reply:
         return params
     size: int | None = None
     body: str | None = None
+    dsn: dict[str, str | None] = {}
     seen: set[str] = set()
     for param in params:
         match = _PARAM.fullmatch(param)
@@ -173,13 +179,22 @@ def parse_mail(argument: str, extended: bool) -> MailFrom | Reply:
             if value is None or value.upper() not in _BODY_TYPES:
                 return SYNTAX_ERROR_PARAMS
             body = value.upper()
+        elif key in _MAIL_DSN:
+            dsn[key] = value
         else:
             return UNKNOWN_PARAMETER
-    return MailFrom(address, size=size, body=body)
+    mail_dsn = None
+    if dsn:
+        try:
+            mail_dsn = parse_mail_dsn(dsn)
+        except ValueError:
+            return SYNTAX_ERROR_PARAMS  # RFC 3461 4: a bad value is 501 5.5.4
+    return MailFrom(address, size=size, body=body, dsn=mail_dsn)
 
 
-def parse_rcpt(argument: str) -> RcptTo | Reply:
-    """``RCPT TO:<forward-path>`` (RFC 5321 4.1.1.3); no parameter is supported."""
+def parse_rcpt(argument: str, extended: bool = True) -> RcptTo | Reply:
+    """``RCPT TO:<forward-path> [params]`` (RFC 5321 4.1.1.3); the parameters of RFC 3461
+    (NOTIFY, ORCPT) only."""
     prefix = _TO.match(argument)
     if prefix is None:
         return SYNTAX_ERROR_ARGS
@@ -190,9 +205,23 @@ def parse_rcpt(argument: str) -> RcptTo | Reply:
     params = _split_params(rest)
     if isinstance(params, Reply):
         return params
-    if params:
-        return UNKNOWN_PARAMETER
-    return RcptTo(address)
+    dsn: dict[str, str | None] = {}
+    for param in params:
+        # Anything but NOTIFY= or ORCPT= (a second path, a typo) is a parameter we do not
+        # know: 555 (RFC 5321 4.1.1.11).
+        match = _PARAM.fullmatch(param)
+        if match is None or not extended or match.group("key").upper() not in _RCPT_DSN:
+            return UNKNOWN_PARAMETER
+        key = match.group("key").upper()
+        if key in dsn:
+            return SYNTAX_ERROR_PARAMS
+        dsn[key] = match.group("value")
+    if not dsn:
+        return RcptTo(address)
+    try:
+        return RcptTo(address, dsn=parse_rcpt_dsn(dsn))
+    except ValueError:
+        return SYNTAX_ERROR_PARAMS
 
 
 # RFC 4954 4: auth-type = 1*20 (ALPHA / DIGIT / "-" / "_"); initial-response = base64 / "=".

@@ -211,6 +211,8 @@ def allowed_tree(server: MailServer, stored: dict[str, int]) -> None:
                 continue  # ready, empty spool files (SpoolPool)
             if here == spool and name in (".commit-lock", ".maildrop-lock"):
                 continue  # the workers' shared locks, empty
+            if here == root / "queue" and name == ".lock":
+                continue  # the queue runner's lock, empty
             if here.name == "new" and here in maildirs:
                 new_counts[here.parent.name] = new_counts.get(here.parent.name, 0) + 1
                 continue

@@ -7,6 +7,7 @@ import pytest
 from smtpkit.limits import Limits
 from smtpkit.protocol import BadCommand, Expn, Hello, Help, MailFrom, RcptTo, Reply, Vrfy
 from smtpkit.protocol import replies as r
+from smtpkit.protocol.dsn import MailDsn, RcptDsn
 from tests.protocol.protocol_harness import codes, run
 
 EHLO = b"EHLO client.example\r\n"
@@ -423,8 +424,15 @@ def test_utf8_lengths_are_octets() -> None:
         (b" FOO", 555, None),
         (b" SMTPUTF8", 555, None),
         (b" AUTH=<>", 555, None),
-        (b" RET=HDRS", 555, None),
         (b" SIZE=1 FOO=1", 555, None),
+        # RFC 3461 DSN: the engine checks the syntax; whether DSN is offered is the session's.
+        (b" RET=HDRS", 250, MailFrom("a@example.org", dsn=MailDsn(ret="HDRS"))),
+        (b" ret=full ENVID=QQ+2B1", 250, MailFrom("a@example.org", dsn=MailDsn("FULL", "QQ+1"))),
+        (b" RET=NONE", 501, None),
+        (b" RET", 501, None),
+        (b" ENVID=a+zz", 501, None),
+        (b" ENVID=" + b"x" * 101, 501, None),
+        (b" RET=FULL RET=HDRS", 501, None),
     ],
 )
 def test_mail_parameters_after_ehlo(params: bytes, code: int, event: MailFrom | None) -> None:
@@ -484,6 +492,29 @@ def test_rcpt_paths_accepted(argument: bytes, address: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("params", "dsn"),
+    [
+        (b" NOTIFY=NEVER", RcptDsn(notify=frozenset({"NEVER"}))),
+        (b" notify=success,Delay", RcptDsn(notify=frozenset({"SUCCESS", "DELAY"}))),
+        (b" ORCPT=rfc822;b+2Bx@example.net", RcptDsn(orcpt=("rfc822", "b+x@example.net"))),
+        (
+            b" NOTIFY=FAILURE ORCPT=RFC822;b@example.net",
+            RcptDsn(notify=frozenset({"FAILURE"}), orcpt=("rfc822", "b@example.net")),
+        ),
+    ],
+)
+def test_rcpt_dsn_parameters(params: bytes, dsn: RcptDsn) -> None:
+    out = run([EHLO + MAIL + b"RCPT TO:<b@example.net>" + params + b"\r\n"])
+    assert out.codes == [250, 250, 250]
+    assert out.events[2] == RcptTo("b@example.net", dsn=dsn)
+
+
+def test_rcpt_parameters_need_ehlo() -> None:
+    transcript = b"HELO client\r\n" + MAIL + b"RCPT TO:<b@example.net> NOTIFY=NEVER\r\n"
+    assert codes(transcript) == [250, 250, 555]
+
+
+@pytest.mark.parametrize(
     ("argument", "reply"),
     [
         (b"TO:<>", r.SYNTAX_ERROR_ARGS),
@@ -496,9 +527,14 @@ def test_rcpt_paths_accepted(argument: bytes, address: str) -> None:
         (b"", r.SYNTAX_ERROR_ARGS),
         (b"TO:<b@example.net>x", r.SYNTAX_ERROR_ARGS),
         (b"TO:<postmaster>x", r.SYNTAX_ERROR_ARGS),
-        (b"TO:<b@example.net> NOTIFY=NEVER", r.UNKNOWN_PARAMETER),
-        (b"TO:<b@example.net> ORCPT=rfc822;b@example.net", r.UNKNOWN_PARAMETER),
         (b"TO:<b@example.net> SIZE=1", r.UNKNOWN_PARAMETER),
+        (b"TO:<b@example.net> NOTIFY=NEVER,SUCCESS", r.SYNTAX_ERROR_PARAMS),
+        (b"TO:<b@example.net> NOTIFY=SOMETIMES", r.SYNTAX_ERROR_PARAMS),
+        (b"TO:<b@example.net> NOTIFY", r.SYNTAX_ERROR_PARAMS),
+        (b"TO:<b@example.net> NOTIFY=NEVER NOTIFY=NEVER", r.SYNTAX_ERROR_PARAMS),
+        (b"TO:<b@example.net> ORCPT=b@example.net", r.SYNTAX_ERROR_PARAMS),
+        (b"TO:<b@example.net> ORCPT=x400;b", r.SYNTAX_ERROR_PARAMS),
+        (b"TO:<b@example.net> ORCPT=rfc822;a+zz", r.SYNTAX_ERROR_PARAMS),
         (b"TO:<postmaster> X", r.UNKNOWN_PARAMETER),
     ],
 )

@@ -1,4 +1,4 @@
-"""smtpkit.dsn: the RFC 3461 parameters, their exact refusals, xtext both ways, the JSON form
+"""smtpkit.protocol.dsn: the RFC 3461 parameters, their exact refusals, xtext both ways, the JSON
 kept in the queue envelope and the parameters passed on to a next hop."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from smtpkit.dsn import (
+from smtpkit.protocol.dsn import (
     MailDsn,
     RcptDsn,
     mail_params,
