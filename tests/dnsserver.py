@@ -251,8 +251,8 @@ def _config(folder: Path, host: str, port: int, username: str, zones: dict[str, 
     return "\n".join(lines) + "\n"
 
 
-def _answers(host: str, port: int) -> bool:
-    query = dns.message.make_query("mx.test.", "SOA")
+def _answers(host: str, port: int, zone: str = "mx.test") -> bool:
+    query = dns.message.make_query(f"{zone}.", "SOA")
     try:
         reply = dns.query.udp(query, host, port=port, timeout=0.2)
     except (OSError, dns.exception.DNSException):
@@ -300,7 +300,7 @@ def run_nsd(zones: dict[str, str] | None = None, host: str = "127.0.0.1") -> Ite
             )
             deadline = time.monotonic() + STARTUP_TIMEOUT
             while proc.poll() is None and time.monotonic() < deadline:
-                if _answers(host, port):
+                if _answers(host, port, next(iter(zones))):
                     break
                 time.sleep(0.05)
             else:

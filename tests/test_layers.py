@@ -44,6 +44,27 @@ RULES = [
             "smtpkit.users",
             "smtpkit.addresses",
             "smtpkit.limits",
+            "smtpkit.protocol.dsn",  # the DSN parameters a queue entry keeps (pure values)
+        ),
+    ),
+    (
+        # The queue runner drives the client engine on the server's loop, never the server.
+        "outbound",
+        (
+            "smtpkit.outbound",
+            "smtpkit.protocol",
+            "smtpkit.delivery",
+            "smtpkit.dns",
+            "smtpkit.bounce",
+            "smtpkit.config",
+            "smtpkit.journal",
+            "smtpkit.errors",
+            "smtpkit.fsutil",
+            "smtpkit.users",
+            "smtpkit.addresses",
+            "smtpkit.limits",
+            "smtpkit.server.loop",
+            "smtpkit.server.inotify",
         ),
     ),
 ]

@@ -17,12 +17,14 @@ several hosts never collide (ARCHITECTURE.md, "Adding a delivery target").
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import socket
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ from smtpkit.delivery.spool import FILE_FLAGS, delivery_error
 from smtpkit.delivery.targets import Delivery, Remote, Target, TargetFailed
 from smtpkit.errors import DeliveryError, SmtpkitError
 from smtpkit.fsutil import write_all
+from smtpkit.protocol.dsn import MailDsn, RcptDsn
 
 __all__ = [
     "ENVELOPE_VERSION",
@@ -39,8 +42,10 @@ __all__ = [
     "QueueEntry",
     "QueueError",
     "QueueStore",
+    "QueuedRecipient",
     "clean_queue",
     "entry_name",
+    "read_entry",
     "read_queue",
 ]
 
@@ -60,10 +65,6 @@ def entry_name(message_id: str) -> str:
     return f"{message_id}-{_HOST_TAG}"
 
 
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 class QueueStore:
     """Places messages for remote recipients into the outbound queue."""
 
@@ -78,25 +79,26 @@ class QueueStore:
             folder = folders.get(queue_dir.parent, queue_dir.name)
             delivery.spool.place(folder, name, consume=consume)
             delivery.placed.append((folder, name))
-            envelope = {
-                "version": ENVELOPE_VERSION,
-                "id": name,
-                "sender": delivery.sender,
-                "arrived": _now(),
-                "size": delivery.spool.size,
-                "recipients": [
-                    {
-                        "address": t.address,
-                        "state": "queued",
-                        "attempts": 0,
-                        "next_attempt": _now(),
-                        "last_error": None,
-                    }
+            now = time.time()
+            dsn = delivery.dsn
+            entry = QueueEntry(
+                id=name,
+                sender=delivery.sender,
+                arrived=now,
+                size=delivery.spool.size,
+                recipients=[
+                    QueuedRecipient(
+                        t.address,
+                        next_attempt=now,
+                        dsn=dsn.rcpt.get(t.address, RcptDsn()) if dsn else RcptDsn(),
+                    )
                     for t in targets
                     if isinstance(t, Remote)
                 ],
-            }
-            _write_envelope(folder, name + _ENVELOPE, envelope)
+                path=queue_dir / name,
+                dsn=dsn.mail if dsn else MailDsn(),
+            )
+            _write_envelope(folder, name + _ENVELOPE, entry.to_json())
             delivery.placed.append((folder, name + _ENVELOPE))
         except DeliveryError as exc:  # the folder could not be opened
             raise TargetFailed(first, exc) from None
@@ -128,22 +130,151 @@ def _write_envelope(folder: int, name: str, envelope: dict[str, Any]) -> None:
         raise
 
 
-@dataclass(frozen=True, slots=True)
+#: Recipient states: waiting (never tried, or tried and deferred) and final.
+QUEUED = "queued"
+DEFERRED = "deferred"
+DELIVERED = "delivered"  # accepted by a server that delivers it, or stored here
+RELAYED = "relayed"  # handed to a next hop that does not offer DSN (RFC 3461 "relayed")
+FAILED = "failed"
+FINAL_STATES = frozenset({DELIVERED, RELAYED, FAILED})
+
+_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
+def format_time(when: float) -> str:
+    """Seconds since the epoch as the envelope writes them (UTC, whole seconds)."""
+    return datetime.fromtimestamp(when, UTC).strftime(_TIME_FORMAT)
+
+
+def parse_time(text: str) -> float:
+    return datetime.strptime(text, _TIME_FORMAT).replace(tzinfo=UTC).timestamp()
+
+
+@dataclass(slots=True)
+class QueuedRecipient:
+    """One recipient of a queued message and what became of it so far."""
+
+    address: str
+    state: str = QUEUED
+    attempts: int = 0
+    next_attempt: float = 0.0
+    #: When it was last tried (0: never).
+    last_attempt: float = 0.0
+    #: The last reply or problem, as a person reads it ("550 5.1.1 no such user").
+    last_error: str | None = None
+    #: The enhanced status code (RFC 3463) of the last outcome, "4.4.1" or "5.1.1".
+    status: str | None = None
+    #: The host that gave the last reply, by name as a report's Remote-MTA gives it.
+    remote: str | None = None
+    #: RFC 3461 NOTIFY and ORCPT as given at RCPT (none: the defaults).
+    dsn: RcptDsn = field(default_factory=RcptDsn)
+
+    @property
+    def waiting(self) -> bool:
+        return self.state not in FINAL_STATES
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "address": self.address,
+            "state": self.state,
+            "attempts": self.attempts,
+            "next_attempt": format_time(self.next_attempt),
+            "last_attempt": format_time(self.last_attempt) if self.last_attempt else None,
+            "last_error": self.last_error,
+            "status": self.status,
+            "remote": self.remote,
+            **self.dsn.to_dict(),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> QueuedRecipient:
+        return cls(
+            address=str(data["address"]),
+            state=str(data["state"]),
+            attempts=int(data["attempts"]),
+            next_attempt=parse_time(str(data["next_attempt"])),
+            last_attempt=parse_time(str(data["last_attempt"])) if data.get("last_attempt") else 0.0,
+            last_error=_optional(data.get("last_error")),
+            status=_optional(data.get("status")),
+            remote=_optional(data.get("remote")),
+            dsn=RcptDsn.from_dict({k: data.get(k) for k in ("notify", "orcpt")}),
+        )
+
+
+def _optional(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+@dataclass(slots=True)
 class QueueEntry:
-    """One queued message, as its envelope says."""
+    """One queued message, as its envelope says; ``path`` is the message file (the envelope
+    is beside it, ``<path>.env``)."""
 
     id: str
     sender: str
-    arrived: str
+    arrived: float
     size: int
-    recipients: tuple[dict[str, Any], ...]
+    recipients: list[QueuedRecipient]
     path: Path
+    #: RFC 3461 RET and ENVID as given at MAIL.
+    dsn: MailDsn = field(default_factory=MailDsn)
+    #: True once the sender was told that delivery is delayed (one notice per message).
+    warned: bool = False
 
     @property
     def age(self) -> float:
         """Seconds since it arrived."""
-        arrived = datetime.strptime(self.arrived, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-        return (datetime.now(UTC) - arrived).total_seconds()
+        return time.time() - self.arrived
+
+    @property
+    def envelope_path(self) -> Path:
+        return self.path.with_name(self.path.name + _ENVELOPE)
+
+    @property
+    def waiting(self) -> list[QueuedRecipient]:
+        return [r for r in self.recipients if r.waiting]
+
+    @property
+    def next_attempt(self) -> float | None:
+        """When the earliest waiting recipient is due, or None when none waits."""
+        return min((r.next_attempt for r in self.waiting), default=None)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": ENVELOPE_VERSION,
+            "id": self.id,
+            "sender": self.sender,
+            "arrived": format_time(self.arrived),
+            "size": self.size,
+            **self.dsn.to_dict(),
+            "warned": self.warned,
+            "recipients": [r.to_json() for r in self.recipients],
+        }
+
+    def copy(self) -> QueueEntry:
+        """A copy whose recipients are copies too: what a file writer on another thread may
+        hold while this one changes."""
+        return dataclasses.replace(
+            self, recipients=[dataclasses.replace(r) for r in self.recipients]
+        )
+
+    def save(self) -> None:
+        """Write the envelope anew (hidden name, fsync, rename): readers see the old one or
+        the new one, never a mix."""
+        fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            _write_envelope(fd, self.path.name + _ENVELOPE, self.to_json())
+        finally:
+            os.close(fd)
+
+    def remove(self) -> None:
+        """Take the entry out of the queue: the envelope first (the entry's commit mark), then
+        the message; a crash between the two leaves a data file that start-up removes."""
+        for path in (self.envelope_path, self.path):
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
 
 
 def _read_entry(path: Path) -> QueueEntry:
@@ -152,31 +283,49 @@ def _read_entry(path: Path) -> QueueEntry:
     except (OSError, ValueError) as exc:
         raise QueueError(f"{path}: cannot read the envelope: {exc}") from None
     if not isinstance(data, dict) or data.get("version") != ENVELOPE_VERSION:
-        raise QueueError(f"{path}: envelope version {data.get('version')!r} is not known")
+        version = data.get("version") if isinstance(data, dict) else None
+        raise QueueError(f"{path}: envelope version {version!r} is not known")
     try:
         return QueueEntry(
             id=str(data["id"]),
             sender=str(data["sender"]),
-            arrived=str(data["arrived"]),
+            arrived=parse_time(str(data["arrived"])),
             size=int(data["size"]),
-            recipients=tuple(data["recipients"]),
+            recipients=[QueuedRecipient.from_json(r) for r in data["recipients"]],
             path=path.with_name(path.name[: -len(_ENVELOPE)]),
+            dsn=MailDsn.from_dict({k: data.get(k) for k in ("ret", "envid")}),
+            warned=bool(data.get("warned", False)),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise QueueError(f"{path}: a field is missing or wrong: {exc}") from None
 
 
+def read_entry(queue_dir: Path, entry_id: str) -> QueueEntry | None:
+    """The entry ``entry_id``, or None when there is none (an id is a plain file name: one
+    with a slash or a leading dot is never looked up)."""
+    if not entry_id or "/" in entry_id or entry_id.startswith(".") or "\0" in entry_id:
+        return None
+    try:
+        return _read_entry(queue_dir / (entry_id + _ENVELOPE))
+    except QueueError:
+        if not (queue_dir / (entry_id + _ENVELOPE)).exists():
+            return None
+        raise
+
+
 def read_queue(queue_dir: Path) -> list[QueueEntry]:
-    """Every complete entry, oldest first; a missing queue folder is an empty queue."""
+    """Every complete entry, oldest first; a missing queue folder is an empty queue. An
+    entry removed while the folder is read is left out."""
     try:
         names = os.listdir(queue_dir)
     except FileNotFoundError:
         return []
-    entries = [
-        _read_entry(queue_dir / name)
-        for name in names
-        if name.endswith(_ENVELOPE) and not name.startswith(".")
-    ]
+    entries = []
+    for name in names:
+        if name.endswith(_ENVELOPE) and not name.startswith("."):
+            entry = read_entry(queue_dir, name[: -len(_ENVELOPE)])
+            if entry is not None:
+                entries.append(entry)
     return sorted(entries, key=lambda e: (e.arrived, e.id))
 
 

@@ -16,7 +16,6 @@ loop. Journal lines are handed to the loop.
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import os
 import pwd
@@ -38,6 +37,7 @@ from smtpkit.maildrop import MaildropError, leftovers, maildrop_path, pending, r
 from smtpkit.policy import Accept, LocalPolicy, SessionFacts
 from smtpkit.protocol.events import RcptTo
 from smtpkit.protocol.replies import UNKNOWN_USER
+from smtpkit.server import inotify
 
 __all__ = ["Pickup"]
 
@@ -46,22 +46,6 @@ _MAX_LINE = 998  # RFC 5321 4.5.3.1.6 without its CRLF
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 
 Journal = Callable[..., None]
-
-
-def _inotify(folder: Path) -> int:
-    """An inotify descriptor watching for files moved in or closed after writing, or -1."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fd = int(libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC))
-        if fd < 0:
-            return -1
-        mask = 0x00000080 | 0x00000008  # IN_MOVED_TO | IN_CLOSE_WRITE
-        if libc.inotify_add_watch(fd, str(folder).encode(), mask) < 0:
-            os.close(fd)
-            return -1
-        return fd
-    except (OSError, AttributeError):
-        return -1
 
 
 class Pickup:
@@ -116,7 +100,7 @@ class Pickup:
                     self._wait(-1, SCAN_EVERY)
                     continue
                 if watch < 0:
-                    watch = _inotify(self.folder)
+                    watch = inotify.watch(self.folder)
                 self._scan()
                 self._wait(watch, SCAN_EVERY)
         finally:

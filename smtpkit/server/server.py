@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from smtpkit.auth import PasswordFile
+from smtpkit.auth import PasswordFile, load_hasher
 from smtpkit.config import Config, ListenerRole, TlsConfig
 from smtpkit.delivery.commit import DeliveryWorker
 from smtpkit.delivery.queue import QUEUE_FOLDER, clean_queue
@@ -31,6 +31,7 @@ from smtpkit.errors import ConfigError
 from smtpkit.fsutil import make_dirs
 from smtpkit.journal import Journal
 from smtpkit.maildrop import ensure_maildrop
+from smtpkit.outbound.runner import QueueRunner
 from smtpkit.owner import Owner, as_owner, drop_to
 from smtpkit.policy import LocalPolicy
 from smtpkit.protocol import replies
@@ -170,6 +171,12 @@ class Server:
             self.loop.call_soon_threadsafe,
             self.journal.write,
         )
+        # Sends the queue to other servers, in the one worker holding the queue's lock.
+        self.runner = (
+            QueueRunner(config, self.loop, self.journal.write, pool, self.syncer)
+            if not config.queue.hold
+            else None
+        )
         self.ctx = ServerContext(
             hostname=config.server.hostname,
             limits=config.limits,
@@ -179,6 +186,7 @@ class Server:
             open_spool=functools.partial(Spool, pool=pool),
             tls_available=self.tls is not None,
             auth=self.auth,
+            dsn_on_receive=config.server.dsn_on_receive,
         )
         self.connections: set[Connection] = set()
         # Connection counts shared by all worker processes: the limits are global.
@@ -212,11 +220,15 @@ class Server:
         self.loop.call_later(JOURNAL_FLUSH, self._flush_journal)
         self.loop.call_later(SWEEP, self._sweep)
         self.pickup.start()
+        if self.runner is not None:
+            self.runner.start()
         try:
             self.loop.run()
         finally:
             # Held again while closing down: the loop that handled them is going away.
             defer_server_signals()
+            if self.runner is not None:
+                self.runner.stop()
             self.pickup.stop()
             self.delivery.close()
             if self.auth is not None:
@@ -237,6 +249,8 @@ class Server:
         self.listeners.clear()
         for conn in list(self.connections):
             conn.shutdown()
+        if self.runner is not None:
+            self.runner.stop()
         self.loop.call_later(GRACE, self._end_grace)
         self._maybe_stop()
 
@@ -336,6 +350,9 @@ def serve(
     table = SharedCounts(slots, config.limits.max_connections)
     syncer = SharedSyncer()  # before the fork: its counters are shared memory
     certificate = [tls]  # the one loaded last by this process: new workers start with it
+
+    if run_as is not None and _submission(config):
+        load_hasher()  # before the workers become the owner (see load_hasher)
 
     def work(slot: int, restarted: bool = False) -> None:
         if run_as is not None:

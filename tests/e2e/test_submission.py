@@ -60,6 +60,9 @@ def start_submission(root: Path, extra: str = "") -> Submission:
         fh.write(
             f'\n[submission]\nlisten = ["127.0.0.1:{starttls}"]\n'
             f'implicit_tls = ["127.0.0.1:{implicit}"]\n{extra}'
+            # These tests look at what waits in the queue: nothing is sent on (delivery has
+            # tests of its own, in a DNS world of their own).
+            "\n[queue]\nhold = true\n"
         )
     result = subprocess.run(
         ["python3", "-m", "smtpkit", "-c", str(server.config), "user", "passwd", "--stdin",

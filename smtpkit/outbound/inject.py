@@ -1,0 +1,75 @@
+"""Posting a message this server writes itself (a delivery report) from the null sender:
+to a local mailbox through the router, or to the outbound queue for anyone else, durable
+through the same commit as received mail."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from email.utils import format_datetime
+
+from smtpkit.config import Config
+from smtpkit.delivery.commit import commit_batch
+from smtpkit.delivery.queue import QUEUE_FOLDER
+from smtpkit.delivery.router import Router
+from smtpkit.delivery.spool import Spool, SpoolPool
+from smtpkit.delivery.syncer import SharedSyncer
+from smtpkit.delivery.targets import Delivery, Remote, Target
+from smtpkit.errors import DeliveryError
+from smtpkit.users import UserStore
+
+__all__ = ["Posted", "make_router", "post"]
+
+
+class Posted:
+    """What became of a posted message: ``stored`` (where it went) or ``error``; ``dropped``
+    names a local recipient that does not exist (nothing was written)."""
+
+    def __init__(
+        self,
+        message_id: str,
+        stored: list[str],
+        error: DeliveryError | None = None,
+        dropped: bool = False,
+    ) -> None:
+        self.message_id = message_id
+        self.stored = stored
+        self.error = error
+        self.dropped = dropped
+
+
+def make_router(config: Config) -> Router:
+    users = UserStore(config.server.users_dir, config.server.domains)
+    return Router(users, config.aliases, config.server.domains)
+
+
+def post(
+    config: Config,
+    router: Router,
+    pool: SpoolPool,
+    message: bytes,
+    recipient: str,
+    message_id: str,
+    *,
+    syncer: SharedSyncer | None = None,
+) -> Posted:
+    """Deliver ``message`` (a whole RFC 5322 message, CRLF line ends) from ``<>`` to
+    ``recipient``, behind our trace header. Blocks until it is durable: call it off the
+    event loop."""
+    targets: tuple[Target, ...]
+    if router.is_local_domain(recipient):
+        targets = router.resolve(recipient)
+        if not targets:
+            return Posted(message_id, [], dropped=True)
+    else:
+        targets = (Remote(recipient, config.server.directory / QUEUE_FOLDER),)
+    stamp = format_datetime(datetime.now(UTC))
+    trace = (
+        "Return-Path: <>\r\n"
+        f"Received: by {config.server.hostname} (smtpkit)\r\n"
+        f"\tid {message_id}; {stamp}\r\n"
+    ).encode("ascii", "replace")
+    spool = Spool(trace, pool)
+    spool.write(message)
+    delivery = Delivery(spool, targets, sender="", message_id=message_id)
+    commit_batch([delivery], syncer)
+    return Posted(message_id, list(delivery.stored), delivery.error)

@@ -1,0 +1,652 @@
+"""One outbound SMTP connection on the event loop: the socket, TLS and timeouts around the
+sans-I/O ``ClientConnection``.
+
+A ``Link`` is made for one destination with the addresses to try, in order (the MX hosts'
+addresses, a route's, or the smarthost's). It connects to the first that answers (each
+connect bounded by ``connect_timeout``), says EHLO, starts TLS when offered (or required),
+authenticates when it has credentials, and then asks its owner for work: ``owner.ready``
+returns the next ``Job`` (one message, some of its recipients) or None, and
+``owner.finished`` gets each job's per-recipient replies. When no address gives a session,
+``owner.failed`` gets the reason. Nothing here blocks: connects, TLS handshakes, reads and
+writes all wait for the loop.
+
+Timeouts are those of RFC 5321 4.5.3.2 for each reply awaited (``reply_timeout`` caps
+them all when set), and 3 minutes for each write of the message while it streams.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import selectors
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from smtpkit.protocol.client import NEED_DATA, PAUSED, ClientConnection, Waiting
+from smtpkit.protocol.client_events import (
+    AuthResult,
+    Closed,
+    Greeting,
+    HelloRefused,
+    ProtocolError,
+    Ready,
+    SendData,
+    StartTlsNow,
+    StartTlsRefused,
+    TransactionDone,
+)
+from smtpkit.protocol.connection import LocalProtocolError
+from smtpkit.protocol.replies import Reply
+from smtpkit.server.loop import EventLoop
+
+__all__ = ["Candidate", "Job", "Link", "LinkOwner", "Security", "TIMEOUTS"]
+
+_READ = selectors.EVENT_READ
+_WRITE = selectors.EVENT_WRITE
+_CHUNK = 65536
+_MAX_OUT = 256 * 1024  # read no more of the message while this much waits to be written
+
+#: RFC 5321 4.5.3.2: the least time to wait for each reply, in seconds.
+TIMEOUTS: dict[Waiting | None, float] = {
+    Waiting.GREETING: 300.0,
+    Waiting.EHLO: 300.0,
+    Waiting.LHLO: 300.0,
+    Waiting.HELO: 300.0,
+    Waiting.STARTTLS: 300.0,
+    Waiting.AUTH: 300.0,
+    Waiting.RSET: 300.0,
+    Waiting.MAIL: 300.0,
+    Waiting.RCPT: 300.0,
+    Waiting.DATA: 120.0,
+    Waiting.END_OF_DATA: 600.0,
+    Waiting.QUIT: 60.0,
+    None: 180.0,  # streaming the message: each write (RFC 5321 4.5.3.2.5)
+}
+_HANDSHAKE_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One address to try: the host's name (for TLS and reports), the address, the port."""
+
+    host: str
+    address: str
+    port: int
+
+    def __str__(self) -> str:
+        address = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{self.host}[{address}]:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Security:
+    """How a link uses TLS: ``starttls`` when offered (``required``: or give up),
+    ``implicit`` from the first byte; ``context`` verifies or not; ``credentials`` are only
+    ever sent once TLS is up."""
+
+    context: ssl.SSLContext | None
+    starttls: bool = True
+    required: bool = False
+    implicit: bool = False
+    credentials: tuple[str, str] | None = None
+
+
+@dataclass(slots=True)
+class Job:
+    """One transaction: a message and some of its recipients."""
+
+    entry_id: str
+    sender: str
+    recipients: tuple[str, ...]
+    path: str
+    size: int
+    mail_params: dict[str, str | None] = field(default_factory=dict)
+    rcpt_params: dict[str, dict[str, str | None]] = field(default_factory=dict)
+    #: Filled in by the link: whether the next hop offered DSN (success notices then are
+    #: its business), and the TLS version used (None: in the clear).
+    dsn_offered: bool = False
+    tls: str | None = None
+    remote: str = ""  # the host's name, as a report's Remote-MTA gives it
+    peer: str = ""  # name, address and port, as the journal gives it
+
+
+class LinkOwner(Protocol):
+    def ready(self, link: Link) -> Job | None: ...
+
+    def finished(self, link: Link, job: Job, results: list[tuple[str, Reply | None, str]]) -> None:
+        """``results``: per recipient, the deciding reply (None: none came) and, when no
+        reply decides, why (our words)."""
+
+    def failed(self, link: Link, reason: str, reply: Reply | None, permanent: bool) -> None: ...
+
+    def closed(self, link: Link) -> None: ...
+
+
+class _Refused(Exception):
+    """This candidate gives no session: try the next."""
+
+    def __init__(self, reason: str, reply: Reply | None = None) -> None:
+        super().__init__(reason)
+        self.reply = reply
+
+
+class Link:
+    def __init__(
+        self,
+        loop: EventLoop,
+        owner: LinkOwner,
+        candidates: list[Candidate],
+        *,
+        helo_name: str,
+        security: Security,
+        connect_timeout: float,
+        reply_timeout: float | None = None,
+        loops_back: Callable[[str], bool] = lambda name: False,
+    ) -> None:
+        self.loop = loop
+        self.owner = owner
+        self.candidates = list(candidates)
+        self.helo_name = helo_name
+        self.security = security
+        self.connect_timeout = connect_timeout
+        self.reply_timeout = reply_timeout
+        self.loops_back = loops_back
+        self.sock: socket.socket | None = None
+        self.candidate: Candidate | None = None
+        self.engine: ClientConnection | None = None
+        self.job: Job | None = None
+        self.deadline = float("inf")
+        self.closed = False
+        self.sessions = 0  # transactions done on this connection
+        self._out = bytearray()
+        self._events = 0
+        self._phase = "idle"  # connecting | handshake | smtp | done
+        self._message_fd = -1
+        self._streaming = False
+        self._last_reason = "no address to try"
+        self._last_reply: Reply | None = None
+        self._tls_version: str | None = None
+        self._plain_retry: set[str] = set()  # addresses whose TLS failed: once more in clear
+
+    # --- life -------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._next_candidate()
+
+    def abort(self, reason: str) -> None:
+        """Drop the connection now (shutdown): a job under way gets no replies."""
+        if self.closed:
+            return
+        if self.engine is not None and self._phase == "smtp":
+            self._feed_eof(reason)
+        else:
+            self._close_socket()
+            self._finish()
+
+    def check_deadline(self, now: float) -> None:
+        if self.closed or now < self.deadline:
+            return
+        if self._phase == "connecting":
+            self._give_up_candidate(f"connect timed out after {self.connect_timeout:g}s")
+        elif self._phase == "handshake":
+            self._give_up_candidate("TLS handshake timed out")
+        else:
+            waiting = self.engine.waiting_for if self.engine is not None else None
+            what = waiting.value if waiting is not None else "message write"
+            self._feed_eof(f"timed out waiting for the {what} reply")
+
+    @property
+    def remote(self) -> str:
+        return str(self.candidate) if self.candidate is not None else "-"
+
+    # --- connecting -------------------------------------------------------------------------
+    def _next_candidate(self) -> None:
+        self._close_socket()
+        if not self.candidates:
+            permanent = self._last_reply is not None and self._last_reply.code >= 500
+            self._phase = "done"
+            self.closed = True
+            self.owner.failed(self, self._last_reason, self._last_reply, permanent)
+            return
+        self.candidate = self.candidates.pop(0)
+        self.engine = None
+        self._tls_version = None
+        family = socket.AF_INET6 if ":" in self.candidate.address else socket.AF_INET
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError as exc:
+            self._give_up_candidate(f"cannot make a socket: {exc.strerror}")
+            return
+        sock.setblocking(False)
+        self.sock = sock
+        self._phase = "connecting"
+        self.deadline = time.monotonic() + self.connect_timeout
+        code = sock.connect_ex((self.candidate.address, self.candidate.port))
+        if code not in (0, errno.EINPROGRESS):
+            self._give_up_candidate(f"connect: {os.strerror(code)}")
+            return
+        self._set_events(_WRITE)
+
+    def _connected(self) -> None:
+        assert self.sock is not None and self.candidate is not None
+        code = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code:
+            self._give_up_candidate(f"connect: {os.strerror(code)}")
+            return
+        with contextlib.suppress(OSError):
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.security.implicit:
+            self._begin_tls()
+            return
+        self._begin_smtp(tls=False)
+
+    def _begin_smtp(self, *, tls: bool) -> None:
+        self._phase = "smtp"
+        self.engine = ClientConnection(self.helo_name, tls=tls)
+        self._await_reply()
+        self._set_events(_READ)
+
+    def _give_up_candidate(self, reason: str, reply: Reply | None = None) -> None:
+        self._last_reason = f"{self.remote}: {reason}"
+        self._last_reply = reply
+        self._next_candidate()
+
+    # --- TLS --------------------------------------------------------------------------------
+    def _begin_tls(self) -> None:
+        assert self.sock is not None and self.candidate is not None
+        context = self.security.context
+        if context is None:  # pragma: no cover - STARTTLS is only sent with a context
+            self._give_up_candidate("no TLS context")
+            return
+        self._unregister()
+        try:
+            self.sock = context.wrap_socket(
+                self.sock,
+                server_hostname=self.candidate.host if context.check_hostname else None,
+                do_handshake_on_connect=False,
+            )
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            self._tls_failed(f"TLS: {exc}")
+            return
+        self._phase = "handshake"
+        self.deadline = time.monotonic() + _HANDSHAKE_TIMEOUT
+        self._handshake()
+
+    def _handshake(self) -> None:
+        sock = self.sock
+        assert isinstance(sock, ssl.SSLSocket)
+        try:
+            sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._set_events(_READ)
+            return
+        except ssl.SSLWantWriteError:
+            self._set_events(_WRITE)
+            return
+        except ssl.SSLCertVerificationError as exc:
+            self._tls_failed(f"certificate not trusted: {exc.verify_message}", verify=True)
+            return
+        except (OSError, ssl.SSLError) as exc:
+            self._tls_failed(f"TLS handshake failed: {exc}")
+            return
+        self._tls_version = sock.version()
+        if self.engine is None:  # implicit TLS
+            self._begin_smtp(tls=True)
+        else:
+            self._phase = "smtp"
+            self.engine.tls_started()
+            self._pump()
+
+    def _tls_failed(self, reason: str, *, verify: bool = False) -> None:
+        assert self.candidate is not None
+        # Opportunistic TLS (RFC 7435): a server whose TLS is broken still gets its mail, in
+        # the clear, on a second connection to the same address.
+        opportunistic = not (verify or self.security.required or self.security.implicit)
+        if opportunistic and self.candidate.address not in self._plain_retry:
+            self._plain_retry.add(self.candidate.address)
+            self.candidates.insert(0, self.candidate)
+        self._give_up_candidate(reason)
+
+    # --- events -----------------------------------------------------------------------------
+    def _set_events(self, events: int) -> None:
+        if self.sock is None or events == self._events:
+            return
+        if self._events == 0:
+            self.loop.register(self.sock, events, self._on_event)
+        else:
+            self.loop.modify(self.sock, events, self._on_event)
+        self._events = events
+
+    def _unregister(self) -> None:
+        if self.sock is not None and self._events:
+            self.loop.unregister(self.sock)
+        self._events = 0
+
+    def _on_event(self, mask: int) -> None:
+        if self.closed:
+            return
+        if self._phase == "connecting":
+            self._connected()
+        elif self._phase == "handshake":
+            self._handshake()
+        else:
+            if mask & _WRITE:
+                self._flush()
+            if mask & _READ and not self.closed and self._phase == "smtp":
+                self._read()
+
+    def _read(self) -> None:
+        sock = self.sock
+        assert sock is not None and self.engine is not None
+        try:
+            data = sock.recv(_CHUNK)
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return
+        except (OSError, ssl.SSLError) as exc:
+            self._feed_eof(f"connection lost: {exc}")
+            return
+        while isinstance(sock, ssl.SSLSocket) and sock.pending():
+            try:
+                data += sock.recv(_CHUNK)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                break
+            except (OSError, ssl.SSLError):
+                break
+        if not data:
+            self._feed_eof("the server closed the connection")
+            return
+        try:
+            self.engine.receive_data(data)
+        except LocalProtocolError:
+            self._feed_eof("bytes from the server after it closed")
+            return
+        self._await_reply()
+        self._pump()
+
+    def _flush(self) -> None:
+        sock = self.sock
+        if sock is None:
+            return
+        while self._out:
+            try:
+                sent = sock.send(self._out[:_CHUNK])
+            except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                break
+            except (OSError, ssl.SSLError) as exc:
+                self._feed_eof(f"connection lost: {exc}")
+                return
+            del self._out[:sent]
+            self.deadline = time.monotonic() + self._timeout(None)
+        if self._streaming and len(self._out) < _MAX_OUT:
+            self._stream()
+        events = _READ | (_WRITE if self._out or self._streaming else 0)
+        self._set_events(events)
+
+    def _write(self, data: bytes) -> None:
+        self._out += data
+        if self._out or self._streaming:
+            self._flush()
+
+    def _timeout(self, waiting: Waiting | None) -> float:
+        value = TIMEOUTS.get(waiting, 300.0)
+        return min(value, self.reply_timeout) if self.reply_timeout else value
+
+    def _await_reply(self) -> None:
+        waiting = self.engine.waiting_for if self.engine is not None else None
+        self.deadline = time.monotonic() + self._timeout(waiting)
+
+    def _feed_eof(self, reason: str) -> None:
+        """The connection is over from our side or theirs: let the engine end what is under
+        way (a transaction gets no replies: RFC 5321 3.8, try again later)."""
+        self._last_reason = f"{self.remote}: {reason}"
+        self._stop_streaming()
+        engine = self.engine
+        self._close_socket()
+        if engine is None:
+            self._finish()
+            return
+        engine.receive_data(b"")
+        self._pump(reason)
+
+    # --- the SMTP dialogue ------------------------------------------------------------------
+    def _pump(self, lost: str | None = None) -> None:
+        engine = self.engine
+        while engine is not None and not self.closed:
+            event = engine.next_event()
+            if event is NEED_DATA or event is PAUSED:
+                break
+            try:
+                self._on_smtp(event, lost)
+            except LocalProtocolError as exc:
+                # Our own call was wrong for this server (an envelope it cannot take):
+                # this job fails for good, the connection is not trusted further.
+                self._job_refused(str(exc))
+                return
+            if self.engine is not engine:
+                return  # moved on to another candidate
+        if engine is not None and self.sock is not None:
+            self._write(engine.data_to_send())
+            self._await_reply()
+
+    def _on_smtp(self, event: object, lost: str | None) -> None:
+        engine = self.engine
+        assert engine is not None
+        match event:
+            case Greeting(reply=reply):
+                if reply.code >= 300:
+                    engine.quit()
+                    self._write(engine.data_to_send())
+                    self._give_up_candidate(f"greeting: {_said(reply)}", reply)
+            case Ready(reply=reply):
+                self._ready(reply)
+            case HelloRefused(reply=reply):
+                self._give_up_candidate(f"EHLO refused: {_said(reply)}", reply)
+            case StartTlsNow():
+                self._write(engine.data_to_send())
+                self._begin_tls()
+            case StartTlsRefused(reply=reply):
+                if self.security.required:
+                    engine.quit()
+                    self._give_up_candidate(f"STARTTLS refused: {_said(reply)}", reply)
+                else:
+                    self._take_job()
+            case AuthResult(reply=reply):
+                if not 200 <= reply.code < 300:
+                    engine.quit()
+                    self._write(engine.data_to_send())
+                    self._give_up_candidate(f"authentication failed: {_said(reply)}", reply)
+                else:
+                    self._take_job()
+            case SendData():
+                self._start_streaming()
+            case TransactionDone(results=results):
+                self._done(results, lost)
+            case ProtocolError(description=text):
+                self._last_reason = f"{self.remote}: {text}"
+            case Closed(reply=reply):
+                if reply is not None and reply.code == 421 and self.sessions == 0:
+                    self._last_reason = f"{self.remote}: {_said(reply)}"
+                    self._last_reply = reply
+                if self.job is not None:  # pragma: no cover - TransactionDone comes first
+                    self._done((), lost)
+                self._close_socket()
+                if self.sessions == 0 and self._phase != "done":
+                    self._next_candidate()  # never got to send: try the next address
+                else:
+                    self._finish()
+            case _:
+                pass  # MailResult, RecipientResult, MessageResult, ResetResult: in the Done
+
+    def _ready(self, reply: Reply) -> None:
+        engine = self.engine
+        assert engine is not None and self.candidate is not None
+        name = reply.lines[0].split(" ", 1)[0] if reply.lines else ""
+        if name and self.loops_back(name):
+            engine.quit()
+            self._write(engine.data_to_send())
+            self._last_reply = None
+            self.candidates.clear()
+            self._last_reason = f"{self.remote}: mail for this host loops back to myself"
+            self._close_socket()
+            self._phase = "done"
+            self.closed = True
+            self.owner.failed(self, self._last_reason, None, True)
+            return
+        security = self.security
+        if not engine.tls and security.context is not None and security.starttls:
+            plain = self.candidate.address in self._plain_retry
+            if engine.extensions.starttls and not plain:
+                engine.start_tls()
+                return
+            if security.required:
+                engine.quit()
+                self._write(engine.data_to_send())
+                self._give_up_candidate("does not offer STARTTLS, and TLS is required")
+                return
+        if security.credentials is not None and not engine.authenticated:
+            if not engine.tls:
+                engine.quit()
+                self._give_up_candidate("no TLS: the password is never sent in the clear")
+                return
+            mechanism = next((m for m in ("PLAIN", "LOGIN") if m in engine.extensions.auth), None)
+            if mechanism is None:
+                engine.quit()
+                self._give_up_candidate("offers neither AUTH PLAIN nor AUTH LOGIN")
+                return
+            engine.authenticate(mechanism, *security.credentials)
+            return
+        self._take_job()
+
+    def _take_job(self) -> None:
+        engine = self.engine
+        assert engine is not None
+        job = self.owner.ready(self)
+        if job is None:
+            engine.quit()
+            return
+        self.job = job
+        job.remote = self.candidate.host if self.candidate is not None else ""
+        job.peer = self.remote
+        job.tls = self._tls_version
+        job.dsn_offered = engine.extensions.dsn
+        limit = engine.extensions.size
+        if limit and job.size > limit:
+            # RFC 1870 6.1: the server says in advance it will not take it.
+            self._job_result(
+                [
+                    (
+                        a,
+                        None,
+                        f"5.3.4 message size {job.size} exceeds the limit of "
+                        f"{self.remote}, {limit}",
+                    )
+                    for a in job.recipients
+                ]  # fmt: skip
+            )
+            self._take_job()
+            return
+        mail_params = job.mail_params if job.dsn_offered else {}
+        rcpt_params = job.rcpt_params if job.dsn_offered else {}
+        engine.send_envelope(
+            job.sender,
+            job.recipients,
+            size=job.size,
+            eight_bit=_eight_bit(job.path),
+            mail_params=mail_params,
+            rcpt_params={a: p for a, p in rcpt_params.items() if p},
+        )
+
+    def _job_refused(self, reason: str) -> None:
+        if self.job is not None:
+            self._job_result([(a, None, f"5.6.0 {reason}") for a in self.job.recipients])
+        self._close_socket()
+        self._finish()
+
+    def _start_streaming(self) -> None:
+        assert self.job is not None
+        try:
+            self._message_fd = os.open(self.job.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError as exc:
+            self._feed_eof(f"cannot read the queued message: {exc.strerror}")
+            return
+        self._streaming = True
+        self._stream()
+
+    def _stream(self) -> None:
+        engine = self.engine
+        assert engine is not None
+        while self._streaming and len(self._out) < _MAX_OUT:
+            try:
+                chunk = os.read(self._message_fd, _CHUNK)
+            except OSError as exc:
+                self._feed_eof(f"cannot read the queued message: {exc.strerror}")
+                return
+            if not chunk:
+                self._stop_streaming()
+                engine.end_data()
+                self._out += engine.data_to_send()
+                self._await_reply()
+                break
+            engine.send_data(chunk)
+            self._out += engine.data_to_send()
+
+    def _stop_streaming(self) -> None:
+        self._streaming = False
+        if self._message_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._message_fd)
+            self._message_fd = -1
+
+    def _done(self, results: tuple[tuple[str, Reply | None], ...], lost: str | None) -> None:
+        why = lost or self._last_reason
+        self.sessions += 1
+        self._job_result([(a, r, "" if r is not None else why) for a, r in results])
+        if self.sock is not None and self.engine is not None:
+            self._take_job()
+
+    def _job_result(self, results: list[tuple[str, Reply | None, str]]) -> None:
+        job, self.job = self.job, None
+        if job is not None:
+            self.owner.finished(self, job, results)
+
+    # --- the end ----------------------------------------------------------------------------
+    def _close_socket(self) -> None:
+        self._stop_streaming()
+        sock, self.sock = self.sock, None
+        if sock is not None:
+            self._unregister_sock(sock)
+            with contextlib.suppress(OSError):
+                sock.close()
+        self._out.clear()
+
+    def _unregister_sock(self, sock: socket.socket) -> None:
+        if self._events:
+            self.loop.unregister(sock)
+        self._events = 0
+
+    def _finish(self) -> None:
+        if self.closed:
+            return
+        self._phase = "done"
+        self.closed = True
+        self.owner.closed(self)
+
+
+def _said(reply: Reply) -> str:
+    return str(reply).strip()
+
+
+def _eight_bit(path: str) -> bool:
+    """Whether the message holds octets over 127 (then BODY=8BITMIME, RFC 6152)."""
+    try:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                if not chunk.isascii():
+                    return True
+    except OSError:
+        return False
+    return False

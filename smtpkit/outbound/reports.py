@@ -1,0 +1,91 @@
+"""Delivery reports (RFC 3464) for queued messages, posted to their senders: failures,
+the one delay notice, and the success notices RFC 3461 NOTIFY=SUCCESS asks for.
+
+A report is built from the entry (envelope and message file) with ``smtpkit.bounce`` and
+posted from the null sender (``inject.post``): a local sender's copy lands in its Maildir,
+a remote sender's goes through the queue like any mail. A message from the null sender is
+itself a report: it never gets one (RFC 5321 6.1); the caller journals the drop.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from smtpkit.bounce import OriginalEnvelope, RecipientStatus, build_report
+from smtpkit.config import Config
+from smtpkit.delivery.queue import QueuedRecipient, QueueEntry
+from smtpkit.delivery.router import Router
+from smtpkit.delivery.spool import SpoolPool
+from smtpkit.delivery.syncer import SharedSyncer
+from smtpkit.outbound.inject import Posted, post
+
+__all__ = ["Reported", "send_report"]
+
+
+@dataclass(frozen=True, slots=True)
+class Reported:
+    """What a report did: ``posted`` (None when none could be sent: the null sender)."""
+
+    action: str
+    recipients: tuple[str, ...]
+    posted: Posted | None
+
+
+def _when(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def _status(recipient: QueuedRecipient, action: str) -> str:
+    """The RFC 3463 code of the right class for the action (RFC 3464 2.3.4)."""
+    status = recipient.status or ""
+    wanted = {"failed": "45", "delayed": "4", "delivered": "2", "relayed": "2"}[action]
+    if status and status[0] in wanted:
+        return status
+    return {"failed": "5.0.0", "delayed": "4.0.0"}.get(action, "2.0.0")
+
+
+def send_report(
+    config: Config,
+    router: Router,
+    pool: SpoolPool,
+    entry: QueueEntry,
+    recipients: Sequence[QueuedRecipient],
+    action: str,
+    *,
+    diagnostics: dict[str, str] | None = None,
+    retry_until: float | None = None,
+    syncer: SharedSyncer | None = None,
+) -> Reported:
+    """Report ``action`` for ``recipients`` of ``entry`` to its sender; blocks until the
+    report is durable (call it off the event loop)."""
+    addresses = tuple(r.address for r in recipients)
+    if not entry.sender:
+        return Reported(action, addresses, None)
+    diagnostics = diagnostics or {}
+    statuses = [
+        RecipientStatus(
+            address=r.address,
+            action=action,  # type: ignore[arg-type]
+            status=_status(r, action),
+            remote_mta=r.remote or None,
+            diagnostic=diagnostics.get(r.address, r.last_error),
+            original_recipient=r.dsn.orcpt,
+            last_attempt=_when(r.last_attempt) if r.last_attempt else None,
+            will_retry_until=_when(retry_until) if action == "delayed" and retry_until else None,
+        )
+        for r in recipients
+    ]
+    envelope = OriginalEnvelope(
+        sender=entry.sender,
+        arrival=_when(entry.arrived),
+        envid=entry.dsn.envid,
+        ret=entry.dsn.ret,
+    )
+    with open(entry.path, "rb") as original:
+        message = build_report(config.server.hostname, envelope, statuses, original)
+    report_id = f"{os.urandom(6).hex()}.report"
+    posted = post(config, router, pool, message, entry.sender, report_id, syncer=syncer)
+    return Reported(action, addresses, posted)
