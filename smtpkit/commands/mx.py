@@ -269,13 +269,23 @@ def _parse_nameserver(
 
 
 def _resolver(
-    ctx: click.Context, nameserver: Nameserver | None, timeout: float, deadline: float | None
+    ctx: click.Context,
+    nameserver: Nameserver | None,
+    timeout: float,
+    deadline: float | None,
+    configured: tuple[str, ...] = (),
 ) -> MailResolver:
-    """The one resolver of this invocation; a --nameserver whose name does not resolve is a
-    usage error like any other bad --nameserver."""
+    """The one resolver of this invocation: --nameserver, else the config's [dns]
+    nameservers (with --check), else the system's. A --nameserver whose name does not
+    resolve is a usage error like any other bad --nameserver."""
+    servers: Nameserver | list[str] | None = nameserver
+    if nameserver is None and configured:
+        servers = list(configured)
     try:
-        return MailResolver(nameserver=nameserver, timeout=timeout, deadline=deadline)
+        return MailResolver(nameserver=servers, timeout=timeout, deadline=deadline)
     except NameserverError as exc:
+        if nameserver is None:
+            raise click.ClickException(f"dns -> nameservers: {exc}") from None
         raise click.BadParameter(str(exc), ctx=ctx, param_hint="'--nameserver'") from None
 
 
@@ -290,7 +300,8 @@ def _resolver(
     "--nameserver",
     metavar="HOST[:PORT]",
     callback=_parse_nameserver,
-    help="Ask this DNS server ([IPv6]:PORT for IPv6) [default: the system resolver].",
+    help="Ask this DNS server ([IPv6]:PORT for IPv6) [default: with --check, the config's "
+    "dns.nameservers; else the system resolver].",
 )
 @click.option(
     "--timeout",
@@ -336,7 +347,8 @@ def command(
         raise click.UsageError("give at least one DOMAIN, or --check")
     if check:
         config = app.config
-        ctx.exit(_check(config, _resolver(ctx, nameserver, timeout, deadline), as_json=as_json))
+        resolver = _resolver(ctx, nameserver, timeout, deadline, config.delivery.nameservers)
+        ctx.exit(_check(config, resolver, as_json=as_json))
     for given in domains:
         try:
             normalize_mail_domain(given)

@@ -106,3 +106,21 @@ def test_check_reports_a_zone_pointing_elsewhere(
     ]
     assert code == 5
     assert banner(HOST, server.port).startswith(b"220 ")
+
+
+def test_check_uses_the_configured_nameservers(
+    dns_server: DnsServer,  # noqa: F811
+    start_server: list[MailServer],
+    tmp_path: Path,
+) -> None:
+    # No --nameserver: [dns] nameservers from the config are asked (the system's would not
+    # know mx.test).
+    server = serve(start_server, tmp_path, "ours.mx.test")
+    with server.config.open("a") as fh:
+        fh.write(f'\n[dns]\nnameservers = ["{dns_server.nameserver}"]\n')
+    result = smtpkit("mx", "--check", "--timeout", "2", config=server.config, check=False)
+    assert result.stderr == ""
+    assert "ours.mx.test: ok: mail.mx.test (127.0.0.1) at preference 10 is this server" in (
+        result.stdout.splitlines()
+    )
+    assert result.returncode == 0
