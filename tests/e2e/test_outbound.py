@@ -25,8 +25,11 @@ from __future__ import annotations
 import email
 import email.policy
 import json
+import os
+import re
 import signal
 import smtplib
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from email.message import EmailMessage
@@ -34,7 +37,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import MailServer, make_server, smtpkit
+from tests.conftest import MailServer, free_port, make_server, need_program, smtpkit
 from tests.dnsserver import DnsServer, run_nsd
 from tests.scripted_smtp import Script, ScriptedServer, make_certificate, server_context
 
@@ -419,3 +422,128 @@ def test_sigkill_during_delivery_loses_nothing(tmp_path: Path, world_dns: DnsSer
         wait_until("an empty queue", lambda: not queue_entries(server), 60)
         got = sorted(r for tx in mx1.transactions for r in tx.recipients)
         assert set(got) == {f"user{i}@two.world.test" for i in range(count)}
+
+
+def receiving_smtpkit(root: Path, host: str, hostname: str, domain: str, user: str) -> MailServer:
+    """A second ``smtpkit serve``, on port 25 of ``host``, receiving for ``domain``."""
+    directory = root / f"receiver-{host}"
+    smtpkit("init", str(directory), "--domain", domain, "--hostname", hostname,
+            "--listen", f"{host}:25")  # fmt: skip
+    config = directory / "smtpkit.toml"
+    smtpkit("user", "add", user, config=config)
+    return MailServer(directory, config, host, 25, domain)
+
+
+def test_delivered_into_another_smtpkits_maildir(tmp_path: Path, world_dns: DnsServer) -> None:
+    receiver = receiving_smtpkit(
+        tmp_path, "127.0.0.2", "mx1.two.world.test", "two.world.test", "bob@two.world.test"
+    )
+    receiver.start()
+    server = sending_server(tmp_path, world_dns)
+    server.start()
+    send(server, ["bob@two.world.test"], body="Hello from one smtpkit to another.\n")
+    (stored,) = wait_until(
+        "the copy at the receiver", lambda: receiver.new_files("bob@two.world.test")
+    )  # type: ignore[misc]
+    message = email.message_from_bytes(stored.read_bytes(), policy=email.policy.default)
+    assert message["From"] == SENDER
+    assert message.get_content().strip() == "Hello from one smtpkit to another."
+    received = message.get_all("Received")
+    assert received[0].startswith("from mx.test.example (")  # the receiver's trace: our EHLO
+    assert "by mx1.two.world.test" in received[0]
+    assert "by mx.test.example" in received[1]  # ours, from the submission
+    wait_until("an empty queue", lambda: not queue_entries(server))
+    receiver.stop()
+
+
+def test_mail_looping_back_to_this_server_bounces(tmp_path: Path, world_dns: DnsServer) -> None:
+    # A route that points at this very server: its EHLO name is ours (RFC 5321 5.1 asks a
+    # sender to notice), so the mail fails with 5.4.6 instead of going round forever.
+    server = sending_server(tmp_path, world_dns)
+    with server.config.open("a") as fh:
+        fh.write(f'\n[routes]\n"loop.example" = "127.0.0.1:{server.port}"\n')
+    server.start()
+    send(server, ["x@loop.example"])
+    (report,) = wait_until("a report", lambda: reports(server))  # type: ignore[misc]
+    _, rcpt = status_blocks(report)
+    assert rcpt["Status"] == "5.4.6"
+    assert "loops back to myself" in rcpt["Diagnostic-Code"]
+
+
+def test_delivery_to_postfix_smtp_sink(tmp_path: Path, world_dns: DnsServer) -> None:
+    sink = need_program("smtp-sink", "postfix")
+    port = free_port()
+    user = ["-u", "nobody"] if os.geteuid() == 0 else []
+    out = tmp_path / "sink.out"
+    with out.open("wb") as fh:
+        proc = subprocess.Popen([sink, *user, "-c", f"127.0.0.1:{port}", "100"], stdout=fh,
+                                stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        server = sending_server(tmp_path, world_dns)
+        with server.config.open("a") as fh2:
+            fh2.write(f'\n[routes]\n"sink.example" = "127.0.0.1:{port}"\n')
+        server.start()
+        for i in range(5):
+            send(server, [f"u{i}@sink.example", f"v{i}@sink.example"])
+
+        def counted() -> int:
+            found = re.findall(rb"mesg=(\d+)", out.read_bytes())
+            return int(found[-1]) if found else 0
+
+        wait_until("5 messages at the sink", lambda: counted() >= 5)
+        wait_until("an empty queue", lambda: not queue_entries(server))
+        delivered = journal(server, "delivered")
+        assert len(delivered) == 10
+        assert {r["peer"] for r in delivered} == {f"127.0.0.1[127.0.0.1]:{port}"}
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_connection_dropped_at_rcpt_is_deferred(tmp_path: Path, world_dns: DnsServer) -> None:
+    with ScriptedServer("127.0.0.4", 25, Script(drop_at="rcpt")) as host:
+        server = sending_server(
+            tmp_path, world_dns, "[queue]\nmin_retry = 3600\nmax_retry = 3600\n"
+        )
+        server.start()
+        send(server, ["kim@implicit.world.test"])
+        (line,) = wait_until("a deferral", lambda: journal(server, "deferred"))  # type: ignore[misc]
+        assert line["status"] == "4.4.2"
+        assert "closed the connection" in str(line["reason"])
+        assert host.transactions == []
+        (entry,) = queue_entries(server)
+        assert entry["recipients"][0]["state"] == "deferred"  # type: ignore[index]
+
+
+def test_message_over_the_remote_size_limit_fails(tmp_path: Path, world_dns: DnsServer) -> None:
+    script = Script(extensions=("PIPELINING", "SIZE 300"))
+    with ScriptedServer("127.0.0.4", 25, script) as host:
+        server = sending_server(tmp_path, world_dns)
+        server.start()
+        send(server, ["lee@implicit.world.test"], body="x" * 500 + "\n")
+        (report,) = wait_until("a report", lambda: reports(server))  # type: ignore[misc]
+        _, rcpt = status_blocks(report)
+        assert rcpt["Status"] == "5.3.4"
+        assert rcpt["Action"] == "failed"
+        assert host.transactions == []  # RFC 1870: not even tried
+
+
+def test_delay_warning_is_sent_once(tmp_path: Path, world_dns: DnsServer) -> None:
+    extra = "[queue]\nmin_retry = 1\nmax_retry = 1\nmax_age = 600\ndelay_warning = 2\n"
+    script = Script(rcpt=lambda a: "452 4.2.2 mailbox full")
+    with ScriptedServer("127.0.0.4", 25, script) as host:
+        server = sending_server(tmp_path, world_dns, extra)
+        server.start()
+        send(server, ["max@implicit.world.test"])
+        (report,) = wait_until("the delay notice", lambda: reports(server))  # type: ignore[misc]
+        assert report["Subject"] == "Delayed Mail (still being retried)"
+        _, rcpt = status_blocks(report)
+        assert rcpt["Action"] == "delayed"
+        assert rcpt["Status"] == "4.2.2"
+        assert "Will-Retry-Until" in rcpt
+        # More attempts, and still one notice.
+        attempts = host.connections
+        host.wait_connections(attempts + 2)
+        assert len(reports(server)) == 1
+        (entry,) = queue_entries(server)
+        assert entry["warned"] is True
