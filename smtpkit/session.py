@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from smtpkit.addresses import host_port
 from smtpkit.config import ListenerRole
 from smtpkit.delivery.spool import Spool
-from smtpkit.delivery.targets import Delivery, DsnRequest, Target
+from smtpkit.delivery.targets import Delivery, DsnRequest, Mailbox, Target
 from smtpkit.journal import Journal
 from smtpkit.limits import Limits
 from smtpkit.policy import Accept, Decision, Defer, Policy, Reject, SessionFacts, TlsInfo
@@ -311,6 +311,7 @@ class Session:
         self.targets: dict[Target, None] = {}  # ordered, each once
         self._mail_dsn: MailDsn | None = None  # RFC 3461 parameters, when given
         self._rcpt_dsn: dict[str, RcptDsn] = {}
+        self._delivered_here: list[str] = []
         self._headers: bytearray | None = None
         self._authors: list[str] = []
         self.spool: Spool | None = None
@@ -406,6 +407,8 @@ class Session:
         self.recipients.append(event.address)
         if event.dsn is not None:
             self._rcpt_dsn[event.address] = event.dsn
+            if event.dsn.wants("delivered") and any(isinstance(t, Mailbox) for t in targets):
+                self._delivered_here.append(event.address)
         for target in targets:
             self.targets[target] = None
         self._journal("rcpt", to=event.address, sender=self.sender, code=250)
@@ -516,7 +519,9 @@ class Session:
         self.waiting = True
         dsn = None
         if self._mail_dsn is not None or self._rcpt_dsn:
-            dsn = DsnRequest(self._mail_dsn or MailDsn(), dict(self._rcpt_dsn))
+            dsn = DsnRequest(
+                self._mail_dsn or MailDsn(), dict(self._rcpt_dsn), tuple(self._delivered_here)
+            )
         delivery = Delivery(
             spool,
             tuple(self.targets),

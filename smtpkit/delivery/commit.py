@@ -198,8 +198,12 @@ class DeliveryWorker:
         max_batch: int = 64,
         pool: SpoolPool | None = None,
         syncer: SharedSyncer | None = None,
+        after: Callable[[list[Delivery]], None] | None = None,
     ):
         self._call_soon = call_soon
+        # Run on this thread after each batch, with the messages now durable (what the
+        # server does next with them, off the loop: success notices).
+        self._after = after
         self._max_batch = max_batch
         self.pool = pool
         self.syncer = syncer
@@ -237,6 +241,8 @@ class DeliveryWorker:
                 pairs = [(done, delivery) for delivery, done in batch]
                 # One wake-up of the loop for the whole batch.
                 self._call_soon(functools.partial(_complete, pairs))
+                if self._after is not None:
+                    self._after([delivery for delivery, _ in batch if delivery.error is None])
             if pool is not None:
                 if stop:
                     pool.drain()

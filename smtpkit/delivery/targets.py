@@ -69,6 +69,9 @@ class DsnRequest:
 
     mail: MailDsn = field(default_factory=MailDsn)
     rcpt: Mapping[str, RcptDsn] = field(default_factory=dict)
+    #: Local recipients (as given at RCPT) whose NOTIFY asks for SUCCESS: once the message
+    #: is in their mailboxes, the sender is told it was delivered.
+    delivered_here: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)

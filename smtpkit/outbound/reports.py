@@ -10,9 +10,10 @@ itself a report: it never gets one (RFC 5321 6.1); the caller journals the drop.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from smtpkit.bounce import OriginalEnvelope, RecipientStatus, build_report
 from smtpkit.config import Config
@@ -20,9 +21,10 @@ from smtpkit.delivery.queue import QueuedRecipient, QueueEntry
 from smtpkit.delivery.router import Router
 from smtpkit.delivery.spool import SpoolPool
 from smtpkit.delivery.syncer import SharedSyncer
-from smtpkit.outbound.inject import Posted, post
+from smtpkit.delivery.targets import Delivery, DsnRequest
+from smtpkit.outbound.inject import Posted, make_router, post
 
-__all__ = ["Reported", "send_report"]
+__all__ = ["DeliveredHere", "Reported", "send_report"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,3 +91,76 @@ def send_report(
     report_id = f"{os.urandom(6).hex()}.report"
     posted = post(config, router, pool, message, entry.sender, report_id, syncer=syncer)
     return Reported(action, addresses, posted)
+
+
+class DeliveredHere:
+    """Success notices for local delivery (RFC 3461 NOTIFY=SUCCESS, action "delivered"):
+    called on the delivery thread with each batch of messages just made durable; posts one
+    report per message whose sender asked, and hands the journal lines to the loop."""
+
+    def __init__(
+        self,
+        config: Config,
+        pool: SpoolPool,
+        syncer: SharedSyncer | None,
+        journal: Callable[[str, str, dict[str, Any]], None],
+    ) -> None:
+        self.config = config
+        self.router = make_router(config)
+        self.pool = pool
+        self.syncer = syncer
+        self.journal = journal
+
+    def __call__(self, deliveries: list[Delivery]) -> None:
+        for delivery in deliveries:
+            dsn = delivery.dsn
+            if dsn is None or not dsn.delivered_here or not delivery.stored:
+                continue
+            try:
+                self._report(delivery, dsn)
+            except (OSError, ValueError) as exc:
+                self.journal("report_failed", delivery.message_id,
+                             {"id": delivery.message_id, "error": str(exc)})  # fmt: skip
+
+    def _report(self, delivery: Delivery, dsn: DsnRequest) -> None:
+        fields: dict[str, Any] = {
+            "id": delivery.message_id,
+            "action": "delivered",
+            "to": list(dsn.delivered_here),
+        }
+        if not delivery.sender:
+            self.journal("report_dropped", delivery.message_id,
+                         {**fields, "reason": "the sender is <>: a report itself"})  # fmt: skip
+            return
+        now = datetime.now(UTC)
+        statuses = [
+            RecipientStatus(
+                address=address,
+                action="delivered",
+                status="2.0.0",
+                diagnostic="delivered to the mailbox",
+                original_recipient=dsn.rcpt[address].orcpt if address in dsn.rcpt else None,
+                last_attempt=now,
+            )
+            for address in dsn.delivered_here
+        ]
+        envelope = OriginalEnvelope(
+            sender=delivery.sender, arrival=now, envid=dsn.mail.envid, ret=dsn.mail.ret
+        )
+        # The copy just placed (``user/new/NAME`` under users/) is the original reported on.
+        with open(self.config.server.users_dir / delivery.stored[0], "rb") as original:
+            message = build_report(self.config.server.hostname, envelope, statuses, original)
+        report_id = f"{os.urandom(6).hex()}.report"
+        posted = post(self.config, self.router, self.pool, message, delivery.sender, report_id,
+                      syncer=self.syncer)  # fmt: skip
+        if posted.dropped:
+            self.journal("report_dropped", delivery.message_id,
+                         {**fields, "sender": delivery.sender,
+                          "reason": "no such local mailbox"})  # fmt: skip
+        elif posted.error is not None:
+            self.journal("report_failed", delivery.message_id,
+                         {**fields, "error": str(posted.error)})  # fmt: skip
+        else:
+            self.journal("report", delivery.message_id,
+                         {**fields, "sender": delivery.sender, "report": report_id,
+                          "files": posted.stored})  # fmt: skip

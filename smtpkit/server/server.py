@@ -31,6 +31,7 @@ from smtpkit.errors import ConfigError
 from smtpkit.fsutil import make_dirs
 from smtpkit.journal import Journal
 from smtpkit.maildrop import ensure_maildrop
+from smtpkit.outbound.reports import DeliveredHere
 from smtpkit.outbound.runner import QueueRunner
 from smtpkit.owner import Owner, as_owner, drop_to
 from smtpkit.policy import LocalPolicy
@@ -160,8 +161,17 @@ class Server:
         self.syncer = syncer if syncer is not None else SharedSyncer()
         with contextlib.suppress(OSError):
             self.syncer.open_lock(pool.folder.parent)
+
+        def journal_soon(event: str, session: str, fields: dict[str, object]) -> None:
+            self.loop.call_soon_threadsafe(
+                lambda: self.journal.write(event, session, "-", **fields)
+            )
+
         self.delivery = DeliveryWorker(
-            self.loop.call_soon_threadsafe, pool=pool, syncer=self.syncer
+            self.loop.call_soon_threadsafe,
+            pool=pool,
+            syncer=self.syncer,
+            after=DeliveredHere(config, pool, self.syncer, journal_soon),
         )
         self.pickup = Pickup(
             config,

@@ -547,3 +547,25 @@ def test_delay_warning_is_sent_once(tmp_path: Path, world_dns: DnsServer) -> Non
         assert len(reports(server)) == 1
         (entry,) = queue_entries(server)
         assert entry["warned"] is True
+
+
+def test_notify_success_on_local_delivery(tmp_path: Path, world_dns: DnsServer) -> None:
+    server = sending_server(tmp_path, world_dns, server="dsn_on_receive = true")
+    server.start()
+    with smtplib.SMTP(server.host, server.port, timeout=30) as client:
+        client.sendmail(SENDER, [SENDER], b"Subject: to myself\r\n\r\nhi\r\n",
+                        mail_options=["ENVID=note-1"],
+                        rcpt_options=["NOTIFY=SUCCESS", f"ORCPT=rfc822;{SENDER}"])  # fmt: skip
+
+    def notices() -> list[email.message.Message]:
+        return [m for m in reports(server) if m.get_content_type() == "multipart/report"]
+
+    (report,) = wait_until("the success notice", notices)  # type: ignore[misc]
+    assert report["Subject"] == "Successful Mail Delivery Report"
+    message, rcpt = status_blocks(report)
+    assert message["Original-Envelope-Id"] == "note-1"
+    assert rcpt["Action"] == "delivered"
+    assert rcpt["Status"] == "2.0.0"
+    assert rcpt["Original-Recipient"] == f"rfc822; {SENDER}"
+    (line,) = journal(server, "report")
+    assert line["action"] == "delivered"
