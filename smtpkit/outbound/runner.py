@@ -136,6 +136,7 @@ class QueueRunner:
         self._dns = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="smtpkit-dns")
         self._io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="smtpkit-queue")
         self._pending_io = 0
+        self._removing: set[str] = set()  # entries being removed (see _forget)
         self._resolver: MailResolver | None = None
         self._plain = _opportunistic_context()
         self._relay_context: ssl.SSLContext | None = None
@@ -211,7 +212,7 @@ class QueueRunner:
         self.loop.call_later(RESCAN, self._rescan)
 
     def _discover(self, entry_id: str, *, quiet: bool = False) -> None:
-        if entry_id in self.entries or self.stopping:
+        if entry_id in self.entries or entry_id in self._removing or self.stopping:
             return
         try:
             entry = read_entry(self.queue_dir, entry_id)
@@ -228,6 +229,7 @@ class QueueRunner:
         if not entry.waiting:
             self._forget(entry)
             self._io_call(entry.remove)
+            self._released(entry)
             return
         self._schedule(entry)
 
@@ -535,6 +537,8 @@ class QueueRunner:
                                reason="the sender is <>: a report itself")  # fmt: skip
 
         self._io_call(files, after)
+        if done:
+            self._released(entry)
 
     def _journal_outcome(
         self, job: Job, entry: QueueEntry, recipient: QueuedRecipient, outcome: Outcome
@@ -556,8 +560,15 @@ class QueueRunner:
         return self._router
 
     def _forget(self, entry: QueueEntry) -> None:
+        """Drop a finished entry; its files go on the file thread. Until they are gone, an
+        inotify event still in flight for one of its saves must not bring it back."""
         self.entries.pop(entry.id, None)
         self.in_flight.pop(entry.id, None)
+        self._removing.add(entry.id)
+
+    def _released(self, entry: QueueEntry) -> None:
+        """Queued after the removal of ``entry``'s files: runs once they are gone."""
+        self._io_call(lambda: None, lambda _: self._removing.discard(entry.id))
 
     # --- requests from `smtpkit queue` ------------------------------------------------------
     def _request(self, path: Path) -> None:
@@ -581,6 +592,7 @@ class QueueRunner:
             elif request.operation == "delete":
                 self._forget(entry)
                 self._io_call(entry.remove)
+                self._released(entry)
                 self.write("deleted", entry.id, "-", id=entry.id, sender=entry.sender,
                            to=[r.address for r in entry.waiting])  # fmt: skip
             elif request.operation == "bounce":
@@ -609,6 +621,7 @@ class QueueRunner:
                 journal_report(self.write, entry, reported)
 
         self._io_call(files, after)
+        self._released(entry)
 
     # --- files, on their thread -------------------------------------------------------------
     def _io_call(self, work: Callable[[], Any], after: Callable[[Any], None] | None = None) -> None:

@@ -129,6 +129,14 @@ def journal(server: MailServer, event: str) -> list[dict[str, object]]:
     return lines
 
 
+def wait_journal(server: MailServer, event: str, count: int = 1) -> list[dict[str, object]]:
+    """The journal's ``event`` lines once there are ``count``: the loop writes them, and
+    flushes them to the hour file in batches, after what a test may have waited for."""
+    return wait_until(  # type: ignore[return-value]
+        f"{count} {event} line(s)", lambda: (lines := journal(server, event))[count - 1 :] and lines
+    )
+
+
 def reports(server: MailServer, address: str = SENDER) -> list[email.message.Message]:
     new = server.maildir(address) / "new"
     return [
@@ -156,7 +164,7 @@ def test_lowest_preference_first_then_delivered(tmp_path: Path, world_dns: DnsSe
         assert b"Received: from " in tx.data  # our trace header travels on
         assert mx2.connections == 0
         wait_until("an empty queue", lambda: not queue_entries(server))
-        delivered = journal(server, "delivered")
+        delivered = wait_journal(server, "delivered", 2)
         assert sorted(r["to"] for r in delivered) == ["bob@two.world.test", "carol@two.world.test"]
         assert all(r["peer"] == "mx1.two.world.test[127.0.0.2]:25" for r in delivered)
 
@@ -246,7 +254,7 @@ def test_down_then_up_is_delivered_on_retry(tmp_path: Path, world_dns: DnsServer
     (entry,) = queue_entries(server)
     (rcpt,) = entry["recipients"]  # type: ignore[misc]
     assert "127.0.0.4" in rcpt["last_error"]
-    assert journal(server, "deferred")[0]["status"] == "4.4.1"
+    assert wait_journal(server, "deferred")[0]["status"] == "4.4.1"
     with ScriptedServer("127.0.0.4", 25) as host:
         (tx,) = host.wait_for(1)
         assert tx.recipients == ["gina@implicit.world.test"]
@@ -365,7 +373,7 @@ def test_notify_never_gets_no_report(tmp_path: Path, world_dns: DnsServer) -> No
         client.sendmail(SENDER, ["erin@nullmx.world.test"], b"Subject: x\r\n\r\nhi\r\n",
                         rcpt_options=["NOTIFY=NEVER"])  # fmt: skip
     wait_until("an empty queue", lambda: not queue_entries(server))
-    (line,) = journal(server, "bounced")
+    (line,) = wait_journal(server, "bounced")
     assert line["status"] == "5.1.10"
     assert not reports(server)
 
@@ -492,7 +500,7 @@ def test_delivery_to_postfix_smtp_sink(tmp_path: Path, world_dns: DnsServer) -> 
 
         wait_until("5 messages at the sink", lambda: counted() >= 5)
         wait_until("an empty queue", lambda: not queue_entries(server))
-        delivered = journal(server, "delivered")
+        delivered = wait_journal(server, "delivered", 10)
         assert len(delivered) == 10
         assert {r["peer"] for r in delivered} == {f"127.0.0.1[127.0.0.1]:{port}"}
     finally:
@@ -567,5 +575,5 @@ def test_notify_success_on_local_delivery(tmp_path: Path, world_dns: DnsServer) 
     assert rcpt["Action"] == "delivered"
     assert rcpt["Status"] == "2.0.0"
     assert rcpt["Original-Recipient"] == f"rfc822; {SENDER}"
-    (line,) = journal(server, "report")
+    (line,) = wait_journal(server, "report")
     assert line["action"] == "delivered"

@@ -21,6 +21,7 @@ from tests.e2e.test_outbound import (
     send,
     sending_server,
     status_blocks,
+    wait_journal,
     wait_until,
 )
 from tests.scripted_smtp import ScriptedServer
@@ -130,4 +131,4 @@ def test_delete_with_a_running_server(tmp_path: Path, world_dns: DnsServer) -> N
     smtpkit("queue", "delete", str(entry["id"]), config=server.config)
     # The runner removed it before the command returned.
     assert queue_entries(server) == []
-    assert journal(server, "deleted")[0]["id"] == entry["id"]
+    assert wait_journal(server, "deleted")[0]["id"] == entry["id"]
