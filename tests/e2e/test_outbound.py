@@ -29,13 +29,17 @@ import os
 import re
 import signal
 import smtplib
+import ssl
 import subprocess
+import sys
 import time
+import tomllib
 from collections.abc import Callable, Iterator
 from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+import tomli_w
 
 from tests.conftest import MailServer, free_port, make_server, need_program, smtpkit
 from tests.dnsserver import DnsServer, run_nsd
@@ -577,3 +581,42 @@ def test_notify_success_on_local_delivery(tmp_path: Path, world_dns: DnsServer) 
     assert rcpt["Original-Recipient"] == f"rfc822; {SENDER}"
     (line,) = wait_journal(server, "report")
     assert line["action"] == "delivered"
+
+
+def test_submitted_on_587_and_through_sendmail_reaches_the_remote_mx(
+    tmp_path: Path, world_dns: DnsServer
+) -> None:
+    """The whole way: a user logs in on 587, a cron job runs smtpkit-sendmail; both
+    messages reach the MX host DNS names for the recipients' domain."""
+    port = free_port()
+    server = sending_server(tmp_path, world_dns)
+    smtpkit("tls", "self-signed", config=server.config)  # before listen: 587 needs [tls]
+    document = tomllib.loads(server.config.read_text())
+    document["submission"]["listen"] = [f"127.0.0.1:{port}"]
+    server.config.write_text(tomli_w.dumps(document))
+    subprocess.run(
+        [sys.executable, "-m", "smtpkit", "-c", str(server.config), "user", "passwd", "--stdin",
+         SENDER],
+        input="pa55word\n", text=True, capture_output=True, check=True, timeout=60,
+    )  # fmt: skip
+    with ScriptedServer("127.0.0.2", 25) as mx1:
+        server.start()
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        with smtplib.SMTP(server.host, port, timeout=30) as client:
+            client.starttls(context=context)
+            client.login(SENDER, "pa55word")
+            client.sendmail(SENDER, ["nina@two.world.test"], b"Subject: by 587\r\n\r\nhi\r\n")
+        env = {**os.environ, "SMTPKIT_CONFIG": str(server.config)}
+        dropped = subprocess.run(
+            [sys.executable, "-m", "smtpkit.sendmail_main", "-f", SENDER, "omar@two.world.test"],
+            input=b"Subject: by sendmail\n\nhello\n", capture_output=True, env=env, timeout=60,
+        )  # fmt: skip
+        assert dropped.returncode == 0, dropped.stderr
+        transactions = mx1.wait_for(2)
+        by_rcpt = {tx.recipients[0]: tx for tx in transactions}
+        assert b"Subject: by 587" in by_rcpt["nina@two.world.test"].data
+        assert b"Subject: by sendmail" in by_rcpt["omar@two.world.test"].data
+        assert {tx.sender for tx in transactions} == {SENDER}
+        wait_until("an empty queue", lambda: not queue_entries(server))
