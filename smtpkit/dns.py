@@ -53,6 +53,7 @@ __all__ = [
     "NameserverError",
     "RouteKind",
     "RouteOutcome",
+    "make_resolver",
     "normalize_mail_domain",
     "parse_nameserver",
 ]
@@ -307,6 +308,42 @@ def parse_nameserver(spec: str) -> Nameserver:
     return Nameserver(host, port)
 
 
+def make_resolver(
+    nameserver: Nameserver | str | Sequence[Nameserver | str] | None, timeout: float
+) -> dns.resolver.Resolver:
+    """A dnspython resolver asking ``nameserver`` (one, or a list asked in order; None: the
+    system's, from ``/etc/resolv.conf``), each query bounded by ``timeout`` seconds, with no
+    cache and no search list. ``DnsError`` (``NameserverError``) when it cannot be built."""
+    if nameserver is None:
+        try:
+            resolver = dns.resolver.Resolver(configure=True)
+        except dns.resolver.NoResolverConfiguration:
+            raise DnsError(
+                "no system DNS resolver configured (/etc/resolv.conf); give a nameserver"
+            ) from None
+    else:
+        given = [nameserver] if isinstance(nameserver, str | Nameserver) else nameserver
+        servers = [parse_nameserver(n) if isinstance(n, str) else n for n in given]
+        if not servers:
+            raise DnsError("an empty list of nameservers")
+        resolver = dns.resolver.Resolver(configure=False)
+        resolver.nameservers = [
+            dns.nameserver.Do53Nameserver(address, server.port)
+            for server in servers
+            for address in _nameserver_addresses(server)
+        ]
+    resolver.timeout = float(timeout)
+    resolver.lifetime = float(timeout)
+    resolver.cache = None
+    # Names are always absolute: a search list would turn a typo into someone else's domain
+    # (RFC 5321 5.1: relays MUST NOT infer FQDNs from partial names).
+    resolver.use_search_by_default = False
+    # EDNS0 with a modest payload keeps large answers on UDP instead of falling back to TCP
+    # after a truncated reply.
+    resolver.use_edns(0, 0, 1232)
+    return resolver
+
+
 class MailResolver:
     """Resolves mail routes through one nameserver (or the system's), within a deadline.
 
@@ -336,33 +373,7 @@ class MailResolver:
             raise DnsError(f"bad deadline {deadline!r}: must be a positive number of seconds")
         if isinstance(max_hosts, bool) or not isinstance(max_hosts, int) or max_hosts < 1:
             raise DnsError(f"bad host limit {max_hosts!r}: must be a positive integer")
-        if nameserver is None:
-            try:
-                resolver = dns.resolver.Resolver(configure=True)
-            except dns.resolver.NoResolverConfiguration:
-                raise DnsError(
-                    "no system DNS resolver configured (/etc/resolv.conf); give a nameserver"
-                ) from None
-        else:
-            given = [nameserver] if isinstance(nameserver, str | Nameserver) else nameserver
-            servers = [parse_nameserver(n) if isinstance(n, str) else n for n in given]
-            if not servers:
-                raise DnsError("an empty list of nameservers")
-            resolver = dns.resolver.Resolver(configure=False)
-            resolver.nameservers = [
-                dns.nameserver.Do53Nameserver(address, server.port)
-                for server in servers
-                for address in _nameserver_addresses(server)
-            ]
-        resolver.timeout = float(timeout)
-        resolver.lifetime = float(timeout)
-        resolver.cache = None
-        # Names are always absolute: a search list would turn a typo into someone else's domain
-        # (RFC 5321 5.1: relays MUST NOT infer FQDNs from partial names).
-        resolver.use_search_by_default = False
-        # EDNS0 with a modest payload keeps large MX answers on UDP instead of falling back to
-        # TCP after a truncated reply.
-        resolver.use_edns(0, 0, 1232)
+        resolver = make_resolver(nameserver, timeout)
         self.timeout = float(timeout)
         self.deadline = float(deadline) if deadline is not None else DEADLINE_FACTOR * self.timeout
         self.max_hosts = max_hosts
