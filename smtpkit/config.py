@@ -26,6 +26,7 @@ from smtpkit.limits import Limits
 __all__ = [
     "CONFIG_ENV",
     "CONFIG_NAME",
+    "ChecksConfig",
     "Config",
     "DeliveryConfig",
     "ListenAddress",
@@ -170,6 +171,34 @@ class QueueConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ChecksConfig:
+    """``[checks]``: what mail arriving on port 25 is checked for, and what follows."""
+
+    #: The authserv-id of Authentication-Results (RFC 8601); empty: server.hostname.
+    authserv_id: str = ""
+    spf: str = "tag"  # "tag" | "reject" | "off"
+    dkim: str = "tag"  # "tag" | "off"
+    dmarc: str = "tag"  # "tag" | "enforce" | "off"
+    #: Seconds for all the checks of one message; what is not done by then is temperror.
+    time_limit: float = 10.0
+    #: DNS blocklists asked about each client at connect (RFC 5782), e.g. zen.spamhaus.org.
+    dnsbl: tuple[str, ...] = ()
+    #: rspamd's HTTP address ("http://127.0.0.1:11333"); empty: no content scanner.
+    rspamd: str = ""
+    rspamd_timeout: float = 10.0
+    #: When rspamd cannot be asked: "open" accepts the message, "closed" defers it (451).
+    rspamd_fail: str = "open"
+
+    @property
+    def any(self) -> bool:
+        """Whether anything is checked at all."""
+        return bool(
+            self.spf != "off" or self.dkim != "off" or self.dmarc != "off" or self.dnsbl
+            or self.rspamd
+        )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
 class TlsConfig:
     certificate: Path
     key: Path
@@ -188,6 +217,7 @@ class Config:
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     relay: RelayConfig | None = None
     queue: QueueConfig = field(default_factory=QueueConfig)
+    checks: ChecksConfig = field(default_factory=ChecksConfig)
     #: Things in the file that still work but should change (deprecated keys), one line
     #: each; ``serve`` and ``check`` show them.
     notes: tuple[str, ...] = ()
@@ -311,7 +341,7 @@ _MOVED_TO_LIMITS = ("max_message_size", "max_recipients")
 
 _SECTIONS = {
     "server", "limits", "aliases", "tls", "submission", "delivery", "dns", "routes", "relay",
-    "queue",
+    "queue", "checks",
 }  # fmt: skip
 
 
@@ -477,6 +507,7 @@ def parse_config(data: Mapping[str, Any], path: Path) -> Config:
         delivery=_parse_delivery(data, path, server),
         relay=_parse_relay(data, path, base),
         queue=_parse_queue(data, path),
+        checks=_parse_checks(data, path),
         notes=tuple(notes),
     )
 
@@ -572,6 +603,48 @@ def _parse_relay(data: Mapping[str, Any], path: Path, base: Path) -> RelayConfig
         return (base / text if not Path(text).is_absolute() else Path(text)) if text else None
 
     return RelayConfig(hop, tls, username, where(password_text), where(ca_text))
+
+
+def _choice(*allowed: str) -> Callable[[Any], str | None]:
+    return lambda value: value if value in allowed else None
+
+
+def _parse_checks(data: Mapping[str, Any], path: Path) -> ChecksConfig:
+    sec = _Section(_table(data, "checks", path), "checks", path)
+    default = ChecksConfig()
+    authserv_id = sec.get("authserv_id", _string, "a host name", "")
+    if authserv_id:
+        try:
+            authserv_id = normalize_domain(authserv_id)
+        except UserError as exc:
+            raise sec.error("authserv_id", str(exc)) from None
+    spf = sec.get("spf", _choice("tag", "reject", "off"), '"tag", "reject" or "off"', "tag")
+    dkim = sec.get("dkim", _choice("tag", "off"), '"tag" or "off"', "tag")
+    dmarc = sec.get("dmarc", _choice("tag", "enforce", "off"), '"tag", "enforce" or "off"', "tag")
+    seconds = "a positive number of seconds"
+    time_limit = sec.get("time_limit", _positive_number, seconds, default.time_limit)
+    none: list[str] = []
+    zones = []
+    for zone in sec.get("dnsbl", _string_list, "a list of DNS zones", none):
+        try:
+            zones.append(normalize_domain(zone.rstrip(".")))
+        except UserError as exc:
+            raise sec.error("dnsbl", str(exc)) from None
+    rspamd = sec.get("rspamd", _string, 'an "http://HOST:PORT" address', "")
+    if rspamd:
+        from smtpkit.mailauth.rspamd import parse_url
+
+        try:
+            parse_url(rspamd)
+        except ValueError as exc:
+            raise sec.error("rspamd", str(exc)) from None
+    rspamd_timeout = sec.get("rspamd_timeout", _positive_number, seconds, default.rspamd_timeout)
+    rspamd_fail = sec.get("rspamd_fail", _choice("open", "closed"), '"open" or "closed"', "open")
+    sec.finish()
+    return ChecksConfig(
+        authserv_id, spf, dkim, dmarc, time_limit, tuple(zones), rspamd, rspamd_timeout,
+        rspamd_fail,
+    )  # fmt: skip
 
 
 def _parse_queue(data: Mapping[str, Any], path: Path) -> QueueConfig:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from smtpkit.config import (
+    ChecksConfig,
     Config,
     DeliveryConfig,
     NextHop,
@@ -173,3 +174,43 @@ def test_delivery_errors_name_the_key(
     with pytest.raises(ConfigError) as caught:
         load(tmp_path, **sections)
     assert str(caught.value) == f"{message} ({tmp_path / 'smtpkit.toml'})"
+
+
+def test_checks_section(tmp_path: Path) -> None:
+    assert load(tmp_path).checks == ChecksConfig()
+    config = load(
+        tmp_path,
+        checks={
+            "authserv_id": "MX.Example.org",
+            "spf": "reject",
+            "dkim": "off",
+            "dmarc": "enforce",
+            "time_limit": 3,
+            "dnsbl": ["zen.spamhaus.org.", "bl.example"],
+            "rspamd": "http://127.0.0.1:11333",
+            "rspamd_timeout": 2.5,
+            "rspamd_fail": "closed",
+        },
+    )
+    assert config.checks == ChecksConfig(
+        "mx.example.org", "reject", "off", "enforce", 3.0, ("zen.spamhaus.org", "bl.example"),
+        "http://127.0.0.1:11333", 2.5, "closed",
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("checks", "message"),
+    [
+        ({"spf": "strict"}, """checks -> spf: must be "tag", "reject" or "off", got 'strict'"""),
+        ({"dmarc": "reject"},
+         """checks -> dmarc: must be "tag", "enforce" or "off", got 'reject'"""),
+        ({"rspamd": "127.0.0.1:11333"},
+         "checks -> rspamd: '127.0.0.1:11333' is not an http://HOST:PORT URL"),
+        ({"dnsbl": ["bad..zone"]}, "checks -> dnsbl: "),
+        ({"greylist": True}, "checks -> greylist: unknown key"),
+    ],
+)  # fmt: skip
+def test_checks_errors(tmp_path: Path, checks: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, checks=checks)
+    assert str(caught.value).startswith(message)
