@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import MailServer, free_port, make_server, need_program, smtpkit
+from tests.e2e.test_outbound import wait_until
 
 PASSWORD = "correct horse battery staple"
 
@@ -140,10 +141,15 @@ def test_no_password_before_tls_and_no_mail_before_auth(sub: Submission) -> None
 
 
 def test_a_wrong_password_is_535_and_never_journaled(sub: Submission) -> None:
+    # One mechanism on purpose: smtplib's login() tries PLAIN, then LOGIN after a 535.
     with sub.smtp() as smtp, pytest.raises(smtplib.SMTPAuthenticationError) as caught:
-        smtp.login("alice@example.org", "not the password")
+        smtp.user, smtp.password = "alice@example.org", "not the password"
+        smtp.auth("PLAIN", smtp.auth_plain)
     assert caught.value.smtp_code == 535
     assert caught.value.smtp_error == b"5.7.8 Authentication credentials invalid"
+    wait_until(
+        "the failure is journaled", lambda: any(r["event"] == "close" for r in sub.journal())
+    )
     auths = [r for r in sub.journal() if r["event"] == "auth"]
     assert [(r["user"], r["result"]) for r in auths] == [("alice@example.org", "failed")]
     journal_text = "".join(p.read_text() for p in (sub.server.directory / "journal").iterdir())
