@@ -169,6 +169,7 @@ class Link:
         self._message_fd = -1
         self._streaming = False
         self._last_reason = "no address to try"
+        self._no_more_jobs = False
         self._last_reply: Reply | None = None
         self._tls_version: str | None = None
         self._plain_retry: set[str] = set()  # addresses whose TLS failed: once more in clear
@@ -474,7 +475,7 @@ class Link:
                 if self.job is not None:  # pragma: no cover - TransactionDone comes first
                     self._done((), lost)
                 self._close_socket()
-                if self.sessions == 0 and self._phase != "done":
+                if self.sessions == 0 and self._phase != "done" and not self._no_more_jobs:
                     self._next_candidate()  # never got to send: try the next address
                 else:
                     self._finish()
@@ -526,6 +527,9 @@ class Link:
         assert engine is not None
         job = self.owner.ready(self)
         if job is None:
+            # Nothing left for this host: the close that follows is the end, not a reason
+            # to try the next address (jobs queued meanwhile get a link of their own).
+            self._no_more_jobs = True
             engine.quit()
             return
         self.job = job
