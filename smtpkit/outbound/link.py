@@ -577,6 +577,11 @@ class Link:
         except OSError as exc:
             self._feed_eof(f"cannot read the queued message: {exc.strerror}")
             return
+        try:
+            _skip_return_path(self._message_fd)
+        except OSError as exc:
+            self._feed_eof(f"cannot read the queued message: {exc.strerror}")
+            return
         self._streaming = True
         self._stream()
 
@@ -638,6 +643,14 @@ class Link:
         self._phase = "done"
         self.closed = True
         self.owner.closed(self)
+
+
+def _skip_return_path(fd: int) -> None:
+    """Position ``fd`` after the ``Return-Path:`` line a queued message starts with: it is
+    for the final mailbox, and a sending server does not pass it on (RFC 5321 4.4)."""
+    head = os.pread(fd, 1024, 0)
+    end = head.find(b"\r\n") if head[:12].lower() == b"return-path:" else -1
+    os.lseek(fd, end + 2 if end >= 0 else 0, os.SEEK_SET)
 
 
 def _said(reply: Reply) -> str:
