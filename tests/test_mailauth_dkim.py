@@ -156,8 +156,11 @@ def test_zone_text_splits_long_records() -> None:
     assert line == 'k IN TXT "' + "a" * 255 + '" "' + "a" * 45 + '"'
 
 
-def test_unsigned(nameserver: DnsServer) -> None:
+def test_unsigned(nameserver: DnsServer, keys: dict[str, Key]) -> None:
     assert verify(nameserver, MESSAGE) == ()
+    # A signature quoted in the body is no signature of this message.
+    quoted = sign(MESSAGE, keys["rsa"], "dkim.test", "rsa")
+    assert verify(nameserver, MESSAGE + quoted) == ()
 
 
 def test_rsa_pass_as_stored(nameserver: DnsServer, keys: dict[str, Key]) -> None:

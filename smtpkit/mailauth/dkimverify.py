@@ -41,8 +41,9 @@ MAX_SIGNATURES = 10
 # dkimpy logs every failure at error level; what happened is in the result instead.
 _LOG = logging.getLogger("smtpkit.mailauth.dkimverify")
 
-# A header section that starts a DKIM-Signature field, for a message dkimpy cannot parse.
+# The start of a DKIM-Signature field, and the empty line that ends the header section.
 _SIGNATURE_FIELD = re.compile(rb"(?:\A|\n)dkim-signature[ \t]*:", re.IGNORECASE)
+_EMPTY_LINE = re.compile(rb"(?:\A|\n)\r?\n")
 
 
 @dataclass(slots=True)
@@ -95,12 +96,13 @@ def verify_dkim(
     """One result per DKIM-Signature field of ``message`` (top first, at most
     ``MAX_SIGNATURES``); empty for an unsigned message. Never raises for a bad signature,
     key or DNS trouble."""
+    end = _EMPTY_LINE.search(message)
+    if not _SIGNATURE_FIELD.search(message[: end.start() if end else len(message)]):
+        return ()  # unsigned: dkimpy need not read the body at all
     try:
         verifier = dkim.DKIM(message, logger=_LOG, minkey=1024)
     except dkim.DKIMException as exc:
         # dkimpy could not split the header section into fields (a line without a colon).
-        if not _SIGNATURE_FIELD.search(message.split(b"\r\n\r\n", 1)[0]):
-            return ()
         return (DkimResult("permerror", "", "", "", f"header section unusable: {_short(exc)}"),)
     fields = [v for n, v in verifier.headers if n.lower() == b"dkim-signature"]
     return tuple(
