@@ -329,6 +329,7 @@ def test_aligned() -> None:
     assert not aligned("a.test", "b.test", "r")
     assert not aligned("example.co.uk", "other.co.uk", "r")
     assert not aligned("", "a.test", "r")
+    assert aligned("Bücher.test", "xn--bcher-kva.test", "s")
 
 
 @pytest.mark.parametrize(

@@ -117,14 +117,23 @@ def organizational_domain(domain: str) -> str:
 
 def aligned(domain: str, from_domain: str, mode: str) -> bool:
     """Whether an authenticated ``domain`` aligns with the From: domain: the same domain in
-    strict mode ("s"), the same organizational domain in relaxed mode ("r")."""
-    a = domain.lower().rstrip(".")
-    b = from_domain.lower().rstrip(".")
+    strict mode ("s"), the same organizational domain in relaxed mode ("r"). Compared in
+    their ASCII form, so a ``d=`` written with U-labels (RFC 8616) still aligns."""
+    a = _ascii(domain)
+    b = _ascii(from_domain)
     if not a or not b:
         return False
     if mode == "s":
         return a == b
     return organizational_domain(a) == organizational_domain(b)
+
+
+def _ascii(domain: str) -> str:
+    name = domain.strip().rstrip(".")
+    try:
+        return normalize_domain(name)
+    except UserError:
+        return name.lower()
 
 
 def author_domain(from_fields: Sequence[bytes]) -> str | DmarcResult:
