@@ -116,7 +116,7 @@ def test_dkim_alone_aligned_passes(nameserver: DnsServer, keys: dict[str, Key]) 
 
 def test_both_failing_fails(nameserver: DnsServer) -> None:
     found = dmarc_of(nameserver, message("alice@a.test"), mail_from="bounce@a.test", ip=FAIL_IP)
-    assert found == DmarcResult("fail", "a.test", "reject", "no aligned SPF or DKIM pass")
+    assert found == DmarcResult("fail", "a.test", "reject")
     assert Verdict(dmarc=found).dmarc_action() == "reject"
 
 
@@ -131,7 +131,7 @@ def test_passes_for_other_domains_do_not_count(nameserver: DnsServer, keys: dict
     )
     assert verdict.spf is not None and verdict.spf.result == "pass"
     assert verdict.dkim == (DkimResult("pass", "other.test", "sel", "ed25519-sha256"),)
-    assert verdict.dmarc == DmarcResult("fail", "a.test", "reject", "no aligned SPF or DKIM pass")
+    assert verdict.dmarc == DmarcResult("fail", "a.test", "reject")
 
 
 def test_relaxed_alignment_and_the_organizations_sp(nameserver: DnsServer) -> None:
@@ -141,13 +141,13 @@ def test_relaxed_alignment_and_the_organizations_sp(nameserver: DnsServer) -> No
     found = dmarc_of(nameserver, content, mail_from="bounce@a.test")
     assert found == DmarcResult("pass", "sub.a.test", "quarantine")
     found = dmarc_of(nameserver, content, mail_from="bounce@a.test", ip=FAIL_IP)
-    assert found == DmarcResult("fail", "sub.a.test", "quarantine", "no aligned SPF or DKIM pass")
+    assert found == DmarcResult("fail", "sub.a.test", "quarantine")
     assert Verdict(dmarc=found).dmarc_action() == "quarantine"
 
 
 def test_a_subdomains_own_record_wins(nameserver: DnsServer) -> None:
     found = dmarc_of(nameserver, message("alice@own.a.test"), mail_from="x@a.test", ip=FAIL_IP)
-    assert found == DmarcResult("fail", "own.a.test", "none", "no aligned SPF or DKIM pass")
+    assert found == DmarcResult("fail", "own.a.test", "none")
     assert Verdict(dmarc=found).dmarc_action() == "none"
 
 
@@ -155,7 +155,7 @@ def test_strict_alignment(nameserver: DnsServer, keys: dict[str, Key]) -> None:
     # aspf=s, adkim=s: a.test's passes do not align with strict.a.test; its own do.
     content = sign(message("alice@strict.a.test"), keys["a"], "a.test", "sel")
     found = dmarc_of(nameserver, content, mail_from="bounce@a.test")
-    assert found == DmarcResult("fail", "strict.a.test", "reject", "no aligned SPF or DKIM pass")
+    assert found == DmarcResult("fail", "strict.a.test", "reject")
     found = dmarc_of(nameserver, content, mail_from="bounce@strict.a.test")
     assert found == DmarcResult("pass", "strict.a.test", "reject")
     content = sign(message("alice@strict.a.test"), keys["a"], "strict.a.test", "sel")
@@ -168,20 +168,20 @@ def test_strict_alignment(nameserver: DnsServer, keys: dict[str, Key]) -> None:
     [
         (
             "q.test",
-            DmarcResult("fail", "q.test", "quarantine", "no aligned SPF or DKIM pass"),
+            DmarcResult("fail", "q.test", "quarantine"),
             "quarantine",
         ),
-        ("n.test", DmarcResult("fail", "n.test", "none", "no aligned SPF or DKIM pass"), "none"),
+        ("n.test", DmarcResult("fail", "n.test", "none"), "none"),
         # pct=50: every message counts as outside the sample, so one step milder.
         (
             "pct.test",
-            DmarcResult("fail", "pct.test", "reject", "no aligned SPF or DKIM pass", 50),
+            DmarcResult("fail", "pct.test", "reject", pct=50),
             "quarantine",
         ),
         # An rua= saves a record with a broken p=: it counts as p=none (RFC 7489 6.6.3).
         (
             "badrua.test",
-            DmarcResult("fail", "badrua.test", "none", "no aligned SPF or DKIM pass"),
+            DmarcResult("fail", "badrua.test", "none"),
             "none",
         ),
         ("nodmarc.test", DmarcResult("none", "nodmarc.test", "none", "no DMARC record"), "none"),
@@ -267,7 +267,7 @@ def test_an_unfinished_aligned_check_is_temperror_not_fail(
         # display name that looks like an address.
         (
             b'FROM: "x@other.test" <a@A.test>,\r\n b@a.TEST\r\n',
-            DmarcResult("fail", "a.test", "reject", "no aligned SPF or DKIM pass"),
+            DmarcResult("fail", "a.test", "reject"),
         ),
     ],
 )

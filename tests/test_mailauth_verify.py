@@ -314,7 +314,7 @@ def test_check_message_fail(nameserver: DnsServer, key: Key) -> None:
         b"\tspf=fail smtp.mailfrom=alice@v.test;\r\n"
         b'\tdkim=fail reason="body hash mismatch" header.d=v.test header.s=sel\r\n'
         b"\theader.a=ed25519-sha256;\r\n"
-        b'\tdmarc=fail reason="no aligned SPF or DKIM pass" header.from=v.test\r\n'
+        b"\tdmarc=fail header.from=v.test\r\n"
     )
     assert verdict.dmarc_action() == "reject"
 
