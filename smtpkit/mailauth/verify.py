@@ -85,8 +85,8 @@ def check_message(
     ``spf``, ``dkim`` and ``dmarc`` choose what the verdict reports; DMARC needs SPF and DKIM
     results, so with ``dmarc`` they are found even when not reported. ``spf_result`` is what
     ``check_spf`` already found for this envelope (at RCPT time): given, SPF is not checked
-    again. Only the header section is read for From: (RFC 7489 6.6.1) and the DKIM-Signature
-    fields; our own Return-Path: and Received: on top change neither.
+    again. From: (RFC 7489 6.6.1) and the DKIM-Signature fields are looked for in the header
+    section only; our own Return-Path: and Received: on top change neither result.
     """
     deadline = Deadline.after(time_limit)
     envelope: SpfResult | None = None
