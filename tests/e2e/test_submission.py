@@ -147,8 +147,15 @@ def test_a_wrong_password_is_535_and_never_journaled(sub: Submission) -> None:
         smtp.auth("PLAIN", smtp.auth_plain)
     assert caught.value.smtp_code == 535
     assert caught.value.smtp_error == b"5.7.8 Authentication credentials invalid"
+    # Counted once its session has ended (its close line is written after the auth lines).
+    (first,) = wait_until(  # type: ignore[misc]
+        "the failure is journaled", lambda: [r for r in sub.journal() if r["event"] == "auth"]
+    )
     wait_until(
-        "the failure is journaled", lambda: any(r["event"] == "close" for r in sub.journal())
+        "its session's end",
+        lambda: [
+            r for r in sub.journal() if r["event"] == "close" and r["session"] == first["session"]
+        ],
     )
     auths = [r for r in sub.journal() if r["event"] == "auth"]
     assert [(r["user"], r["result"]) for r in auths] == [("alice@example.org", "failed")]
