@@ -127,9 +127,21 @@ def _with_config_option(command: click.Command) -> None:
 
 
 def _register() -> None:
-    from smtpkit.commands import check, dkim, init, journal, mx, queue, sendmail, serve, tls, user
+    from smtpkit.commands import (
+        check,
+        dkim,
+        dns,
+        init,
+        journal,
+        mx,
+        queue,
+        sendmail,
+        serve,
+        tls,
+        user,
+    )
 
-    for module in (init, user, serve, journal, mx, tls, dkim, check, queue, sendmail):
+    for module in (init, user, serve, journal, mx, dns, tls, dkim, check, queue, sendmail):
         command: Any = module.command
         _with_config_option(command)
         cli.add_command(command)
