@@ -9,6 +9,7 @@ Maildir works. Leftovers (messages never acknowledged) are removed at start-up
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from collections import deque
@@ -146,6 +147,23 @@ class Spool:
             os.rename(self.path, name, dst_dir_fd=folder_fd)
         else:
             os.link(self.path, name, dst_dir_fd=folder_fd)
+
+    def rewrite(self, data: bytes) -> None:
+        """Replace the message with ``data``: a new file in the same folder takes the old
+        one's place (and its descriptor, which the commit syncs). For the checks that add
+        header fields before the commit. Raises OSError; the old file then stays as it was."""
+        path = self.path.with_name(unique_name())
+        fd = _create(path)
+        try:
+            write_all(fd, data)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                path.unlink()
+            raise
+        self.close()
+        self.remove()
+        self.fd, self.path, self.name, self.size = fd, path, path.name, len(data)
 
     def open_read(self) -> int:
         """The spool file, opened for reading (to copy it across filesystems)."""

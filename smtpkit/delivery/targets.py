@@ -20,17 +20,33 @@ from smtpkit.protocol.dsn import MailDsn, RcptDsn
 if TYPE_CHECKING:
     from smtpkit.delivery.spool import Spool
 
-__all__ = ["Delivery", "DsnRequest", "Mailbox", "Placed", "Remote", "Target", "TargetFailed"]
+__all__ = [
+    "JUNK",
+    "Delivery",
+    "DsnRequest",
+    "Mailbox",
+    "Placed",
+    "Remote",
+    "Target",
+    "TargetFailed",
+]
+
+
+#: The Maildir++ folder for mail that failed its checks (Dovecot shows it as "Junk").
+JUNK = ".Junk"
 
 
 @dataclass(frozen=True, slots=True)
 class Mailbox:
-    """A local user's Maildir, ``DIR/users/<address>`` (the address validated, never raw)."""
+    """A local user's Maildir, ``DIR/users/<address>`` (the address validated, never raw);
+    ``folder``: one of its Maildir++ sub-folders (``JUNK``), "" for the inbox."""
 
     path: Path
+    folder: str = ""
 
     def __str__(self) -> str:
-        return self.path.name  # the address: how the journal names a mailbox
+        # The address (how the journal names a mailbox), and the folder when not the inbox.
+        return f"{self.path.name}/{self.folder}" if self.folder else self.path.name
 
 
 @dataclass(frozen=True, slots=True)
