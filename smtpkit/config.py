@@ -188,6 +188,9 @@ class ChecksConfig:
     rspamd_timeout: float = 10.0
     #: When rspamd cannot be asked: "open" accepts the message, "closed" defers it (451).
     rspamd_fail: str = "open"
+    #: Check clients on loopback addresses too. Off: mail from the machine itself (a local
+    #: program speaking SMTP) is local mail, like mail from trusted_networks.
+    check_loopback: bool = False
 
     @property
     def any(self) -> bool:
@@ -640,10 +643,11 @@ def _parse_checks(data: Mapping[str, Any], path: Path) -> ChecksConfig:
             raise sec.error("rspamd", str(exc)) from None
     rspamd_timeout = sec.get("rspamd_timeout", _positive_number, seconds, default.rspamd_timeout)
     rspamd_fail = sec.get("rspamd_fail", _choice("open", "closed"), '"open" or "closed"', "open")
+    check_loopback = sec.get("check_loopback", _boolean, "true or false", False)
     sec.finish()
     return ChecksConfig(
         authserv_id, spf, dkim, dmarc, time_limit, tuple(zones), rspamd, rspamd_timeout,
-        rspamd_fail,
+        rspamd_fail, check_loopback,
     )  # fmt: skip
 
 

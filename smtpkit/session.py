@@ -12,7 +12,7 @@ import functools
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.parser import BytesHeaderParser
 from email.utils import format_datetime, getaddresses, make_msgid
@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from smtpkit.addresses import host_port
 from smtpkit.config import ListenerRole
 from smtpkit.delivery.spool import Spool
-from smtpkit.delivery.targets import Delivery, DsnRequest, Mailbox, Target
+from smtpkit.delivery.targets import JUNK, Delivery, DsnRequest, Mailbox, Target
 from smtpkit.journal import Journal
 from smtpkit.limits import Limits
 from smtpkit.policy import Accept, Decision, Defer, Policy, Reject, SessionFacts, TlsInfo
@@ -31,7 +31,17 @@ from smtpkit.protocol.dsn import MailDsn, RcptDsn
 from smtpkit.protocol.replies import Reply
 from smtpkit.sasl import MECHANISMS, Credentials, Exchange, SaslError
 
-__all__ = ["REPEAT_LINE", "ServerContext", "Session", "TlsInfo", "Transport", "new_session_id"]
+__all__ = [
+    "REPEAT_LINE",
+    "Inspected",
+    "Inspection",
+    "Inspector",
+    "ServerContext",
+    "Session",
+    "TlsInfo",
+    "Transport",
+    "new_session_id",
+]
 
 # A refusal repeated this many times gets a ``repeated`` journal line with the count, so a
 # long session's journal stays bounded by what it did, not by how often it did it.
@@ -55,6 +65,41 @@ class Authenticator(Protocol):
 
     def sent(self, user: str) -> None:
         """A message from ``user`` was accepted (for the per-user sending limit)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Inspection:
+    """A finished message, before it is committed: what the checks (``Inspector``) see."""
+
+    spool: Spool
+    peer: str  # the client's IP address
+    helo: str
+    sender: str  # "" for the null sender
+    recipients: tuple[str, ...]
+    user: str | None  # the authenticated user, if any
+
+
+@dataclass(frozen=True, slots=True)
+class Inspected:
+    """What the checks decided: refuse the message with ``refusal``; otherwise deliver it
+    (its local copies into the Junk folder when ``junk``). ``fields`` go to the journal's
+    ``stored`` or ``rejected`` line. The spool may have been rewritten (headers added)."""
+
+    refusal: Reply | None = None
+    junk: bool = False
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+class Inspector(Protocol):
+    """Checks a message before it is committed (mail authentication, a content scanner,
+    DKIM signing of what leaves), off the event loop."""
+
+    def wanted(self, role: ListenerRole, peer: str, user: str | None) -> bool:
+        """Whether messages of such a session are inspected at all."""
+
+    def inspect(self, inspection: Inspection, done: Callable[[Inspected], None]) -> None:
+        """Inspect in the background; ``done`` is called on the loop. Until then nothing
+        else touches the spool."""
 
 
 class Transport(Protocol):
@@ -89,6 +134,8 @@ class ServerContext:
     auth: Authenticator | None = None
     #: Offer DSN (RFC 3461) on the receive listeners too (it always is on submission).
     dsn_on_receive: bool = False
+    #: Checks each message before it is committed; None: none.
+    inspector: Inspector | None = None
 
 
 def new_session_id() -> str:
@@ -202,6 +249,15 @@ class Session:
             return
         self._reply(replies.SHUTTING_DOWN)
 
+    def refuse_service(self, reply: Reply, **fields: object) -> None:
+        """Greet with a refusal (RFC 5321 3.1: 554, no service here) and close: the client
+        is on a blocklist. ``fields`` go to the journal's ``connect`` line."""
+        self._journal("connect", **fields)
+        self._reply(reply, journaled=True)
+        self.closed = True
+        self.close_reason = str(reply)
+        self.transport.close()
+
     def force_close(self, reply: Reply) -> None:
         """Answer ``reply`` (a 421) and close whatever the state; a message in flight is
         dropped (the sender was never told 250 and will retry)."""
@@ -314,6 +370,7 @@ class Session:
         self._delivered_here: list[str] = []
         self._headers: bytearray | None = None
         self._authors: list[str] = []
+        self._checked: dict[str, Any] = {}  # what the inspector found, for the journal
         self.spool: Spool | None = None
 
     def _abort_spool(self) -> None:
@@ -517,6 +574,41 @@ class Session:
             self._finish(replies.FROM_NOT_OWNED, refused=True)
             return
         self.waiting = True
+        inspector = self.ctx.inspector
+        if inspector is not None and inspector.wanted(self.role, self.peer_host, user):
+            inspection = Inspection(
+                spool,
+                self.peer_host,
+                self.helo_name,
+                self.sender or "",
+                tuple(self.recipients),
+                user,
+            )
+            inspector.inspect(inspection, functools.partial(self._inspected, spool, event.size))
+            return
+        self._commit(spool)
+
+    def _inspected(self, spool: Spool, size: int, result: Inspected) -> None:
+        """The checks are done (on the loop): refuse the message, or commit it."""
+        if self.closed:
+            spool.abort()  # the client is gone: it was never told 250
+            self.waiting = False
+            return
+        self._checked = result.fields
+        if result.refusal is not None:
+            spool.abort()
+            self.waiting = False
+            self._journal("rejected", size=size, code=result.refusal.code, **result.fields)
+            self._finish(result.refusal, refused=result.refusal.code >= 500)
+            self._pump()
+            return
+        if result.junk:
+            self.targets = {
+                (Mailbox(t.path, JUNK) if isinstance(t, Mailbox) else t): None for t in self.targets
+            }
+        self._commit(spool)
+
+    def _commit(self, spool: Spool) -> None:
         dsn = None
         if self._mail_dsn is not None or self._rcpt_dsn:
             dsn = DsnRequest(
@@ -542,6 +634,7 @@ class Session:
                 sender=self.sender,
                 to=self.recipients,
                 files=delivery.stored,
+                **self._checked,
             )
             self.junk = 0
             if self.user is not None and self.ctx.auth is not None:

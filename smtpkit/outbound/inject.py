@@ -4,6 +4,7 @@ through the same commit as received mail."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
@@ -17,7 +18,10 @@ from smtpkit.delivery.targets import Delivery, Remote, Target
 from smtpkit.errors import DeliveryError
 from smtpkit.users import UserStore
 
-__all__ = ["Posted", "make_router", "post"]
+__all__ = ["Posted", "Sign", "make_router", "post"]
+
+#: DKIM-Signature fields for a message, b"" when there are none (it is not signed).
+Sign = Callable[[bytes], bytes]
 
 
 class Posted:
@@ -51,10 +55,11 @@ def post(
     message_id: str,
     *,
     syncer: SharedSyncer | None = None,
+    sign: Sign | None = None,
 ) -> Posted:
     """Deliver ``message`` (a whole RFC 5322 message, CRLF line ends) from ``<>`` to
-    ``recipient``, behind our trace header. Blocks until it is durable: call it off the
-    event loop."""
+    ``recipient``, behind our trace header; ``sign`` gives the DKIM-Signature fields to put
+    in front (b"": none). Blocks until it is durable: call it off the event loop."""
     targets: tuple[Target, ...]
     if router.is_local_domain(recipient):
         targets = router.resolve(recipient)
@@ -68,6 +73,8 @@ def post(
         f"Received: by {config.server.hostname} (smtpkit)\r\n"
         f"\tid {message_id}; {stamp}\r\n"
     ).encode("ascii", "replace")
+    if sign is not None:
+        message = sign(message) + message
     spool = Spool(trace, pool)
     spool.write(message)
     delivery = Delivery(spool, targets, sender="", message_id=message_id)

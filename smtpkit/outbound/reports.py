@@ -22,7 +22,7 @@ from smtpkit.delivery.router import Router
 from smtpkit.delivery.spool import SpoolPool
 from smtpkit.delivery.syncer import SharedSyncer
 from smtpkit.delivery.targets import Delivery, DsnRequest
-from smtpkit.outbound.inject import Posted, make_router, post
+from smtpkit.outbound.inject import Posted, Sign, make_router, post
 
 __all__ = ["DeliveredHere", "Reported", "send_report"]
 
@@ -60,6 +60,7 @@ def send_report(
     diagnostics: dict[str, str] | None = None,
     retry_until: float | None = None,
     syncer: SharedSyncer | None = None,
+    sign: Sign | None = None,
 ) -> Reported:
     """Report ``action`` for ``recipients`` of ``entry`` to its sender; blocks until the
     report is durable (call it off the event loop)."""
@@ -89,7 +90,8 @@ def send_report(
     with open(entry.path, "rb") as original:
         message = build_report(config.server.hostname, envelope, statuses, original)
     report_id = f"{os.urandom(6).hex()}.report"
-    posted = post(config, router, pool, message, entry.sender, report_id, syncer=syncer)
+    posted = post(config, router, pool, message, entry.sender, report_id, syncer=syncer,
+                  sign=sign)  # fmt: skip
     return Reported(action, addresses, posted)
 
 
@@ -104,8 +106,10 @@ class DeliveredHere:
         pool: SpoolPool,
         syncer: SharedSyncer | None,
         journal: Callable[[str, str, dict[str, Any]], None],
+        sign: Sign | None = None,
     ) -> None:
         self.config = config
+        self.sign = sign
         self.router = make_router(config)
         self.pool = pool
         self.syncer = syncer
@@ -152,7 +156,7 @@ class DeliveredHere:
             message = build_report(self.config.server.hostname, envelope, statuses, original)
         report_id = f"{os.urandom(6).hex()}.report"
         posted = post(self.config, self.router, self.pool, message, delivery.sender, report_id,
-                      syncer=self.syncer)  # fmt: skip
+                      syncer=self.syncer, sign=self.sign)  # fmt: skip
         if posted.dropped:
             self.journal("report_dropped", delivery.message_id,
                          {**fields, "sender": delivery.sender,

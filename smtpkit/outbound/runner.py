@@ -53,7 +53,7 @@ from smtpkit.delivery.syncer import SharedSyncer
 from smtpkit.dns import MailHost, MailResolver, MailRoute, RouteKind, RouteOutcome
 from smtpkit.outbound import control
 from smtpkit.outbound.admin import ADMIN_BOUNCE, fail_waiting, flush_entry, journal_report
-from smtpkit.outbound.inject import make_router
+from smtpkit.outbound.inject import Sign, make_router
 from smtpkit.outbound.link import Candidate, Job, Link, Security
 from smtpkit.outbound.reports import Reported, send_report
 from smtpkit.outbound.schedule import (
@@ -112,8 +112,10 @@ class QueueRunner:
         write: JournalWrite,
         pool: SpoolPool,
         syncer: SharedSyncer | None = None,
+        sign: Sign | None = None,
     ) -> None:
         self.config = config
+        self.sign = sign  # DKIM signatures for the reports it posts
         self.loop = loop
         self.write = write
         self.pool = pool
@@ -517,6 +519,7 @@ class QueueRunner:
                     diagnostics=diagnostics,
                     retry_until=retry_until,
                     syncer=self.syncer,
+                    sign=self.sign,
                 )  # fmt: skip
                 for action, rs in reports
                 if snapshot.sender
@@ -612,7 +615,7 @@ class QueueRunner:
             out = []
             if wanted and entry.sender:
                 out.append(send_report(self.config, self._router_(), self.pool, entry, wanted,
-                                       "failed", syncer=self.syncer))  # fmt: skip
+                                       "failed", syncer=self.syncer, sign=self.sign))  # fmt: skip
             entry.remove()
             return out
 

@@ -186,6 +186,39 @@ def greeting(hostname: str) -> Reply:
     return _r(220, None, f"{hostname} ESMTP smtpkit")
 
 
+def _printable(text: str, limit: int = 300) -> str:
+    """Text from elsewhere (DNS, a scanner) made safe for one reply line."""
+    return "".join(c if " " <= c <= "~" else " " for c in text)[:limit].strip()
+
+
+def blocklisted(ip: str, zone: str, reason: str | None) -> Reply:
+    """RFC 5321 3.1: a 554 greeting refuses the session; the blocklist and its reason tell
+    a wrongly listed sender where to go."""
+    why = f": {_printable(reason)}" if reason else ""
+    return _r(554, "5.7.1", f"Service unavailable; client [{ip}] listed by {zone}{why}")
+
+
+def spf_failed(domain: str, ip: str) -> Reply:
+    """RFC 7372 3.2: 5.7.23, the SPF validation of the sender's domain failed."""
+    return _r(550, "5.7.23", f"SPF check failed: {_printable(domain)} does not authorize [{ip}]")
+
+
+def dmarc_rejected(domain: str) -> Reply:
+    """RFC 7489 6.7 (p=reject): refused during the SMTP transaction, 5.7.1."""
+    return _r(550, "5.7.1", f"DMARC policy of {_printable(domain)} rejects this message")
+
+
+def spam_rejected(text: str | None) -> Reply:
+    """The content scanner said reject; its own words when it gave some."""
+    return _r(550, "5.7.1", _printable(text) if text else "Message rejected as spam")
+
+
+def scan_deferred(text: str | None) -> Reply:
+    """The content scanner said try later (greylisting, a soft reject), or could not be
+    asked and the admin chose to fail closed."""
+    return _r(451, "4.7.1", _printable(text) if text else "Message deferred, try again later")
+
+
 # RFC 5321 4.5.3.1.5: a reply line is at most 512 octets with its code and CRLF.
 _MAX_REPLY_LINE = 512
 

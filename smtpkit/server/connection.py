@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from smtpkit.config import ListenerRole
 from smtpkit.policy import TlsInfo
+from smtpkit.protocol.replies import Reply
 from smtpkit.session import ServerContext, Session
 
 if TYPE_CHECKING:
@@ -110,6 +111,11 @@ class Connection:
             self._begin_tls()
         else:
             self.session.start()
+
+    def refuse(self, reply: Reply, **fields: object) -> None:
+        """Instead of ``start``: greet with ``reply`` (a 554) and close."""
+        self.loop.register(self.sock, _READ, self._on_event)
+        self.session.refuse_service(reply, **fields)
 
     # --- Transport --------------------------------------------------------------------------
     def write(self, data: bytes) -> None:

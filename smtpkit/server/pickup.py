@@ -26,7 +26,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from smtpkit.config import Config, ListenerRole
 from smtpkit.delivery.commit import commit_batch
@@ -38,6 +38,10 @@ from smtpkit.policy import Accept, LocalPolicy, SessionFacts
 from smtpkit.protocol.events import RcptTo
 from smtpkit.protocol.replies import UNKNOWN_USER
 from smtpkit.server import inotify
+from smtpkit.server.checks import sign_spool
+
+if TYPE_CHECKING:
+    from smtpkit.mailauth.signing import Signer
 
 __all__ = ["Pickup"]
 
@@ -59,8 +63,10 @@ class Pickup:
         syncer: SharedSyncer,
         journal: Callable[[Callable[[], None]], None],
         write_journal: Journal,
+        signer: Signer | None = None,
     ) -> None:
         self.config = config
+        self.signer = signer  # DKIM: what local programs send leaves signed
         self.policy = policy
         self.pool = pool
         self.syncer = syncer
@@ -174,6 +180,9 @@ class Pickup:
             spool = Spool(self._trace(dropped.uid, sender, message_id), self.pool)
             for chunk in _lines(dropped.chunks()):
                 spool.write(chunk)
+            signed = ""
+            if self.signer is not None and spool.error is None:
+                signed = sign_spool(self.signer, spool)
             delivery = Delivery(spool, targets, sender=sender, message_id=message_id)
             commit_batch([delivery], self.syncer)
         if delivery.error is not None:
@@ -183,7 +192,7 @@ class Pickup:
         _remove(path)
         self._journal(
             "stored", session, id=message_id, size=spool.size, sender=sender, to=accepted,
-            files=delivery.stored, uid=dropped.uid,
+            files=delivery.stored, uid=dropped.uid, **({"dkim_sign": signed} if signed else {}),
         )  # fmt: skip
 
     def _sender(self, uid: int, requested: str | None) -> str:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from smtpkit.auth import PasswordFile, load_hasher
 from smtpkit.config import Config, ListenerRole, TlsConfig
@@ -37,6 +37,7 @@ from smtpkit.owner import Owner, as_owner, drop_to
 from smtpkit.policy import LocalPolicy
 from smtpkit.protocol import replies
 from smtpkit.server.authn import PasswordChecker
+from smtpkit.server.checks import Checks, load_mailauth, signature
 from smtpkit.server.connection import Connection
 from smtpkit.server.counts import ConnectionCounts, SharedCounts
 from smtpkit.server.listener import TOO_MANY, TOO_MANY_FROM_IP, Listener, refuse
@@ -46,6 +47,10 @@ from smtpkit.server.workers import Supervisor
 from smtpkit.session import ServerContext
 from smtpkit.signals import defer_server_signals, release_server_signals
 from smtpkit.users import UserStore
+
+if TYPE_CHECKING:
+    from smtpkit.mailauth.dnsbl import Listing
+    from smtpkit.mailauth.signing import Signer
 
 __all__ = ["GRACE", "Server", "TlsContexts", "make_tls_context", "make_tls_contexts", "serve"]
 
@@ -119,6 +124,7 @@ class Server:
         tls_fallback: TlsContexts | None = None,
         tls_given: bool = False,
         syncer: SharedSyncer | None = None,
+        signer: Signer | None = None,
     ) -> None:
         self.config = config
         self.worker = worker
@@ -162,6 +168,10 @@ class Server:
         with contextlib.suppress(OSError):
             self.syncer.open_lock(pool.folder.parent)
 
+        # DKIM signatures for what this server writes itself (reports) and what local
+        # programs drop (pickup); what arrives over SMTP is signed by the checks.
+        sign = functools.partial(signature, signer) if signer is not None else None
+
         def journal_soon(event: str, session: str, fields: dict[str, object]) -> None:
             self.loop.call_soon_threadsafe(
                 lambda: self.journal.write(event, session, "-", **fields)
@@ -171,7 +181,7 @@ class Server:
             self.loop.call_soon_threadsafe,
             pool=pool,
             syncer=self.syncer,
-            after=DeliveredHere(config, pool, self.syncer, journal_soon),
+            after=DeliveredHere(config, pool, self.syncer, journal_soon, sign=sign),
         )
         self.pickup = Pickup(
             config,
@@ -180,11 +190,17 @@ class Server:
             self.syncer,
             self.loop.call_soon_threadsafe,
             self.journal.write,
+            signer=signer,
         )
         # Sends the queue to other servers, in the one worker holding the queue's lock.
         self.runner = (
-            QueueRunner(config, self.loop, self.journal.write, pool, self.syncer)
+            QueueRunner(config, self.loop, self.journal.write, pool, self.syncer, sign=sign)
             if not config.queue.hold
+            else None
+        )
+        self.checks = (
+            Checks(config, self.loop.call_soon_threadsafe, signer)
+            if config.checks.any or signer
             else None
         )
         self.ctx = ServerContext(
@@ -197,8 +213,10 @@ class Server:
             tls_available=self.tls is not None,
             auth=self.auth,
             dsn_on_receive=config.server.dsn_on_receive,
+            inspector=self.checks,
         )
         self.connections: set[Connection] = set()
+        self.screening: set[Connection] = set()  # waiting for the blocklists' answer
         # Connection counts shared by all worker processes: the limits are global.
         if counts is None:
             counts = SharedCounts(1, config.limits.max_connections).slot(0)
@@ -240,6 +258,8 @@ class Server:
             if self.runner is not None:
                 self.runner.stop()
             self.pickup.stop()
+            if self.checks is not None:
+                self.checks.close()
             self.delivery.close()
             if self.auth is not None:
                 self.auth.close()
@@ -270,7 +290,7 @@ class Server:
         # Sockets whose last reply cannot be delivered are closed by the sweep.
 
     def _maybe_stop(self) -> None:
-        if self.stopping and not self.connections:
+        if self.stopping and not self.connections and not self.screening:
             self.loop.stop()
 
     def reload_tls(self) -> None:
@@ -304,8 +324,28 @@ class Server:
             return
         tls = self.tls.for_role(role) if self.tls is not None else None
         conn = Connection(self.loop, sock, peer, self.ctx, tls, self._closed, role=role)
+        checks = self.checks
+        if checks is not None and checks.screens(role, peer[0]):
+            # Greeted once the blocklists have answered (bounded in time).
+            self.screening.add(conn)
+            checks.screen(peer[0], functools.partial(self._screened, conn))
+            return
         self.connections.add(conn)
         conn.start()
+
+    def _screened(self, conn: Connection, listing: Listing | None, problems: list[str]) -> None:
+        self.screening.discard(conn)
+        self.connections.add(conn)
+        fields: dict[str, object] = {"dnsbl_errors": problems} if problems else {}
+        if self.stopping:
+            conn.refuse(replies.SHUTTING_DOWN, **fields)
+        elif listing is not None:
+            reply = replies.blocklisted(conn.peer[0], listing.zone, listing.reason)
+            conn.refuse(reply, blocklisted=listing.zone, code=listing.code, **fields)
+        else:
+            if problems:
+                self.journal.write("dnsbl", conn.session.id, conn.session.peer, errors=problems)
+            conn.start()
 
     def _closed(self, conn: Connection) -> None:
         # Only now, with the socket closed, does the connection stop counting: see
@@ -363,6 +403,9 @@ def serve(
 
     if run_as is not None and _submission(config):
         load_hasher()  # before the workers become the owner (see load_hasher)
+    # The keys are the owner's (0600); the libraries are loaded before any worker becomes
+    # the owner, who may be unable to read where Python lives (see load_mailauth).
+    signer = load_mailauth(config)
 
     def work(slot: int, restarted: bool = False) -> None:
         if run_as is not None:
@@ -377,6 +420,7 @@ def serve(
             tls_fallback=certificate[0],
             tls_given=run_as is not None,
             syncer=syncer,
+            signer=signer,
         )
         server.run()
 
