@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import platform
+import statistics
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +24,7 @@ __all__ = [
     "machine_info",
     "machine_line",
     "profile_lines",
+    "relay_lines",
     "table",
     "throughput_notes",
     "write_json",
@@ -119,6 +121,48 @@ def table(report: dict[str, Any], shapes: Sequence[Shape]) -> str:
             f"/ {rss('smtp-sink', shape.name)} |"
         )
     return "\n".join(rows)
+
+
+# --- the relay row --------------------------------------------------------------------------
+
+
+def _per_second(messages: int, seconds: list[float]) -> str:
+    return f"{messages / statistics.median(seconds):,.0f}" if seconds else "-"
+
+
+def relay_lines(relay: dict[str, Any]) -> list[str]:
+    """The relay row, a table of its own (its peers are not the main table's), and its notes:
+    what smtp-source alone took (acceptance), or why Postfix has no figure."""
+    ours, theirs = relay["smtpkit"], relay["postfix"]
+    messages, length = relay["messages"], relay["length"]
+    size = f"{length // 1024}KB" if length < 1_000_000 else f"{length // 1_000_000}MB"
+    label = f"relay {messages}x{size} (-s {relay['sessions']} -m {messages} -l {length})"
+    measured = "median" in theirs
+    postfix = _rate(theirs) if measured else "not measured"
+    rss = f"{ours['peak_rss_mb']:.0f} / " + (f"{theirs['peak_rss_mb']:.0f}" if measured else "-")
+    lines = [
+        "| relay, end to end (smtp-source -> relay -> smtp-sink) | smtpkit msgs/s (min-max) "
+        "| Postfix msgs/s (min-max) | smtpkit/Postfix | peak RSS MB smtpkit / Postfix |",
+        "|" + "---|" * 5,
+        f"| {label} | {_rate(ours)} | {postfix} "
+        f"| {_ratio(ours['median'], theirs.get('median'))} | {rss} |",
+    ]
+    if not measured:
+        lines.append(f"relay: Postfix not measured: {theirs['error']}")
+        return lines
+    lines.append(
+        f"relay: accepted (smtp-source's own time, median): smtpkit "
+        f"{_per_second(messages, ours['source_seconds'])} msgs/s, Postfix "
+        f"{_per_second(messages, theirs['source_seconds'])} msgs/s; Postfix "
+        f"{theirs.get('version', '')} with its defaults, {theirs['max_processes']} processes "
+        f"at most (RSS summed over them)"
+    )
+    if "note" in theirs:
+        lines.append(f"relay: Postfix: {theirs['note']}")
+    for name, result in (("smtpkit", ours), ("Postfix", theirs)):
+        for problem in result.get("log_problems", []):
+            lines.append(f"  relay {name} log: {problem}")
+    return lines
 
 
 # --- the notes under it ---------------------------------------------------------------------

@@ -1,22 +1,26 @@
-"""One command: smtpkit against aiosmtpd (durable Maildir) and smtp-sink, on loopback.
+"""One command: smtpkit against aiosmtpd (durable Maildir) and smtp-sink, on loopback, and
+as a relay against Postfix.
 
     python -m benchmarks.run [--quick] [--rounds 3] [--shapes 20x1KB,20x1MB] [--json PATH]
                              [--servers smtpkit,aiosmtpd,smtp-sink] [--smtpkit-workers N]
-                             [--idle 10000] [--big] [--no-throughput] [--profile [TOOL]]
-                             [--dir DIR] [--keep]
+                             [--idle 10000] [--big] [--no-throughput] [--no-relay]
+                             [--profile [TOOL]] [--dir DIR] [--keep]
 
 Each server runs alone, on a fresh port and a fresh data folder, and is driven by Postfix's
 ``smtp-source`` at the shapes below. A round is the wall time of one ``smtp-source`` run;
 after each round the Maildir is counted: every message sent must be a file in ``new/``, else
 the run fails (exit 1). The table gives the median of the rounds (min-max), the ratios, a disk
 probe (the storage ceiling) and the peak RSS of each server's process tree; the same goes to
-JSON. ``--idle N`` and ``--big`` add the memory checks, ``--profile`` where smtpkit's time
-goes. Needs ``smtp-source`` and ``smtp-sink`` (Debian: ``apt-get install postfix``) and
-aiosmtpd (``pip install -e '.[bench]'``).
+JSON. The relay row sends the same load through smtpkit and through a throwaway Postfix,
+each delivering to an ``smtp-sink``: messages relayed end to end per second, and their ratio.
+``--idle N`` and ``--big`` add the memory checks, ``--profile`` where smtpkit's time goes.
+Needs ``smtp-source``, ``smtp-sink`` and, for the relay row, Postfix itself and root (Debian:
+``apt-get install postfix``), and aiosmtpd (``pip install -e '.[bench]'``).
 
 The parts: ``servers`` (starting the servers, their processes and RSS), ``shapes`` (the
 ``smtp-source`` rounds and their verification), ``probes`` (disk probe, idle connections, the
-big message), ``profiling`` (``--profile``), ``report`` (table, notes, machine line, JSON).
+big message), ``relay`` (the relay row, Postfix's instance), ``profiling`` (``--profile``),
+``report`` (tables, notes, machine line, JSON).
 """
 
 from __future__ import annotations
@@ -38,12 +42,14 @@ if not __package__:  # run as `python benchmarks/run.py`: make `benchmarks` impo
 from benchmarks.common import ROOT, BenchError  # noqa: E402
 from benchmarks.probes import big_check, idle_check, run_probe  # noqa: E402
 from benchmarks.profiling import TOOLS, SpyRecorder, cprofile_run, find_py_spy  # noqa: E402
+from benchmarks.relay import RELAY_SHAPE, measure_relays  # noqa: E402
 from benchmarks.report import (  # noqa: E402
     big_line,
     idle_line,
     machine_info,
     machine_line,
     profile_lines,
+    relay_lines,
     table,
     throughput_notes,
     write_json,
@@ -80,6 +86,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--big-mb", type=int, default=100, help="size of the --big message (MiB)")
     parser.add_argument("--no-throughput", action="store_true", help="only --idle / --big")
     parser.add_argument(
+        "--no-relay", action="store_true", help="skip the relay row (smtpkit vs Postfix)"
+    )
+    parser.add_argument(
         "--profile",
         nargs="?",
         const="auto",
@@ -98,8 +107,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown shape {unknown[0]!r}; choose from {names}")
     args.shape_list = [s for s in SHAPES if s.name in wanted]
+    args.relay_shape = RELAY_SHAPE
     if args.quick:
         args.shape_list = [s.reduced(QUICK_DIVISOR) for s in args.shape_list]
+        args.relay_shape = RELAY_SHAPE.reduced(QUICK_DIVISOR)
     servers = [n.strip() for n in args.servers.split(",") if n.strip()]
     bad = [n for n in servers if n not in SERVERS]
     if bad:
@@ -155,10 +166,12 @@ def run(args: argparse.Namespace, base: Path, report: dict[str, Any]) -> None:
             print("note: `smtpkit serve` has no --workers option; --smtpkit-workers ignored")
     report["smtpkit_workers"] = workers if workers is not None else "default"
 
-    if not args.no_throughput and args.shape_list:
+    throughput = not args.no_throughput and bool(args.shape_list)
+    relay = not args.no_throughput and not args.no_relay
+    source = find_program("smtp-source") if throughput or relay else ""
+    if throughput:
         if "aiosmtpd" in args.server_list and importlib.util.find_spec("aiosmtpd") is None:
             raise BenchError("aiosmtpd is not installed: pip install -e '.[bench]'")
-        source = find_program("smtp-source")
         profile = profiled(args)
         spy: SpyRecorder | None = None
         if profile and args.profile != "cprofile" and (program := find_py_spy()) is not None:
@@ -184,9 +197,23 @@ def run(args: argparse.Namespace, base: Path, report: dict[str, Any]) -> None:
                 if spy is not None:
                     print(f"note: {spy.error}; profiling with cProfile instead", flush=True)
                 report["profile"] = cprofile_run(base, args.shape_list, source, args.timeout)
+    if relay:
+        report["relay"] = measure_relays(
+            base, args.relay_shape, args.rounds, source, args.timeout, workers, args.keep
+        )
+    if throughput or relay:
         print()
+    if throughput:
         print(table(report, args.shape_list))
         report["table"] = table(report, args.shape_list)
+    if relay:
+        lines = relay_lines(report["relay"])
+        report["relay"]["table"] = "\n".join(lines[:3])
+        if throughput:
+            print()
+        for line in lines:
+            print(line)
+    if throughput:
         for line in throughput_notes(report):
             print(line)
         if "profile" in report:
@@ -204,6 +231,10 @@ def run(args: argparse.Namespace, base: Path, report: dict[str, Any]) -> None:
         report["big"] = big
         print(big_line(big))
     print("machine:", machine_line(report["machine"]))
+    if relay and "error" in report["relay"]["postfix"]:
+        # Like a missing peer in the other rows, but only once everything else has run.
+        reason = report["relay"]["postfix"]["error"].splitlines()[0]
+        raise BenchError(f"relay: Postfix was not measured: {reason} (--no-relay skips it)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

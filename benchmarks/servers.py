@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,8 @@ __all__ = [
     "RssSampler",
     "Server",
     "find_program",
+    "free_port",
+    "group_members",
     "make_aiosmtpd",
     "make_sink",
     "make_smtpkit",
@@ -219,6 +221,9 @@ class Server:
     cwd: Path | None = None
     env: dict[str, str] | None = None
     expect_clean_exit: bool = True
+    # Seconds the rest of its process group may take to exit after it before counting as
+    # stragglers: Postfix's master signals its daemons and exits without waiting for them.
+    linger: float = 0.0
     journal: Path | None = None  # smtpkit's journal folder
     process: subprocess.Popen[bytes] | None = None
     sampler: RssSampler | None = None
@@ -276,6 +281,9 @@ class Server:
         code = self.process.returncode
         group = self.process.pid
         self.process = None
+        deadline = time.monotonic() + self.linger
+        while time.monotonic() < deadline and group_members(group):
+            time.sleep(0.05)
         self.stragglers = reap_group(group)
         return code
 
@@ -363,9 +371,11 @@ def make_smtpkit(
     workers: int | None,
     max_connections: int = 0,
     python_args: Sequence[str] = (),
+    tables: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Server:
     """smtpkit on a fresh data folder under ``base/smtpkit``; ``python_args`` go between the
-    interpreter and ``-m smtpkit`` (``-m cProfile -o FILE`` for the profile)."""
+    interpreter and ``-m smtpkit`` (``-m cProfile -o FILE`` for the profile); ``tables`` are
+    merged into the config, key by key (``{"routes": {...}}``)."""
     folder = base / "smtpkit"
     folder.mkdir(parents=True)
     port = free_port()
@@ -382,13 +392,17 @@ def make_smtpkit(
         cwd=folder,
     )
     config = data / "smtpkit.toml"
-    if max_connections:
-        # Loopback load comes from one address: lift the per-IP and total caps for the test.
+    if max_connections or tables:
+        # Edited as data, not appended to: a second [limits] table would be invalid TOML.
         with config.open("rb") as fh:
             document = tomllib.load(fh)
-        limits = document.setdefault("limits", {})
-        limits["max_connections"] = max_connections
-        limits["max_connections_per_ip"] = max_connections
+        if max_connections:
+            # Loopback load comes from one address: lift the per-IP and total caps.
+            limits = document.setdefault("limits", {})
+            limits["max_connections"] = max_connections
+            limits["max_connections_per_ip"] = max_connections
+        for name, values in (tables or {}).items():
+            document.setdefault(name, {}).update(values)
         config.write_text(tomli_w.dumps(document))
     smtpkit_run("-c", str(config), "user", "add", RECIPIENT, cwd=folder)
     command = [sys.executable, *python_args, "-m", "smtpkit", "-c", str(config)]
@@ -425,13 +439,17 @@ def make_aiosmtpd(base: Path) -> Server:
     return Server("aiosmtpd", command, port, folder, maildir, cwd=ROOT, env=env)
 
 
-def make_sink(base: Path) -> Server:
+def make_sink(base: Path, count: bool = False) -> Server:
+    """smtp-sink under ``base/smtp-sink``; with ``count`` it writes its running counter
+    (``sess=N quit=N mesg=N``) to its log, where the relay row counts what arrived."""
     folder = base / "smtp-sink"
     folder.mkdir(parents=True)
     port = free_port()
     command = [find_program("smtp-sink")]
     if os.geteuid() == 0:
         command += ["-u", "nobody"]  # smtp-sink refuses to run as root without -u
+    if count:
+        command.append("-c")
     command += [f"{HOST}:{port}", "1000"]
     # smtp-sink has no clean-shutdown path: SIGTERM simply ends it.
     return Server("smtp-sink", command, port, folder, None, expect_clean_exit=False)

@@ -8,15 +8,29 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from benchmarks.relay import sink_count
+from benchmarks.report import relay_lines
+from benchmarks.servers import Server
 from tests.conftest import IN_CI, need_program
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def relay_available() -> bool:
+    """The relay row starts a Postfix of its own, whose master must run as root (CI's does)."""
+    if os.geteuid() == 0:
+        need_program("postfix", "postfix")
+        return True
+    if IN_CI:
+        pytest.fail("the relay row needs root in CI: it starts a Postfix instance")
+    return False
 
 
 def servers_available() -> list[str]:
@@ -34,6 +48,7 @@ def servers_available() -> list[str]:
 @pytest.mark.timeout(150)
 def test_quick_benchmark_counts_every_message_stored(tmp_path: Path) -> None:
     servers = servers_available()
+    relay = relay_available()
     results = tmp_path / "results.json"
     command = [
         sys.executable,
@@ -54,6 +69,8 @@ def test_quick_benchmark_counts_every_message_stored(tmp_path: Path) -> None:
         "--json",
         str(results),
     ]
+    if not relay:
+        command.append("--no-relay")
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=140)
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads(results.read_text())
@@ -73,9 +90,41 @@ def test_quick_benchmark_counts_every_message_stored(tmp_path: Path) -> None:
     assert report["big"]["reply_code"] == 552
     assert report["big"]["stored_files"] == 0
     assert "| shape |" in done.stdout
+    if relay:
+        row = report["relay"]
+        assert row["messages"] == 100
+        for name in ("smtpkit", "postfix"):
+            assert "error" not in row[name], row[name]
+            assert row[name]["delivered"] == row[name]["sent"] == row["messages"]
+            assert row[name]["median"] > 0
+        assert row["ratio"] > 0
+        assert "| relay 100x1KB" in done.stdout
     assert "machine: " in done.stdout
     # Nothing left behind: the data folders are removed unless --keep.
     assert list((tmp_path / "data").iterdir()) == []
+
+
+def test_sink_count_reads_the_last_whole_counter(tmp_path: Path) -> None:
+    sink = Server("smtp-sink", [], 0, tmp_path, None, log=tmp_path / "smtp-sink.log")
+    assert sink_count(sink) == 0  # no log yet
+    # smtp-sink -c rewrites one line with \r; a counter cut off mid-number must not count.
+    sink.log.write_bytes(b"sess=0 quit=0 mesg=1\rsess=1 quit=1 mesg=19\rsess=1 quit=1 mesg=2")
+    assert sink_count(sink) == 19
+
+
+def test_relay_row_says_why_postfix_is_missing() -> None:
+    entry = {"median": 1000.0, "min": 990.0, "max": 1010.0, "peak_rss_mb": 110.0}
+    relay = {
+        "messages": 2000,
+        "sessions": 20,
+        "length": 1024,
+        "smtpkit": {**entry, "source_seconds": [2.0]},
+        "postfix": {"error": "Postfix's master daemon must start as root"},
+    }
+    lines = relay_lines(relay)
+    assert lines[2].startswith("| relay 2000x1KB (-s 20 -m 2000 -l 1024) | 1,000 (990-1,010) |")
+    assert "| not measured | - |" in lines[2]
+    assert lines[3] == "relay: Postfix not measured: Postfix's master daemon must start as root"
 
 
 def test_runs_as_a_script_too() -> None:
