@@ -203,7 +203,7 @@ class DeliveryWorker:
         self._call_soon = call_soon
         # Run on this thread after each batch, with the messages now durable (what the
         # server does next with them, off the loop: success notices).
-        self._after = after
+        self.after = after
         self._max_batch = max_batch
         self.pool = pool
         self.syncer = syncer
@@ -241,8 +241,8 @@ class DeliveryWorker:
                 pairs = [(done, delivery) for delivery, done in batch]
                 # One wake-up of the loop for the whole batch.
                 self._call_soon(functools.partial(_complete, pairs))
-                if self._after is not None:
-                    self._after([delivery for delivery, _ in batch if delivery.error is None])
+                if self.after is not None:
+                    self.after([delivery for delivery, _ in batch if delivery.error is None])
             if pool is not None:
                 if stop:
                     pool.drain()

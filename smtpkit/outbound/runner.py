@@ -36,7 +36,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from smtpkit.bounce import STATUS_NO_SUCH_DOMAIN, STATUS_NULL_MX, status_from_reply
 from smtpkit.config import Config, NextHop, RelayTls
@@ -85,6 +85,25 @@ _STATUS = re.compile(r"([245])\.\d{1,3}\.\d{1,3} ")
 JournalWrite = Callable[..., None]
 
 
+class Tally(Protocol):
+    """Where the runner counts for the server's metrics (``smtpkit.metrics.Recorder``, set
+    as ``QueueRunner.tally`` by the server: outbound/ imports nothing of it)."""
+
+    def queue_size(self, messages: int) -> None: ...
+
+    def outbound(self, outcome: str, count: int = 1) -> None: ...
+
+
+class _Untallied:
+    """Counts nothing: no metrics."""
+
+    def queue_size(self, messages: int) -> None:
+        pass
+
+    def outbound(self, outcome: str, count: int = 1) -> None:
+        pass
+
+
 def _domain(address: str) -> str:
     return address.rpartition("@")[2].lower()
 
@@ -116,6 +135,7 @@ class QueueRunner:
     ) -> None:
         self.config = config
         self.sign = sign  # DKIM signatures for the reports it posts
+        self.tally: Tally = _Untallied()  # the server's metrics, when they are on
         self.loop = loop
         self.write = write
         self.pool = pool
@@ -144,6 +164,18 @@ class QueueRunner:
         self._relay_context: ssl.SSLContext | None = None
 
     # --- life -------------------------------------------------------------------------------
+    def reconfigure(self, config: Config, sign: Sign | None) -> None:
+        """A reloaded config: routes, the smarthost, delivery limits and queue timings count
+        from now on. Destinations being served keep their next hop until they are idle."""
+        self.config = config
+        self.sign = sign
+        self._router = make_router(config) if self.active else None
+        self._resolver = None
+        self._relay_context = None
+        for key, dest in list(self.destinations.items()):
+            if not dest.jobs and not dest.links and not dest.resolving:
+                del self.destinations[key]
+
     def start(self) -> None:
         """Take the queue's lock when free (else try again every few seconds), then run."""
         if self.stopping:
@@ -173,6 +205,7 @@ class QueueRunner:
         if self.stopping:
             return
         self.stopping = True
+        self.tally.queue_size(0)  # a runner taking over counts the queue from now on
         if self._timer is not None:
             self._timer.cancel()
         if self._watch >= 0:
@@ -551,12 +584,15 @@ class QueueRunner:
         if outcome.result in (Result.DELIVERED, Result.RELAYED):
             self.write("delivered", entry.id, remote, **fields, tls=job.tls or False,
                        reply=outcome.text, relayed=outcome.result is Result.RELAYED)  # fmt: skip
+            self.tally.outbound("delivered")
         elif recipient.state == "failed":
             self.write("bounced", entry.id, remote, **fields, reason=recipient.last_error)
+            self.tally.outbound("bounced")
         else:
             self.write("deferred", entry.id, remote, **fields, reason=outcome.text,
                        next_attempt=_iso(recipient.next_attempt),
                        attempts=recipient.attempts)  # fmt: skip
+            self.tally.outbound("deferred")
 
     def _router_(self) -> Router:
         assert self._router is not None
@@ -609,6 +645,7 @@ class QueueRunner:
         self._forget(entry)
         self.write("bounced", entry.id, "-", id=entry.id, sender=entry.sender,
                    to=[r.address for r in failed], reason=ADMIN_BOUNCE[1])  # fmt: skip
+        self.tally.outbound("bounced", len(failed))
         wanted = [r for r in failed if notify_allows(r, Notice.FAILED)]
 
         def files() -> list[Reported]:
@@ -654,6 +691,7 @@ class QueueRunner:
     def _sweep(self) -> None:
         if self.stopping:
             return
+        self.tally.queue_size(len(self.entries))
         now = time.monotonic()
         for link in list(self.links):
             link.check_deadline(now)

@@ -78,6 +78,11 @@ class Pickup:
         self._thread = threading.Thread(target=self._run, name="smtpkit-pickup", daemon=True)
         self._counter = 0
 
+    def reconfigure(self, config: Config, policy: LocalPolicy, signer: Signer | None) -> None:
+        """A reloaded config, for the files picked up from now on (attributes are swapped
+        whole: the pickup thread reads each once per file)."""
+        self.config, self.policy, self.signer = config, policy, signer
+
     def start(self) -> None:
         self._thread.start()
 

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
+from smtpkit import metrics
 from smtpkit.auth import PasswordFile, load_hasher
-from smtpkit.config import Config, ListenerRole, TlsConfig
+from smtpkit.config import Config, ListenAddress, ListenerRole, TlsConfig, load_config
 from smtpkit.delivery.commit import DeliveryWorker
 from smtpkit.delivery.queue import QUEUE_FOLDER, clean_queue
 from smtpkit.delivery.router import Router
@@ -30,6 +31,7 @@ from smtpkit.delivery.syncer import SharedSyncer
 from smtpkit.errors import ConfigError
 from smtpkit.fsutil import make_dirs
 from smtpkit.journal import Journal
+from smtpkit.mailauth.signing import Signer
 from smtpkit.maildrop import ensure_maildrop
 from smtpkit.outbound.reports import DeliveredHere
 from smtpkit.outbound.runner import QueueRunner
@@ -40,8 +42,16 @@ from smtpkit.server.authn import PasswordChecker
 from smtpkit.server.checks import Checks, load_mailauth, signature
 from smtpkit.server.connection import Connection
 from smtpkit.server.counts import ConnectionCounts, SharedCounts
-from smtpkit.server.listener import TOO_MANY, TOO_MANY_FROM_IP, Listener, refuse
+from smtpkit.server.listener import (
+    TOO_MANY,
+    TOO_MANY_FROM_IP,
+    BindError,
+    Listener,
+    bind_all,
+    refuse,
+)
 from smtpkit.server.loop import EventLoop
+from smtpkit.server.metrics_http import start_endpoint
 from smtpkit.server.pickup import Pickup
 from smtpkit.server.workers import Supervisor
 from smtpkit.session import ServerContext
@@ -50,7 +60,6 @@ from smtpkit.users import UserStore
 
 if TYPE_CHECKING:
     from smtpkit.mailauth.dnsbl import Listing
-    from smtpkit.mailauth.signing import Signer
 
 __all__ = ["GRACE", "Server", "TlsContexts", "make_tls_context", "make_tls_contexts", "serve"]
 
@@ -125,40 +134,19 @@ class Server:
         tls_given: bool = False,
         syncer: SharedSyncer | None = None,
         signer: Signer | None = None,
+        standalone: bool = False,
     ) -> None:
-        self.config = config
         self.worker = worker
         self.tmp_cleaned = tmp_cleaned
         self.sockets = sockets
         self.loop = EventLoop()
         self.journal = Journal(config.server.journal_dir, echo=echo)
-        self.users = UserStore(config.server.users_dir, config.server.domains)
-        router = Router(self.users, config.aliases, config.server.domains)
-        # AUTH where there are submission listeners; a queue for other domains where anyone
-        # may relay (authenticated users, trusted networks).
-        self.auth = (
-            PasswordChecker(
-                PasswordFile.in_folder(config.server.directory, config.server.domains),
-                config.server.domains,
-                config.limits,
-                self.loop.call_soon_threadsafe,
-            )
-            if _submission(config)
-            else None
-        )
-        self.policy = LocalPolicy(
-            router,
-            config.limits,
-            queue=queue_folder(config),
-            trusted=config.submission.trusted_networks,
-            **({"sent_this_hour": self.auth.sent_this_hour} if self.auth is not None else {}),
-        )
         # tls_given: the certificate was loaded for us (by a supervisor that can read what
         # this worker cannot); otherwise the files as they are now, else the fallback.
-        self.tls = tls_fallback if tls_given else _load_tls(config, tls_fallback)
+        tls = tls_fallback if tls_given else _load_tls(config, tls_fallback)
         # One pool folder per worker: creating and renaming files locks their folder, and
         # workers sharing one would wait for each other.
-        pool = SpoolPool(config.server.users_dir / SPOOL_FOLDER / str(worker))
+        self.pool = pool = SpoolPool(config.server.users_dir / SPOOL_FOLDER / str(worker))
         # Should the folder not be made, every message gets 451 with the reason at DATA.
         with contextlib.suppress(OSError):
             make_dirs(pool.folder, 0o700)
@@ -167,37 +155,85 @@ class Server:
         self.syncer = syncer if syncer is not None else SharedSyncer()
         with contextlib.suppress(OSError):
             self.syncer.open_lock(pool.folder.parent)
+        self.delivery = DeliveryWorker(
+            self.loop.call_soon_threadsafe, pool=pool, syncer=self.syncer
+        )
+        self.auth: PasswordChecker | None = None
+        self.pickup: Pickup | None = None
+        self.runner: QueueRunner | None = None
+        self.checks: Checks | None = None
+        self.retired: list[Checks | PasswordChecker] = []  # closed at exit
+        self.connections: set[Connection] = set()
+        self.screening: set[Connection] = set()  # waiting for the blocklists' answer
+        # Connection counts shared by all worker processes: the limits are global.
+        if counts is None:
+            counts = SharedCounts(1, config.limits.max_connections).slot(0)
+        self.counts = counts
+        self.listeners: list[Listener] = []
+        self.listening: dict[ListenAddress, Listener] = {}
+        #: No supervisor: this process opens and closes listeners on reload itself.
+        self.standalone = standalone
+        self.stopping = False
+        self._configure(config, tls, signer)
 
+    def _configure(self, config: Config, tls: TlsContexts | None, signer: Signer | None) -> None:
+        """Everything the config decides, for the sessions that start from now on: at start,
+        and again on reload. Sessions in flight keep the context they began with."""
+        self.config = config
+        self.tls = tls
+        self.users = UserStore(config.server.users_dir, config.server.domains)
+        router = Router(self.users, config.aliases, config.server.domains)
+        # AUTH where there are submission listeners; a queue for other domains where anyone
+        # may relay (authenticated users, trusted networks). Passwords are read at each
+        # login, so one checker serves every reload.
+        if _submission(config) and self.auth is None:
+            self.auth = PasswordChecker(
+                PasswordFile.in_folder(config.server.directory, config.server.domains),
+                config.server.domains,
+                config.limits,
+                self.loop.call_soon_threadsafe,
+            )
+        auth = self.auth if _submission(config) else None
+        self.policy = LocalPolicy(
+            router,
+            config.limits,
+            queue=queue_folder(config),
+            trusted=config.submission.trusted_networks,
+            **({"sent_this_hour": auth.sent_this_hour} if auth is not None else {}),
+        )
         # DKIM signatures for what this server writes itself (reports) and what local
         # programs drop (pickup); what arrives over SMTP is signed by the checks.
         sign = functools.partial(signature, signer) if signer is not None else None
-
-        def journal_soon(event: str, session: str, fields: dict[str, object]) -> None:
-            self.loop.call_soon_threadsafe(
-                lambda: self.journal.write(event, session, "-", **fields)
+        self.delivery.after = DeliveredHere(
+            config, self.pool, self.syncer, self._journal_soon, sign=sign
+        )
+        if self.pickup is None:
+            self.pickup = Pickup(
+                config,
+                self.policy,
+                self.pool,
+                self.syncer,
+                self.loop.call_soon_threadsafe,
+                self.journal.write,
+                signer=signer,
             )
-
-        self.delivery = DeliveryWorker(
-            self.loop.call_soon_threadsafe,
-            pool=pool,
-            syncer=self.syncer,
-            after=DeliveredHere(config, pool, self.syncer, journal_soon, sign=sign),
-        )
-        self.pickup = Pickup(
-            config,
-            self.policy,
-            pool,
-            self.syncer,
-            self.loop.call_soon_threadsafe,
-            self.journal.write,
-            signer=signer,
-        )
+        else:
+            self.pickup.reconfigure(config, self.policy, signer)
         # Sends the queue to other servers, in the one worker holding the queue's lock.
-        self.runner = (
-            QueueRunner(config, self.loop, self.journal.write, pool, self.syncer, sign=sign)
-            if not config.queue.hold
-            else None
-        )
+        if self.runner is not None and not config.queue.hold:
+            self.runner.reconfigure(config, sign)
+        elif self.runner is None and not config.queue.hold:
+            self.runner = QueueRunner(
+                config, self.loop, self.journal.write, self.pool, self.syncer, sign=sign
+            )
+            self.runner.tally = metrics.record
+            if self.listeners:  # running already: a reload lifted the hold
+                self.runner.start()
+        elif self.runner is not None:
+            self.runner.stop()
+            self.runner = None
+        if self.checks is not None:
+            self.retired.append(self.checks)  # inspections under way finish on it
         self.checks = (
             Checks(config, self.loop.call_soon_threadsafe, signer)
             if config.checks.any or signer
@@ -209,20 +245,62 @@ class Server:
             policy=self.policy,
             journal=self.journal,
             submit=self.delivery.submit,
-            open_spool=functools.partial(Spool, pool=pool),
-            tls_available=self.tls is not None,
-            auth=self.auth,
+            open_spool=functools.partial(Spool, pool=self.pool),
+            tls_available=tls is not None,
+            auth=auth,
             dsn_on_receive=config.server.dsn_on_receive,
             inspector=self.checks,
         )
-        self.connections: set[Connection] = set()
-        self.screening: set[Connection] = set()  # waiting for the blocklists' answer
-        # Connection counts shared by all worker processes: the limits are global.
-        if counts is None:
-            counts = SharedCounts(1, config.limits.max_connections).slot(0)
-        self.counts = counts
-        self.listeners: list[Listener] = []
-        self.stopping = False
+
+    def _journal_soon(self, event: str, session: str, fields: dict[str, object]) -> None:
+        """A journal line from another thread, written on the loop."""
+        self.loop.call_soon_threadsafe(lambda: self.journal.write(event, session, "-", **fields))
+
+    def reload(self) -> None:
+        """SIGHUP: read the config file again and apply it to new sessions; sessions in
+        flight finish under the old one. A config that does not load, a certificate or DKIM
+        key that cannot be used, or a listener that cannot be opened leaves everything as
+        it was, and the journal says why. Only a server without a supervisor opens and
+        closes listeners itself (the supervisor does it for its workers)."""
+        try:
+            config = load_config(self.config.path)
+            if config.server.directory != self.config.server.directory:
+                raise ConfigError(
+                    f"{config.path}: server.directory cannot change without a restart"
+                )
+            signer = Signer.from_directory(config.server.directory)
+            added, removed = self._listener_changes(config)
+            opened = bind_all(added) if self.standalone else []
+        except (ConfigError, BindError) as exc:
+            self.journal.write("reload", "-", "-", ok=False, error=f"{exc}; nothing changed")
+            return
+        if not self.standalone and (added or removed):
+            self.journal.write(
+                "reload", "-", "-", ok=False,
+                error="listeners changed, but a worker cannot open them: the supervisor does",
+            )  # fmt: skip
+            return
+        self._configure(config, self._reload_tls(config), signer if signer else None)
+        for address in removed:
+            self.listening.pop(address).close()
+        for sock, address in zip(opened, added, strict=True):
+            self._listen(sock, address)
+        self.journal.write(
+            "reload", "-", "-", ok=True, domains=list(config.server.domains),
+            listen=[str(a) for a in config.server.listen],
+        )  # fmt: skip
+
+    def _listener_changes(self, config: Config) -> tuple[list[ListenAddress], list[ListenAddress]]:
+        wanted = list(dict.fromkeys(config.server.listen))
+        added = [a for a in wanted if a not in self.listening]
+        removed = [a for a in self.listening if a not in wanted]
+        return added, removed
+
+    def _listen(self, sock: socket.socket, address: ListenAddress) -> None:
+        accept = functools.partial(self._accept, role=address.role)
+        listener = Listener(self.loop, sock, self._admit, accept)
+        self.listeners.append(listener)
+        self.listening[address] = listener
 
     # --- lifecycle --------------------------------------------------------------------------
     def run(self) -> None:
@@ -237,16 +315,16 @@ class Server:
         )
         self.journal.flush()
         for sock, address in zip(self.sockets, self.config.server.listen, strict=True):
-            accept = functools.partial(self._accept, role=address.role)
-            self.listeners.append(Listener(self.loop, sock, self._admit, accept))
+            self._listen(sock, address)
         self.loop.add_signal_handler(signal.SIGTERM, self.begin_shutdown)
         self.loop.add_signal_handler(signal.SIGINT, self.begin_shutdown)
-        self.loop.add_signal_handler(signal.SIGHUP, self.reload_tls)
+        self.loop.add_signal_handler(signal.SIGHUP, self.reload)
         # Signals that arrived while starting up were held (see smtpkit.signals); they are
         # handled from here on, by the handlers above.
         release_server_signals()
         self.loop.call_later(JOURNAL_FLUSH, self._flush_journal)
         self.loop.call_later(SWEEP, self._sweep)
+        assert self.pickup is not None
         self.pickup.start()
         if self.runner is not None:
             self.runner.start()
@@ -258,11 +336,10 @@ class Server:
             if self.runner is not None:
                 self.runner.stop()
             self.pickup.stop()
-            if self.checks is not None:
-                self.checks.close()
+            for part in [self.checks, *self.retired, self.auth]:
+                if part is not None:
+                    part.close()
             self.delivery.close()
-            if self.auth is not None:
-                self.auth.close()
             self.journal.write(
                 "stop", "-", "-", syncs=self.syncer.calls, syncs_shared=self.syncer.shared
             )
@@ -293,33 +370,38 @@ class Server:
         if self.stopping and not self.connections and not self.screening:
             self.loop.stop()
 
-    def reload_tls(self) -> None:
-        """SIGHUP: load the certificate again (renewals without a restart)."""
-        if self.config.tls is None:
-            return
+    def _reload_tls(self, config: Config) -> TlsContexts | None:
+        """The certificate as the files hold it now (renewals without a restart); when they
+        do not load, the one in use stays."""
+        if config.tls is None:
+            return None
         try:
-            self.tls = make_tls_contexts(self.config.tls)
+            tls = make_tls_contexts(config.tls)
         except ConfigError as exc:
             # Echoed on stderr with every other event unless --quiet; always in the journal.
             self.journal.write(
                 "tls_reload", "-", "-", ok=False, error=f"{exc}; keeping the old certificate"
             )
-            return
+            return self.tls
         self.journal.write("tls_reload", "-", "-", ok=True)
+        return tls
 
     # --- connections ------------------------------------------------------------------------
     def _admit(self, ip: str) -> bytes | None:
         limits = self.config.limits
         if self.counts.total() >= limits.max_connections:
             self.journal.write("refused", "-", ip, code=421, reason="max_connections")
+            metrics.record.connection("refused_limit")
             return TOO_MANY
         if self.counts.for_ip(ip) >= limits.max_connections_per_ip:
             self.journal.write("refused", "-", ip, code=421, reason="max_connections_per_ip")
+            metrics.record.connection("refused_limit")
             return TOO_MANY_FROM_IP
         return None
 
     def _accept(self, sock: socket.socket, peer: tuple[str, int], *, role: ListenerRole) -> None:
         if not self.counts.add(peer[0]):
+            metrics.record.connection("refused_limit")
             refuse(sock, TOO_MANY)
             return
         tls = self.tls.for_role(role) if self.tls is not None else None
@@ -396,68 +478,108 @@ def serve(
         ensure_maildrop(directory)
     # With reloads that replace workers, old and new ones overlap for a while: each needs
     # a row of its own in the shared connection counts.
-    slots = 2 * workers if run_as is not None else workers
+    slots = 2 * workers
     table = SharedCounts(slots, config.limits.max_connections)
     syncer = SharedSyncer()  # before the fork: its counters are shared memory
-    certificate = [tls]  # the one loaded last by this process: new workers start with it
+    endpoint = start_endpoint(config, slots)  # [metrics]: before the fork, see its module
 
     if run_as is not None and _submission(config):
         load_hasher()  # before the workers become the owner (see load_hasher)
     # The keys are the owner's (0600); the libraries are loaded before any worker becomes
     # the owner, who may be unable to read where Python lives (see load_mailauth).
-    signer = load_mailauth(config)
+    current = _Generation(config, sockets, tls, load_mailauth(config))
 
     def work(slot: int, restarted: bool = False) -> None:
         if run_as is not None:
             drop_to(run_as)
+        endpoint.worker_started(slot)
+        now = current
         server = Server(
-            config,
-            sockets,
+            now.config,
+            now.sockets,
             echo=echo,
             counts=table.slot(slot),
             worker=slot,
             tmp_cleaned=cleaned if slot == 0 and not restarted else 0,
-            tls_fallback=certificate[0],
+            tls_fallback=now.tls,
             tls_given=run_as is not None,
             syncer=syncer,
-            signer=signer,
+            signer=now.signer,
+            standalone=workers == 1 and run_as is None,
         )
         server.run()
 
     if workers == 1 and run_as is None:
         work(0)
         return 0
-    on_reload = None
-    if run_as is not None and config.tls is not None:
-        tls_config = config.tls
-        journal = Journal(config.server.journal_dir, echo=echo)
+    journal = Journal(config.server.journal_dir, echo=echo)
 
-        def note(**fields: object) -> None:
-            with as_owner(directory):  # the journal's files are the owner's
-                journal.write("tls_reload", "-", "-", **fields)
-                journal.flush()
+    def note(event: str, **fields: object) -> None:
+        with as_owner(directory):  # the journal's files are the owner's
+            journal.write(event, "-", "-", **fields)
+            journal.flush()
 
-        def reload_certificate() -> bool:
+    def reload() -> str:
+        """SIGHUP in the supervisor: what the workers cannot do themselves (open new
+        listeners; as root, read the certificate and keys) is done here, and then they are
+        replaced; otherwise each reloads in place."""
+        nonlocal current
+        try:
+            new = load_config(config.path)
+            if new.server.directory != directory:
+                raise ConfigError(f"{new.path}: server.directory cannot change without a restart")
+            if run_as is None and set(new.server.listen) == set(current.config.server.listen):
+                current = _Generation(new, current.sockets, current.tls, current.signer)
+                return Supervisor.FORWARD
+            signer = load_mailauth(new)
+            opened = {
+                a: s for a, s in zip(current.config.server.listen, current.sockets, strict=True)
+            }
+            fresh = [a for a in new.server.listen if a not in opened]
+            made = dict(zip(fresh, bind_all(fresh), strict=True))
+        except (ConfigError, BindError) as exc:
+            note("reload", ok=False, error=f"{exc}; nothing changed")
+            log(f"reload failed: {exc}; nothing changed")
+            return Supervisor.FAILED
+        tls = current.tls
+        if new.tls is not None and run_as is not None:
             try:
-                certificate[0] = make_tls_contexts(tls_config)
+                tls = make_tls_contexts(new.tls)
+                note("tls_reload", ok=True)
             except ConfigError as exc:
-                note(ok=False, error=f"{exc}; keeping the old certificate")
-                return False
-            note(ok=True)
-            return True
+                note("tls_reload", ok=False, error=f"{exc}; keeping the old certificate")
+                if new == current.config and not made:
+                    return Supervisor.FAILED  # nothing else to apply: the workers stay
+        socks = [made[a] if a in made else opened[a] for a in new.server.listen]
+        for address, sock in opened.items():
+            if address not in new.server.listen:
+                sock.close()  # the old workers close theirs as they drain
+        current = _Generation(new, socks, tls, signer)
+        note("reload", ok=True, domains=list(new.server.domains),
+             listen=[str(a) for a in new.server.listen])  # fmt: skip
+        return Supervisor.REPLACE
 
-        on_reload = reload_certificate
     supervisor = Supervisor(
         workers,
         work,
         sockets,
         drain_timeout=GRACE + 20,
-        on_death=table.clear,
+        on_death=functools.partial(endpoint.worker_died, then=table.clear),
         log=log,
-        on_reload=on_reload,
+        on_reload=reload,
         slots=slots,
     )
     return supervisor.run()
+
+
+@dataclass(frozen=True, slots=True)
+class _Generation:
+    """What the supervisor starts its next workers with."""
+
+    config: Config
+    sockets: list[socket.socket]
+    tls: TlsContexts | None
+    signer: Signer | None
 
 
 def _submission(config: Config) -> bool:

@@ -33,11 +33,16 @@ class Supervisor:
     ``restarted`` is true for a worker that replaces one that died.
 
     SIGHUP is passed on to the workers, unless ``on_reload`` is given: then the supervisor
-    itself reloads (it may hold rights its workers lack, such as reading root-only keys)
-    and, when ``on_reload()`` succeeds, replaces the workers: a new generation starts in
-    free slots (there are ``slots`` of them, at least twice ``count``) and the old one
-    drains as on SIGTERM (messages in flight finish) and exits.
+    asks it first. ``FORWARD``: pass it on (each worker reloads in place); ``REPLACE``: the
+    supervisor has reloaded what its workers cannot (root-only keys, new listeners), and a
+    new generation of workers starts in free slots (there are ``slots`` of them, at least
+    twice ``count``) while the old one drains as on SIGTERM (messages in flight finish) and
+    exits; ``FAILED``: nothing changes.
     """
+
+    FORWARD = "forward"
+    REPLACE = "replace"
+    FAILED = "failed"
 
     def __init__(
         self,
@@ -48,7 +53,7 @@ class Supervisor:
         drain_timeout: float = 30.0,
         on_death: Callable[[int], None] = lambda slot: None,
         log: Callable[[str], None] = lambda text: None,
-        on_reload: Callable[[], bool] | None = None,
+        on_reload: Callable[[], str] | None = None,
         slots: int | None = None,
     ) -> None:
         self.count = count
@@ -104,7 +109,12 @@ class Supervisor:
         if len(free) < self.count:
             self.log("reload skipped: the previous one is still draining; try again shortly")
             return
-        if not self.on_reload():
+        decision = self.on_reload()
+        if decision == self.FORWARD:
+            for pid in current:
+                _kill(pid, signal.SIGHUP)
+            return
+        if decision != self.REPLACE:
             return
         for slot in free[: self.count]:
             self._spawn(slot)

@@ -1,0 +1,153 @@
+"""Reloading the config without a restart (SIGHUP): a real ``smtpkit serve``, its config file
+changed under it, mail in flight on another connection while it happens."""
+
+from __future__ import annotations
+
+import json
+import signal
+import smtplib
+import socket
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tomli_w
+
+from tests.conftest import MailServer, free_port, make_server, smtpkit, wait_for_banner
+from tests.e2e.test_outbound import wait_until
+
+
+def journal(server: MailServer) -> list[dict[str, Any]]:
+    records = []
+    for path in sorted((server.directory / "journal").iterdir()):
+        records += [json.loads(line) for line in path.read_text().splitlines()]
+    return records
+
+
+def reloads(server: MailServer, ok: bool) -> int:
+    return sum(r["event"] == "reload" and r["ok"] is ok for r in journal(server))
+
+
+def edit(server: MailServer, change: Any) -> None:
+    data = tomllib.loads(server.config.read_text())
+    change(data)
+    server.config.write_text(tomli_w.dumps(data))
+
+
+def hup(server: MailServer) -> None:
+    assert server.process is not None
+    server.process.send_signal(signal.SIGHUP)
+
+
+class Raw:
+    """A client that sends what it is told, when it is told (a DATA left open)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.sock = socket.create_connection((host, port), timeout=30)
+        self.reader = self.sock.makefile("rb")
+        assert self.reader.readline().startswith(b"220 ")
+
+    def say(self, line: bytes) -> bytes:
+        self.sock.sendall(line + b"\r\n")
+        reply = self.reader.readline()
+        while reply[3:4] == b"-":
+            reply = self.reader.readline()
+        return reply
+
+    def close(self) -> None:
+        self.reader.close()
+        self.sock.close()
+
+
+def test_a_new_domain_user_and_limit_count_at_once_while_a_message_is_in_flight(
+    tmp_path: Path,
+) -> None:
+    server = make_server(tmp_path)
+    server.start("--workers", "2")
+    workers = 2
+    wait_until("both workers", lambda: sum(r["event"] == "start" for r in journal(server)) == 2)
+    inflight = Raw(server.host, server.port)
+    try:
+        assert inflight.say(b"EHLO slow.test").startswith(b"250 ")
+        assert inflight.say(b"MAIL FROM:<s@remote.test>").startswith(b"250 ")
+        assert inflight.say(b"RCPT TO:<alice@example.org>").startswith(b"250 ")
+        assert inflight.say(b"DATA").startswith(b"354 ")
+        inflight.sock.sendall(b"Subject: slow\r\n\r\nbegun before the reload\r\n")
+
+        def grow(data: dict[str, Any]) -> None:
+            data["server"]["domains"] = ["example.org", "example.net"]
+            data.setdefault("limits", {})["max_recipients"] = 2
+
+        edit(server, grow)
+        smtpkit("user", "add", "carol@example.net", config=server.config)
+        hup(server)
+        wait_until("every worker reloaded", lambda: reloads(server, True) == workers)
+
+        for _ in range(2 * workers):  # whichever worker accepts
+            with smtplib.SMTP(server.host, server.port, timeout=30) as client:
+                client.ehlo("new.test")
+                assert client.mail("s@remote.test")[0] == 250
+                assert client.rcpt("carol@example.net")[0] == 250
+                assert client.rcpt("alice@example.org")[0] == 250
+                assert client.rcpt("bob@example.org") == (452, b"4.5.3 Too many recipients")
+                client.rset()
+        inflight.sock.sendall(b"still the old session\r\n.\r\n")
+        assert inflight.reader.readline().startswith(b"250 2.0.0 ")
+    finally:
+        inflight.close()
+    (stored,) = server.new_files("alice@example.org")
+    assert stored.read_bytes().endswith(b"begun before the reload\r\nstill the old session\r\n")
+    assert server.stop() == 0
+
+
+def test_a_broken_config_keeps_the_running_one(tmp_path: Path) -> None:
+    server = make_server(tmp_path)
+    server.start("--workers", "2")
+    wait_until("both workers", lambda: sum(r["event"] == "start" for r in journal(server)) == 2)
+    good = server.config.read_text()
+    server.config.write_text(good + "\n[limits]\nmax_recipients = -5\n")
+    hup(server)
+    failed = wait_until(
+        "the refusal", lambda: [r for r in journal(server) if r["event"] == "reload"]
+    )
+    assert [r["ok"] for r in failed] == [False]  # type: ignore[union-attr]
+    assert "nothing changed" in failed[0]["error"]  # type: ignore[index]
+    assert "nothing changed" in server.stderr()
+    with smtplib.SMTP(server.host, server.port, timeout=30) as client:
+        assert client.sendmail("s@remote.test", ["bob@example.org"], "Subject: x\r\n\r\nx") == {}
+    assert server.process is not None and server.process.poll() is None
+    assert server.stop() == 0
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_listeners_are_opened_and_closed(tmp_path: Path, workers: str) -> None:
+    """With one process it opens and closes them itself; with workers, the supervisor
+    opens them and starts a new generation, and the old one drains."""
+    server = make_server(tmp_path)
+    server.start("--workers", workers)
+    extra = free_port()
+
+    def listen(addresses: list[str]) -> Any:
+        return lambda data: data["server"].__setitem__("listen", addresses)
+
+    edit(server, listen([f"127.0.0.1:{server.port}", f"127.0.0.1:{extra}"]))
+    hup(server)
+    assert server.process is not None
+    wait_for_banner(server.host, extra, server.process)
+    edit(server, listen([f"127.0.0.1:{extra}"]))
+    hup(server)
+
+    def closed() -> bool:
+        """Nobody greets there any more (a connection caught in a closing listener's
+        backlog is reset)."""
+        try:
+            with socket.create_connection((server.host, server.port), timeout=5) as sock:
+                return sock.recv(512) == b""
+        except (ConnectionRefusedError, ConnectionResetError):
+            return True
+
+    wait_until("the old port closed", closed)
+    with smtplib.SMTP(server.host, extra, timeout=30) as client:
+        assert client.sendmail("s@remote.test", ["bob@example.org"], "Subject: x\r\n\r\nx") == {}
+    assert server.stop() == 0
