@@ -178,6 +178,7 @@ SENDER_NOT_OWNED = _r(553, "5.7.1", "Sender address not owned by the authenticat
 FROM_NOT_OWNED = _r(550, "5.7.1", "From: header address not owned by the authenticated user")
 SENDING_LIMIT = _r(451, "4.7.1", "Sending limit reached, try again later")
 BAD_DESTINATION = _r(501, "5.1.3", "Bad destination mailbox address syntax")
+SEVERAL_AUTHORS = _r(550, "5.7.1", "Several From: domains: DMARC cannot be applied")
 
 
 # --- replies with values -------------------------------------------------------------------

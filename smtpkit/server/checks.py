@@ -45,6 +45,9 @@ DNSBL_TIME = 5.0
 
 CallSoon = Callable[[Callable[[], None]], None]
 
+#: DMARC's findings for a From: that names no single author domain (mailauth/dmarc.py).
+_AMBIGUOUS = frozenset({"several From: fields", "several domains in From:"})
+
 
 def load_mailauth(config: Config) -> Signer | None:
     """Before the workers start (as the user who started ``serve``): import what the checks
@@ -227,6 +230,11 @@ class Checks:
             if checks.spf == "reject" and spf is not None and spf.result == "fail":
                 return Inspected(replies.spf_failed(spf.domain, inspection.peer), fields=fields)
             junk = False
+            dmarc = verdict.dmarc
+            if checks.dmarc == "enforce" and dmarc is not None and dmarc.reason in _AMBIGUOUS:
+                # RFC 7489 6.6.1: with several authors no policy can be applied, which is how
+                # a p=reject domain would be forged; such a message is refused instead.
+                return Inspected(replies.SEVERAL_AUTHORS, fields=fields)
             if checks.dmarc == "enforce" and verdict.dmarc is not None:
                 action = verdict.dmarc_action()
                 if action == "reject":

@@ -233,6 +233,12 @@ def test_dmarc_enforce_rejects_and_quarantines(tmp_path: Path, zones: DnsServer)
     assert "dmarc=fail header.from=quarantine.test" in field
     rejected = wait_until("the rejected line", lambda: journal(server, "rejected"))
     assert rejected[0]["code"] == 550  # type: ignore[index]
+    # Two authors, one of them a p=reject domain: no policy applies, so it is refused.
+    two = message("eve@quarantine.test").replace(
+        b"From: Sender <eve@quarantine.test>", b"From: eve@quarantine.test, boss@forged.test"
+    )
+    code, text = deliver(server, "eve@quarantine.test", two)
+    assert (code, text) == (550, b"5.7.1 Several From: domains: DMARC cannot be applied")
 
 
 def test_a_blocklisted_client_is_refused_at_the_greeting(tmp_path: Path, zones: DnsServer) -> None:
