@@ -264,7 +264,7 @@ def _table(stats: Stats) -> list[str]:
     ):
         lines += ["", f"{title}:"]
         if top:
-            lines += _aligned([["", name, str(n)] for name, n in top], left=2)
+            lines += _aligned([["", name, str(n), ""] for name, n in top], left=2)
         else:
             lines.append("  none")
     refused = sum(total.refused.values())
