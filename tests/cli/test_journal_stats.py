@@ -407,3 +407,11 @@ def test_prune_removes_as_the_owner(runner: CliRunner, monkeypatch: pytest.Monke
         assert (code, out.splitlines()[0]) == (0, f"removed {folder}/2026_10_01_00 (3 bytes)")
     finally:
         shutil.rmtree(top)
+
+
+def test_columns_align_numbers_to_the_right() -> None:
+    rows = [["", "a.example", "206", ""], ["", "bb.example", "2", ""]]
+    assert smtpkit.commands.journal._aligned(rows, left=2) == [
+        "  a.example   206",
+        "  bb.example    2",
+    ]
