@@ -19,6 +19,7 @@ from click.testing import CliRunner
 import smtpkit.commands.journal
 from smtpkit.commands import cli
 from smtpkit.journal import hour_name
+from smtpkit.journalstats import REASONS
 from tests.conftest import unavailable
 from tests.test_journalstats import END, write_journal
 
@@ -415,3 +416,9 @@ def test_columns_align_numbers_to_the_right() -> None:
         "  a.example   206",
         "  bb.example    2",
     ]
+
+
+def test_every_reason_has_a_colour_of_its_own() -> None:
+    colours = smtpkit.commands.journal._COLOURS
+    assert list(colours) == list(REASONS)
+    assert len(set(colours.values())) == len(colours)
