@@ -165,7 +165,9 @@ def _plotter() -> Plotter:
         from matplotlib.figure import Figure
         from matplotlib.ticker import MaxNLocator
     except ImportError:
-        raise click.ClickException("--plot needs matplotlib: pip install 'smtpkit[plot]'") from None
+        raise click.ClickException(
+            "--plot needs matplotlib: install it where smtpkit is (pip install matplotlib)"
+        ) from None
 
     def plot(stats: Stats, path: Path) -> None:
         # A Figure on an Agg canvas of its own, not pyplot: no global state, no display.
@@ -319,7 +321,7 @@ def _journal_dir(app: App) -> Path:
     metavar="FILE.png",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Also draw messages accepted and refused per hour (refused stacked by reason) into "
-    "a PNG file; needs matplotlib (pip install 'smtpkit[plot]').",
+    "a PNG file; needs matplotlib (pip install matplotlib).",
 )
 @pass_app
 @reports_errors

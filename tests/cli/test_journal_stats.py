@@ -209,7 +209,7 @@ def test_plot_without_matplotlib(
     assert stats(runner, journal, "--plot", str(chart)) == (
         1,
         "",
-        "Error: --plot needs matplotlib: pip install 'smtpkit[plot]'\n",
+        "Error: --plot needs matplotlib: install it where smtpkit is (pip install matplotlib)\n",
     )
     assert not chart.exists()
 
