@@ -31,6 +31,7 @@ __all__ = [
     "DeliveryConfig",
     "ListenAddress",
     "ListenerRole",
+    "MetricsConfig",
     "NextHop",
     "QueueConfig",
     "RelayConfig",
@@ -202,6 +203,16 @@ class ChecksConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """``[metrics]``: the Prometheus endpoint (``/metrics``, plain HTTP, no password)."""
+
+    #: Where it listens; None: nowhere, metrics are off. Any address may be named, but what
+    #: it shows (traffic, refusals, the queue) is for the operator's eyes: loopback, or a
+    #: management network behind a firewall.
+    listen: ListenAddress | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class TlsConfig:
     certificate: Path
     key: Path
@@ -221,6 +232,7 @@ class Config:
     relay: RelayConfig | None = None
     queue: QueueConfig = field(default_factory=QueueConfig)
     checks: ChecksConfig = field(default_factory=ChecksConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     #: Things in the file that still work but should change (deprecated keys), one line
     #: each; ``serve`` and ``check`` show them.
     notes: tuple[str, ...] = ()
@@ -344,7 +356,7 @@ _MOVED_TO_LIMITS = ("max_message_size", "max_recipients")
 
 _SECTIONS = {
     "server", "limits", "aliases", "tls", "submission", "delivery", "dns", "routes", "relay",
-    "queue", "checks",
+    "queue", "checks", "metrics",
 }  # fmt: skip
 
 
@@ -511,6 +523,7 @@ def parse_config(data: Mapping[str, Any], path: Path) -> Config:
         relay=_parse_relay(data, path, base),
         queue=_parse_queue(data, path),
         checks=_parse_checks(data, path),
+        metrics=_parse_metrics(data, path, server),
         notes=tuple(notes),
     )
 
@@ -667,6 +680,21 @@ def _parse_queue(data: Mapping[str, Any], path: Path) -> QueueConfig:
     if max_retry < min_retry:
         raise sec.error("max_retry", f"must not be less than min_retry ({min_retry:g})")
     return QueueConfig(min_retry, max_retry, max_age, delay_warning, hold)
+
+
+def _parse_metrics(data: Mapping[str, Any], path: Path, server: ServerConfig) -> MetricsConfig:
+    sec = _Section(_table(data, "metrics", path), "metrics", path)
+    text = sec.get("listen", _string, '"HOST:PORT"', "")
+    sec.finish()
+    if not text:
+        return MetricsConfig()
+    try:
+        address = parse_listen(text)
+    except ValueError as exc:
+        raise sec.error("listen", str(exc)) from None
+    if any((a.host, a.port) == (address.host, address.port) for a in server.listen):
+        raise sec.error("listen", f"{address} is an SMTP listener (server.listen)")
+    return MetricsConfig(address)
 
 
 def _parse_submission(

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, TextIO
 
+from smtpkit import metrics
 from smtpkit.fsutil import make_dirs
 
 __all__ = [
@@ -149,6 +150,7 @@ class Journal:
         self._carry = data
 
     def _report(self, exc: OSError) -> None:
+        metrics.record.journal_error()
         if not self._failed:
             print(f"smtpkit: journal write failed: {exc}", file=sys.stderr)
             self._failed = True

@@ -18,6 +18,7 @@ from email.parser import BytesHeaderParser
 from email.utils import format_datetime, getaddresses, make_msgid
 from typing import Any, Protocol
 
+from smtpkit import metrics
 from smtpkit.addresses import host_port
 from smtpkit.config import ListenerRole
 from smtpkit.delivery.spool import Spool
@@ -207,6 +208,8 @@ class Session:
         else:
             self.tls = tls
             self._journal("connect", tls=tls.version, cipher=tls.cipher)
+            metrics.record.tls(tls.version)
+        metrics.record.connection("accepted")
         self._reply(replies.greeting(self.ctx.hostname))
 
     def receive(self, data: bytes) -> None:
@@ -253,6 +256,7 @@ class Session:
         """Greet with a refusal (RFC 5321 3.1: 554, no service here) and close: the client
         is on a blocklist. ``fields`` go to the journal's ``connect`` line."""
         self._journal("connect", **fields)
+        metrics.record.connection("blocklisted" if "blocklisted" in fields else "shutdown")
         self._reply(reply, journaled=True)
         self.closed = True
         self.close_reason = str(reply)
@@ -271,6 +275,7 @@ class Session:
     def tls_started(self, info: TlsInfo) -> None:
         self.tls = info
         self._journal("tls", version=info.version, cipher=info.cipher)
+        metrics.record.tls(info.version)
         self._pump()
 
     def connection_lost(self, reason: str = "") -> None:
@@ -371,6 +376,7 @@ class Session:
         self._headers: bytearray | None = None
         self._authors: list[str] = []
         self._checked: dict[str, Any] = {}  # what the inspector found, for the journal
+        self._dot = 0.0  # when the final dot came (time.monotonic()), for the metrics
         self.spool: Spool | None = None
 
     def _abort_spool(self) -> None:
@@ -434,6 +440,7 @@ class Session:
             refusal = _refusal(self.ctx.policy.check_mail(self._facts(), event))
         if refusal is not None:
             self._journal("mail", sender=event.address, code=refusal.code, text=str(refusal))
+            metrics.record.refused(refusal)
             self._refuse(refusal, journaled=True)
             return
         self.sender = event.address
@@ -480,12 +487,14 @@ class Session:
         self._journal(
             "rcpt", to=event.address, sender=self.sender, code=reply.code, text=str(reply)
         )
+        metrics.record.refused(reply)
 
     def _on_data(self, event: ev.Data) -> None:
         self.messages += 1
         spool = self.ctx.open_spool(self._trace_header())
         if spool.error is not None:
             self._journal("error", error=str(spool.error))
+            metrics.record.refused_for("error")
             spool.abort()
             self._reply(replies.STORAGE_FULL if spool.error.disk_full else replies.LOCAL_ERROR)
             return
@@ -549,6 +558,7 @@ class Session:
         self.spool.write(bytes(held))
 
     def _on_end(self, event: ev.EndOfData) -> None:
+        self._dot = time.monotonic()
         spool, self.spool = self.spool, None
         if spool is None:  # pragma: no cover - the engine only sends EndOfData after DATA
             self._finish(replies.LOCAL_ERROR)
@@ -556,6 +566,7 @@ class Session:
         if event.error is not None:
             spool.abort()
             self._journal("rejected", size=event.size, code=event.error.code)
+            metrics.record.refused(event.error)
             self._finish(event.error, refused=True)
             return
         self.spool = spool
@@ -564,6 +575,7 @@ class Session:
         if spool.error is not None:
             spool.abort()
             self._journal("error", size=event.size, error=str(spool.error))
+            metrics.record.refused_for("error")
             self._finish(replies.STORAGE_FULL if spool.error.disk_full else replies.LOCAL_ERROR)
             return
         user = self.user
@@ -571,6 +583,7 @@ class Session:
             # Mail that leaves is signed for its From: domain: no user may pose as another.
             spool.abort()
             self._journal("rejected", size=event.size, code=550, authors=self._authors)
+            metrics.record.refused(replies.FROM_NOT_OWNED)
             self._finish(replies.FROM_NOT_OWNED, refused=True)
             return
         self.waiting = True
@@ -599,6 +612,7 @@ class Session:
             spool.abort()
             self.waiting = False
             self._journal("rejected", size=size, code=result.refusal.code, **result.fields)
+            metrics.record.refused_for("checks")
             self._finish(result.refusal, refused=result.refusal.code >= 500)
             self._pump()
             return
@@ -636,12 +650,14 @@ class Session:
                 files=delivery.stored,
                 **self._checked,
             )
+            metrics.record.stored(delivery.spool.size, len(self.recipients), self._dot)
             self.junk = 0
             if self.user is not None and self.ctx.auth is not None:
                 self.ctx.auth.sent(self.user)
             self._finish(replies.stored(self._queue_id()))
         else:
             self._journal("error", id=self._queue_id(), error=str(error))
+            metrics.record.refused_for("error")
             self._finish(replies.STORAGE_FULL if error.disk_full else replies.LOCAL_ERROR)
         self._pump()
 

@@ -214,3 +214,23 @@ def test_checks_errors(tmp_path: Path, checks: dict[str, object], message: str) 
     with pytest.raises(ConfigError) as caught:
         load(tmp_path, checks=checks)
     assert str(caught.value).startswith(message)
+
+
+def test_metrics_section(tmp_path: Path) -> None:
+    assert load(tmp_path).metrics.listen is None  # off unless asked for
+    config = load(tmp_path, metrics={"listen": "127.0.0.1:9325"})
+    assert str(config.metrics.listen) == "127.0.0.1:9325"
+    assert str(load(tmp_path, metrics={"listen": "[::1]:9325"}).metrics.listen) == "[::1]:9325"
+    for table, message in (
+        ({"listen": "localhost"}, "metrics -> listen: 'localhost' is not HOST:PORT"),
+        ({"listen": 9325}, 'metrics -> listen: must be "HOST:PORT", got 9325'),
+        ({"port": 9325}, "metrics -> port: unknown key"),
+    ):
+        with pytest.raises(ConfigError) as caught:
+            load(tmp_path, metrics=table)
+        assert str(caught.value).startswith(message)
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, server={"listen": ["127.0.0.1:25"]}, metrics={"listen": "127.0.0.1:25"})
+    assert str(caught.value).startswith(
+        "metrics -> listen: 127.0.0.1:25 is an SMTP listener (server.listen)"
+    )

@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
+from smtpkit import metrics
 from smtpkit.addresses import normalize_address
 from smtpkit.auth import PasswordFile, PasswordFileError
 from smtpkit.errors import UserError
@@ -118,6 +119,7 @@ class PasswordChecker:
         return time.monotonic() < seen.last + block
 
     def failed(self, peer: str, user: str) -> None:
+        metrics.record.auth_failed()
         now = time.monotonic()
         _count(self._by_address, address_key(peer), now, self.limits.auth_window)
         _count(self._by_user, user.lower(), now, self.limits.auth_window)

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from smtpkit import metrics
 from smtpkit.config import ListenerRole
 from smtpkit.policy import TlsInfo
 from smtpkit.protocol.replies import Reply
@@ -100,6 +101,7 @@ class Connection:
         except OSError:
             pass  # not fatal: the output bound above still holds
         self.session = Session(ctx, self, (peer[0], peer[1]), role=role)
+        metrics.record.connection_opened()
         self._implicit = role is ListenerRole.SUBMISSIONS and tls_context is not None
 
     def start(self) -> None:
@@ -355,6 +357,7 @@ class Connection:
         if self._gone:
             return
         self._gone = True
+        metrics.record.connection_closed()
         self.loop.unregister(self.sock)
         # Stop counting first, close second: a client that reconnects the moment it sees
         # the close must find the place free, in this worker or any other.
