@@ -4,7 +4,7 @@ as a relay against Postfix.
     python -m benchmarks.run [--quick] [--rounds 3] [--shapes 20x1KB,20x1MB] [--json PATH]
                              [--servers smtpkit,aiosmtpd,smtp-sink] [--smtpkit-workers N]
                              [--idle 10000] [--big] [--no-throughput] [--no-relay]
-                             [--profile [TOOL]] [--dir DIR] [--keep]
+                             [--profile [TOOL]] [--metrics] [--dir DIR] [--keep]
 
 Each server runs alone, on a fresh port and a fresh data folder, and is driven by Postfix's
 ``smtp-source`` at the shapes below. A round is the wall time of one ``smtp-source`` run;
@@ -13,7 +13,8 @@ the run fails (exit 1). The table gives the median of the rounds (min-max), the 
 probe (the storage ceiling) and the peak RSS of each server's process tree; the same goes to
 JSON. The relay row sends the same load through smtpkit and through a throwaway Postfix,
 each delivering to an ``smtp-sink``: messages relayed end to end per second, and their ratio.
-``--idle N`` and ``--big`` add the memory checks, ``--profile`` where smtpkit's time goes.
+``--idle N`` and ``--big`` add the memory checks, ``--profile`` where smtpkit's time goes,
+``--metrics`` runs smtpkit with its Prometheus endpoint on (what counting costs).
 Needs ``smtp-source``, ``smtp-sink`` and, for the relay row, Postfix itself and root (Debian:
 ``apt-get install postfix``), and aiosmtpd (``pip install -e '.[bench]'``).
 
@@ -57,6 +58,7 @@ from benchmarks.report import (  # noqa: E402
 from benchmarks.servers import (  # noqa: E402
     SERVERS,
     find_program,
+    free_port,
     make_aiosmtpd,
     make_sink,
     make_smtpkit,
@@ -97,6 +99,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="TOOL",
         help="where smtpkit's time goes in the 1 KB shapes: py-spy if installed, else "
         "cProfile (TOOL: auto, py-spy or cprofile)",
+    )
+    parser.add_argument(
+        "--metrics", action="store_true", help="smtpkit with [metrics] listen on (loopback)"
     )
     parser.add_argument("--dir", type=Path, default=None, help="parent of the data folders")
     parser.add_argument("--keep", action="store_true", help="keep the data folders")
@@ -165,6 +170,10 @@ def run(args: argparse.Namespace, base: Path, report: dict[str, Any]) -> None:
         else:
             print("note: `smtpkit serve` has no --workers option; --smtpkit-workers ignored")
     report["smtpkit_workers"] = workers if workers is not None else "default"
+    # --metrics: every hook counts into prometheus_client's files, as in production with
+    # an endpoint configured (nothing scrapes it during the rounds).
+    tables = {"metrics": {"listen": f"127.0.0.1:{free_port()}"}} if args.metrics else None
+    report["smtpkit_metrics"] = args.metrics
 
     throughput = not args.no_throughput and bool(args.shape_list)
     relay = not args.no_throughput and not args.no_relay
@@ -178,7 +187,7 @@ def run(args: argparse.Namespace, base: Path, report: dict[str, Any]) -> None:
             spy = SpyRecorder(program, base / "py-spy")
         run_probe(base, args.probe_seconds, report, "before")
         factories = {
-            "smtpkit": lambda: make_smtpkit(base, workers, max_connections=1000),
+            "smtpkit": lambda: make_smtpkit(base, workers, max_connections=1000, tables=tables),
             "aiosmtpd": lambda: make_aiosmtpd(base),
             "smtp-sink": lambda: make_sink(base),
         }
