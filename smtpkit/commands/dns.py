@@ -64,10 +64,10 @@ from smtpkit.commands.mx import (
     _seconds,
     _server_lines,
     _this_server,
+    timeout_option,
 )
 from smtpkit.config import Config
 from smtpkit.dns import (
-    DEFAULT_TIMEOUT,
     DnsError,
     Nameserver,
     NameserverError,
@@ -585,14 +585,7 @@ def command() -> None:
     help="Ask this DNS server ([IPv6]:PORT for IPv6); repeat for more, asked in order "
     "[default: the config's dns.nameservers, else the system resolver].",
 )
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=0, min_open=True, max=3600),
-    default=DEFAULT_TIMEOUT,
-    show_default=True,
-    metavar="SECONDS",
-    help="Seconds to wait for each DNS query.",
-)
+@timeout_option
 @click.option(
     "--address",
     "addresses",

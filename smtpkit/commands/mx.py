@@ -289,6 +289,17 @@ def _resolver(
         raise click.BadParameter(str(exc), ctx=ctx, param_hint="'--nameserver'") from None
 
 
+#: ``--timeout``, shared with ``smtpkit dns check``.
+timeout_option = click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True, max=3600),
+    default=DEFAULT_TIMEOUT,
+    show_default=True,
+    metavar="SECONDS",
+    help="Seconds to wait for each DNS query.",
+)
+
+
 @click.command("mx")
 @click.argument("domains", nargs=-1, metavar="[DOMAIN]...")
 @click.option(
@@ -303,14 +314,7 @@ def _resolver(
     help="Ask this DNS server ([IPv6]:PORT for IPv6) [default: with --check, the config's "
     "dns.nameservers; else the system resolver].",
 )
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=0, min_open=True, max=3600),
-    default=DEFAULT_TIMEOUT,
-    show_default=True,
-    metavar="SECONDS",
-    help="Seconds to wait for each DNS query.",
-)
+@timeout_option
 @click.option(
     "--deadline",
     type=click.FloatRange(min=0, min_open=True, max=3 * 3600),
