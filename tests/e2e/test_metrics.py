@@ -10,6 +10,8 @@ import signal
 import smtplib
 import socket
 import subprocess
+import sys
+import textwrap
 import time
 import urllib.error
 import urllib.request
@@ -162,6 +164,9 @@ def test_counts_are_exact_across_two_workers(tmp_path: Path) -> None:
         with pytest.raises(urllib.error.HTTPError) as missing:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10)
         assert missing.value.code == 404
+        # The endpoint is the supervisor's: a forked worker closed its copy of the socket.
+        assert port in listening_ports([master])
+        assert port not in listening_ports(worker_pids(master))
 
         # A worker dies holding a connection: the connection stops counting, the messages
         # it had counted stay counted.
@@ -212,3 +217,72 @@ def test_metrics_are_off_by_default(tmp_path: Path) -> None:
         assert not (server.directory / ".metrics").exists()
     finally:
         assert server.stop() == 0
+
+
+def test_each_hook_counts_its_series(tmp_path: Path) -> None:
+    """The recorder's hooks against the series they feed, in a process of their own:
+    prometheus_client must see PROMETHEUS_MULTIPROC_DIR before its first import."""
+    script = textwrap.dedent(
+        """
+        import time
+        from prometheus_client.core import CollectorRegistry
+        from prometheus_client.exposition import generate_latest
+        from prometheus_client.multiprocess import MultiProcessCollector
+        from smtpkit import metrics
+        from smtpkit.protocol import replies
+
+        metrics.record.auth_failed()  # off: counts nothing
+        metrics.enable()
+        record = metrics.record
+        record.connection_opened(); record.connection_opened(); record.connection_closed()
+        record.connection("blocklisted")
+        record.refused(replies.RELAY_DENIED); record.refused(replies.TOO_MANY_RECIPIENTS)
+        record.refused(replies.MESSAGE_TOO_BIG); record.refused_for("checks")
+        record.refused(replies.STORAGE_FULL)
+        record.stored(1000, 3, time.monotonic() - 0.2)
+        record.tls("TLSv1.3"); record.tls("TLSv1.2"); record.tls("TLSv1.3")
+        record.auth_failed()
+        record.queue_size(7)
+        record.outbound("deferred"); record.outbound("bounced", 4)
+        record.journal_error()
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        print(generate_latest(registry).decode())
+        """
+    )
+    environment = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=environment, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    got = {}
+    for family in text_string_to_metric_families(result.stdout):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            got[sample.name + (f"{{{labels}}}" if labels else "")] = sample.value
+    expected = {
+        "smtpkit_connections_open": 1,
+        'smtpkit_connections_total{outcome="blocklisted"}': 1,
+        'smtpkit_connections_total{outcome="accepted"}': 0,
+        'smtpkit_messages_refused_total{reason="relay"}': 1,
+        'smtpkit_messages_refused_total{reason="policy"}': 1,
+        'smtpkit_messages_refused_total{reason="size"}': 1,
+        'smtpkit_messages_refused_total{reason="checks"}': 1,
+        'smtpkit_messages_refused_total{reason="error"}': 1,
+        'smtpkit_messages_refused_total{reason="unknown_user"}': 0,
+        "smtpkit_messages_accepted_total": 1,
+        "smtpkit_accepted_bytes_total": 1000,
+        "smtpkit_recipients_accepted_total": 3,
+        "smtpkit_delivery_seconds_count": 1,
+        'smtpkit_delivery_seconds_bucket{le="0.1"}': 0,
+        'smtpkit_delivery_seconds_bucket{le="0.25"}': 1,
+        'smtpkit_tls_sessions_total{version="TLSv1.3"}': 2,
+        'smtpkit_tls_sessions_total{version="TLSv1.2"}': 1,
+        "smtpkit_auth_failures_total": 1,
+        "smtpkit_queue_messages": 7,
+        'smtpkit_outbound_deliveries_total{outcome="deferred"}': 1,
+        'smtpkit_outbound_deliveries_total{outcome="bounced"}': 4,
+        'smtpkit_outbound_deliveries_total{outcome="delivered"}': 0,
+        "smtpkit_journal_write_errors_total": 1,
+    }
+    assert {key: got.get(key) for key in expected} == expected
