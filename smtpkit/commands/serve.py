@@ -11,6 +11,7 @@ import click
 from smtpkit.check import check_config
 from smtpkit.commands import App, pass_app, reports_errors
 from smtpkit.owner import Owner, owner_of
+from smtpkit.pidfile import acquire_pid_file
 from smtpkit.server.listener import bind_all
 from smtpkit.server.server import make_tls_contexts, serve
 from smtpkit.signals import defer_server_signals
@@ -65,6 +66,9 @@ def command(app: App, quiet: bool, workers: int | None) -> None:
     # A broken certificate is one error line before anything starts.
     tls = make_tls_contexts(config.tls) if config.tls is not None else None
     sockets = bind_all(config.server.listen)
+    # Bound: now the data folder is claimed, before anything in it is written. A server
+    # already running for it stops this one here (on its port, bind_all already did).
+    pid_file = acquire_pid_file(config.server.directory)
     count = workers or config.server.workers
     where = ", ".join(str(a) for a in config.server.listen)
     domains = ", ".join(config.server.domains)
@@ -78,5 +82,9 @@ def command(app: App, quiet: bool, workers: int | None) -> None:
     def log(text: str) -> None:
         click.echo(f"smtpkit: {text}", err=True)
 
-    if serve(config, sockets, workers=count, echo=echo, tls=tls, log=log, run_as=run_as) != 0:
+    try:
+        status = serve(config, sockets, workers=count, echo=echo, tls=tls, log=log, run_as=run_as)
+    finally:
+        pid_file.release()
+    if status != 0:
         raise click.ClickException("workers kept failing; see the messages above")
