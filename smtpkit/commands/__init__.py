@@ -135,13 +135,29 @@ def _register() -> None:
         journal,
         mx,
         queue,
+        reload,
         sendmail,
         serve,
+        status,
         tls,
         user,
     )
 
-    for module in (init, user, serve, journal, mx, dns, tls, dkim, check, queue, sendmail):
+    for module in (
+        init,
+        user,
+        serve,
+        status,
+        reload,
+        journal,
+        mx,
+        dns,
+        tls,
+        dkim,
+        check,
+        queue,
+        sendmail,
+    ):
         command: Any = module.command
         _with_config_option(command)
         cli.add_command(command)
