@@ -203,7 +203,7 @@ def allowed_tree(server: MailServer, stored: dict[str, int]) -> None:
                 unexpected.append(f"folder {here / name}")
         for name in filenames:
             path = here / name
-            if here == root and name in ("smtpkit.toml", "serve.stderr"):
+            if here == root and name in ("smtpkit.toml", "serve.stderr", "smtpkit.pid"):
                 continue
             if here == root / "journal" and path.is_file():
                 continue
