@@ -89,18 +89,31 @@ def host_part() -> str:
 
 
 _HOST = host_part()
+#: (pid, random hex) of this process: drawn again in a forked child (see _random_part).
+_RANDOM: tuple[int, str] = (-1, "")
+
+
+def _random_part() -> str:
+    """Eight random hex digits, drawn once per process (again after a fork)."""
+    global _RANDOM
+    pid = os.getpid()
+    if _RANDOM[0] != pid:
+        _RANDOM = (pid, os.urandom(4).hex())
+    return _RANDOM[1]
 
 
 def unique_name() -> str:
-    """A Maildir-style unique name ``<sec>.M<usec>P<pid>Q<n>.<host>``.
+    """A Maildir-style unique name ``<sec>.M<usec>P<pid>Q<n>R<random>.<host>``.
 
     The pid and a per-process counter make it unique within this host; the microseconds make
-    it unique across restarts that reuse a pid.
+    it unique across restarts that reuse a pid. The random part (maildir(5)'s ``R``) keeps
+    it unique across machines that share a host name and pid numbers, as containers of one
+    image do: several nodes writing into one store never pick the same name.
     """
     now = time.time()
     sec = int(now)
     usec = int((now - sec) * 1_000_000)
-    return f"{sec}.M{usec}P{os.getpid()}Q{next(_counter)}.{_HOST}"
+    return f"{sec}.M{usec}P{os.getpid()}Q{next(_counter)}R{_random_part()}.{_HOST}"
 
 
 def write_all(fd: int, data: bytes | memoryview) -> None:

@@ -11,8 +11,11 @@ One entry per message, whatever the number of remote recipients:
 The envelope records the sender, each recipient with its own state, the arrival time,
 attempts, the next attempt and the last error: everything the queue runner needs, so the
 queue on disk is the only state. ``<id>`` is the message id of the ``250`` reply, the
-``Received:`` header and the journal, followed by a tag of this host, so that entries of
-several hosts never collide (ARCHITECTURE.md, "Adding a delivery target").
+``Received:`` header and the journal (random per session), followed by a tag of this node's
+``server.hostname`` (``set_node``), so that the entries of several nodes never collide, also
+when they run on one machine (ARCHITECTURE.md, "Adding a delivery target"); one node's
+entries moved into another's queue (``outbound/transfer.py``) keep their names, or get new
+ones when taken.
 """
 
 from __future__ import annotations
@@ -37,32 +40,52 @@ from smtpkit.fsutil import write_all
 from smtpkit.protocol.dsn import MailDsn, RcptDsn
 
 __all__ = [
+    "ENVELOPE_SUFFIX",
     "ENVELOPE_VERSION",
     "QUEUE_FOLDER",
     "QueueEntry",
     "QueueError",
     "QueueStore",
     "QueuedRecipient",
+    "TMP_PREFIX",
     "clean_queue",
     "entry_name",
     "read_entry",
+    "read_envelope",
     "read_queue",
+    "set_node",
+    "write_envelope",
 ]
 
 QUEUE_FOLDER = "queue"  # under the data folder
 ENVELOPE_VERSION = 1
-_ENVELOPE = ".env"
-_TMP = ".tmp."
-# A short, stable tag of this host in every entry name.
-_HOST_TAG = hashlib.blake2s(socket.gethostname().encode(), digest_size=2).hexdigest()
+ENVELOPE_SUFFIX = ".env"
+TMP_PREFIX = ".tmp."
+
+
+def _tag(name: str) -> str:
+    return hashlib.blake2s(name.lower().encode(), digest_size=2).hexdigest()
+
+
+# A short, stable tag of this node in every entry name: the machine's host name until the
+# server (or a command) names the node after its server.hostname with set_node.
+_node_tag = _tag(socket.gethostname())
 
 
 class QueueError(SmtpkitError):
     """A queue entry that cannot be read."""
 
 
+def set_node(hostname: str) -> None:
+    """Tag entry names with ``hostname`` (``server.hostname``) from now on. Nodes of one
+    cluster have names of their own even on one machine, where the machine's host name is
+    the same for all of them."""
+    global _node_tag
+    _node_tag = _tag(hostname)
+
+
 def entry_name(message_id: str) -> str:
-    return f"{message_id}-{_HOST_TAG}"
+    return f"{message_id}-{_node_tag}"
 
 
 class QueueStore:
@@ -98,8 +121,8 @@ class QueueStore:
                 path=queue_dir / name,
                 dsn=dsn.mail if dsn else MailDsn(),
             )
-            _write_envelope(folder, name + _ENVELOPE, entry.to_json())
-            delivery.placed.append((folder, name + _ENVELOPE))
+            write_envelope(folder, name + ENVELOPE_SUFFIX, entry.to_json())
+            delivery.placed.append((folder, name + ENVELOPE_SUFFIX))
         except DeliveryError as exc:  # the folder could not be opened
             raise TargetFailed(first, exc) from None
         except OSError as exc:
@@ -109,10 +132,10 @@ class QueueStore:
         delivery.stored.append(f"{QUEUE_FOLDER}/{name}")
 
 
-def _write_envelope(folder: int, name: str, envelope: dict[str, Any]) -> None:
+def write_envelope(folder: int, name: str, envelope: dict[str, Any]) -> None:
     """Hidden name, write, fsync, rename: the envelope appears whole or not at all. It is
     the entry's commit mark: written after the data file is in place."""
-    tmp = _TMP + name
+    tmp = TMP_PREFIX + name
     data = (json.dumps(envelope, ensure_ascii=True, separators=(",", ":")) + "\n").encode()
     fd = os.open(tmp, FILE_FLAGS, 0o600, dir_fd=folder)
     try:
@@ -228,7 +251,7 @@ class QueueEntry:
 
     @property
     def envelope_path(self) -> Path:
-        return self.path.with_name(self.path.name + _ENVELOPE)
+        return self.path.with_name(self.path.name + ENVELOPE_SUFFIX)
 
     @property
     def waiting(self) -> list[QueuedRecipient]:
@@ -263,7 +286,7 @@ class QueueEntry:
         the new one, never a mix."""
         fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            _write_envelope(fd, self.path.name + _ENVELOPE, self.to_json())
+            write_envelope(fd, self.path.name + ENVELOPE_SUFFIX, self.to_json())
         finally:
             os.close(fd)
 
@@ -277,7 +300,9 @@ class QueueEntry:
                 pass
 
 
-def _read_entry(path: Path) -> QueueEntry:
+def read_envelope(path: Path) -> QueueEntry:
+    """The entry whose envelope is ``path`` (``<id>.env``); raises ``QueueError`` when it
+    is not one this version can read."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -292,7 +317,7 @@ def _read_entry(path: Path) -> QueueEntry:
             arrived=parse_time(str(data["arrived"])),
             size=int(data["size"]),
             recipients=[QueuedRecipient.from_json(r) for r in data["recipients"]],
-            path=path.with_name(path.name[: -len(_ENVELOPE)]),
+            path=path.with_name(path.name[: -len(ENVELOPE_SUFFIX)]),
             dsn=MailDsn.from_dict({k: data.get(k) for k in ("ret", "envid")}),
             warned=bool(data.get("warned", False)),
         )
@@ -306,9 +331,9 @@ def read_entry(queue_dir: Path, entry_id: str) -> QueueEntry | None:
     if not entry_id or "/" in entry_id or entry_id.startswith(".") or "\0" in entry_id:
         return None
     try:
-        return _read_entry(queue_dir / (entry_id + _ENVELOPE))
+        return read_envelope(queue_dir / (entry_id + ENVELOPE_SUFFIX))
     except QueueError:
-        if not (queue_dir / (entry_id + _ENVELOPE)).exists():
+        if not (queue_dir / (entry_id + ENVELOPE_SUFFIX)).exists():
             return None
         raise
 
@@ -322,8 +347,8 @@ def read_queue(queue_dir: Path) -> list[QueueEntry]:
         return []
     entries = []
     for name in names:
-        if name.endswith(_ENVELOPE) and not name.startswith("."):
-            entry = read_entry(queue_dir, name[: -len(_ENVELOPE)])
+        if name.endswith(ENVELOPE_SUFFIX) and not name.startswith("."):
+            entry = read_entry(queue_dir, name[: -len(ENVELOPE_SUFFIX)])
             if entry is not None:
                 entries.append(entry)
     return sorted(entries, key=lambda e: (e.arrived, e.id))
@@ -336,11 +361,13 @@ def clean_queue(queue_dir: Path) -> int:
         names = set(os.listdir(queue_dir))
     except FileNotFoundError:
         return 0
-    doomed = [n for n in names if n.startswith(_TMP)]
+    doomed = [n for n in names if n.startswith(TMP_PREFIX)]
     doomed += [
         n
         for n in names
-        if not n.startswith(".") and not n.endswith(_ENVELOPE) and n + _ENVELOPE not in names
+        if not n.startswith(".")
+        and not n.endswith(ENVELOPE_SUFFIX)
+        and n + ENVELOPE_SUFFIX not in names
     ]
     for name in doomed:
         try:
