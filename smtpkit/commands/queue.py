@@ -2,7 +2,8 @@
 
 Changes (flush, delete, bounce) go through the queue runner when a server runs (it holds the
 queue's lock), and are made directly on the files when none does: see
-``smtpkit.outbound.control``.
+``smtpkit.outbound.control``. ``import`` moves another node's entries in, whether or not a
+server runs (``smtpkit.outbound.transfer``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,15 @@ from typing import Any
 import click
 
 from smtpkit.commands import App, pass_app, reports_errors
-from smtpkit.delivery.queue import QUEUE_FOLDER, QueueEntry, format_time, read_entry, read_queue
+from smtpkit.delivery.queue import (
+    QUEUE_FOLDER,
+    QueueEntry,
+    format_time,
+    read_entry,
+    read_queue,
+    set_node,
+)
+from smtpkit.journal import Journal
 from smtpkit.outbound.control import Request, queue_lock, send_request
 from smtpkit.owner import as_owner
 
@@ -117,6 +126,7 @@ def _change(app: App, request: Request) -> bool:
     from smtpkit.outbound.admin import carry_out  # the report machinery, only when needed
 
     folder = _folder(app)
+    set_node(app.config.server.hostname)  # reports queued here are named after this node
     # Run by root on a service user's data folder: every file written is the owner's.
     with as_owner(app.config.server.directory):
         folder.mkdir(mode=0o700, exist_ok=True)
@@ -165,3 +175,57 @@ def bounce(app: App, entry_id: str) -> None:
     _entry(app, entry_id)
     _change(app, Request("bounce", entry_id))
     click.echo(f"Returned {entry_id} to its sender.")
+
+
+@command.command("import")
+@click.argument("source", metavar="DIR", type=click.Path(path_type=Path, file_okay=False))
+@pass_app
+@reports_errors
+def import_(app: App, source: Path) -> None:
+    """Move a dead node's queue (its DIR/queue, or its data folder DIR) into this one.
+
+    Each complete entry is made durable here before it is removed there; an id already
+    taken here gets a new name; what is not a complete entry stays in DIR. A running
+    server sends what arrives at once; otherwise it does when it starts.
+    """
+    from smtpkit.outbound.transfer import import_queue
+
+    if not any(source.glob("*.env")) and (source / QUEUE_FOLDER).is_dir():
+        source = source / QUEUE_FOLDER  # the dead node's data folder was given
+    folder = _folder(app)
+    directory = app.config.server.directory
+    with as_owner(directory):
+        folder.mkdir(mode=0o700, exist_ok=True)
+        report = import_queue(source, folder)
+        journal = Journal(app.config.server.journal_dir)
+        try:
+            for done in report.imported:
+                journal.write("imported", done.new_id, "-", id=done.new_id, source=str(source),
+                              source_id=done.old_id, already=done.already)  # fmt: skip
+            for skipped in report.skipped:
+                journal.write("import_skipped", "-", "-", source=str(source),
+                              name=skipped.name, reason=skipped.reason)  # fmt: skip
+        finally:
+            journal.close()
+    count = len(report.imported)
+    click.echo(f"Imported {count} message{'s' if count != 1 else ''} from {source} into {folder}.")
+    for done in report.imported:
+        waiting = f"{done.waiting} recipient{'s' if done.waiting != 1 else ''} waiting"
+        if done.already:
+            click.echo(f"  {done.new_id}  (already here from an earlier import; {waiting})")
+        elif done.new_id != done.old_id:
+            click.echo(f"  {done.old_id} -> {done.new_id}  (renamed: the id was taken; {waiting})")
+        else:
+            click.echo(f"  {done.new_id}  ({waiting})")
+    if report.ignored:
+        click.echo(
+            f"Ignored {len(report.ignored)} message file(s) without an envelope: never "
+            "acknowledged (their node stopped while receiving them), so owed to nobody."
+        )
+    if report.skipped:
+        click.echo(f"Left {len(report.skipped)} in {source}:")
+        for skipped in report.skipped:
+            click.echo(f"  {skipped.name}: {skipped.reason}")
+        raise click.ClickException(
+            f"{len(report.skipped)} file(s) in {source} were not imported (see above)"
+        )
