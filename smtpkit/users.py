@@ -1,7 +1,9 @@
 """The user store: one Maildir per address under ``DIR/users/<address>/``.
 
 Only addresses that pass ``smtpkit.addresses.normalize_address`` become folder names, so no
-``/``, ``..``, NUL or control character ever reaches a path.
+``/``, ``..``, NUL or control character ever reaches a path. A folder is named by the
+canonical address: lower-case, the domain as its A-label, and an international local part in
+NFC (``müller@xn--bcher-kva.example``), so each spelling of an address finds the one folder.
 
 A mailbox is a Maildir++ tree, as Dovecot and mutt keep it: the inbox (``new/``, ``cur/``,
 ``tmp/``) and one hidden sub-folder per IMAP folder (``.Archive/``, ``.Sent/``, ...), each
@@ -121,8 +123,13 @@ class UserStore:
         self.domains = domains
 
     def normalize(self, address: str) -> str:
-        """Validate a local address; returns its lower-cased form or raises ``UserError``."""
-        return normalize_address(address, self.domains)
+        """Validate a local address; returns its canonical form or raises ``UserError``.
+
+        UTF-8 addresses are taken (``utf8=True``): the store names their mailboxes whoever
+        asks. Whether a client may name one is decided before this, by the protocol (only with
+        SMTPUTF8), as the router refuses any non-ASCII recipient while that is not offered.
+        """
+        return normalize_address(address, self.domains, utf8=True)
 
     def mailbox(self, address: str) -> Path:
         """The Maildir of a (validated) address; it may not exist."""
@@ -224,7 +231,7 @@ class UserStore:
             if entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
                 continue
             try:
-                if normalize_address(entry.name) != entry.name:
+                if normalize_address(entry.name, utf8=True) != entry.name:
                     continue
             except UserError:
                 continue

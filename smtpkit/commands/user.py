@@ -75,7 +75,9 @@ def add(app: App, addresses: tuple[str, ...]) -> None:
     """Create a mailbox for each ADDRESS (local-part@one-of-your-domains).
 
     All or nothing: every ADDRESS is checked first, and if creating one fails, those already
-    created are removed again.
+    created are removed again. An international ADDRESS (müller@bücher.example) is stored
+    under its canonical name: the local part in NFC and lower case, the domain as its A-label
+    (müller@xn--bcher-kva.example); any spelling of it finds that mailbox.
     """
     cfg = app.config
     store = _store(cfg)
@@ -106,7 +108,24 @@ def add(app: App, addresses: tuple[str, ...]) -> None:
             raise UserError(f"{exc}{_undo(store, created)}") from None
     for address in canonical:
         click.echo(f"Added {address} ({store.users_dir / address})")
-    _route_postmaster(cfg, store, lambda domain: canonical[0])
+    # An alias names an ASCII address (the config takes no other), so the postmaster goes to
+    # the first ASCII user added, if there is one.
+    postmaster = next((address for address in canonical if address.isascii()), None)
+    _route_postmaster(cfg, store, lambda domain: postmaster)
+    if postmaster is None:
+        _note_no_postmaster(cfg, store)
+
+
+def _note_no_postmaster(cfg: Config, store: UserStore) -> None:
+    """Say which domains still lack a postmaster after a run that added only international
+    users: [aliases] cannot name them, so nothing was routed."""
+    for domain in cfg.server.domains:
+        source = f"postmaster@{domain}"
+        if source not in cfg.aliases and not store.exists(source):
+            click.echo(
+                f"Note: {source} has no mailbox and no alias, and [aliases] take ASCII "
+                "addresses only: add an ASCII user, or a postmaster mailbox, for it"
+            )
 
 
 def _refuse_shadowing(cfg: Config, address: str) -> None:
@@ -231,9 +250,10 @@ class _AliasChange:
 
 def _replacement(remaining: list[str], domain: str) -> str | None:
     """Who receives a postmaster whose user goes: the first remaining user of its domain,
-    else the first of any domain."""
-    same = [a for a in remaining if a.rpartition("@")[2] == domain]
-    pool = same or remaining
+    else the first of any domain; an ASCII one, since [aliases] take no other."""
+    named = [a for a in remaining if a.isascii()]
+    same = [a for a in named if a.rpartition("@")[2] == domain]
+    pool = same or named
     return pool[0] if pool else None
 
 
@@ -291,7 +311,7 @@ def remove(app: App, address: str, force: bool) -> None:
     canonical = _address(_store(cfg), address)
     with _as_owner(cfg) as store:
         if not store.exists(canonical):
-            if _passwords(cfg).remove(canonical):
+            if _remove_password(cfg, canonical):
                 click.echo(f"Removed the password of {canonical} (it had no mailbox)")
                 return
             raise UserError(f"no such user: {canonical}")
@@ -323,7 +343,7 @@ def remove(app: App, address: str, force: bool) -> None:
     with _as_owner(cfg) as store:
         # The password first: no one can log in as a user whose mailbox is gone, even if
         # removing the mailbox fails half-way.
-        had_password = _passwords(cfg).remove(canonical)
+        had_password = _remove_password(cfg, canonical)
         try:
             held = store.remove(canonical, force=force)
         except SmtpkitError as exc:
@@ -344,6 +364,12 @@ def remove(app: App, address: str, force: bool) -> None:
         _route_postmaster(load_config(cfg.path), store, lambda d: _replacement(remaining, d))
     if changes:
         click.echo("Restart `smtpkit serve` for the new aliases to take effect.")
+
+
+def _remove_password(cfg: Config, address: str) -> bool:
+    """Remove the password of ``address``; False when it had none. The password file and
+    logins take ASCII addresses only, so an international address has none to remove."""
+    return address.isascii() and _passwords(cfg).remove(address)
 
 
 def _stdin_is_terminal() -> bool:
@@ -389,12 +415,19 @@ def passwd(app: App, address: str, from_stdin: bool) -> None:
     for it twice on the terminal, or reads one line from standard input with --stdin.
     It is stored as an Argon2id hash in the data folder's passwd file, which Dovecot reads
     too (examples/dovecot-smtpkit.conf); a running server uses it from the next login on.
+    An international ADDRESS cannot have one: the file and logins take ASCII addresses only.
     """
     cfg = app.config
     canonical = _address(_store(cfg), address)
     with _as_owner(cfg) as store:
         if not store.exists(canonical):
             raise UserError(f"no such user: {canonical} (add it first with smtpkit user add)")
+    if not canonical.isascii():
+        # Before asking for it: the password file, and AUTH, name ASCII addresses only.
+        raise UserError(
+            f"cannot set a password for {canonical}: logins and the password file take ASCII "
+            "addresses only"
+        )
     password = _read_password(canonical, from_stdin)
     try:
         check_password(password)
