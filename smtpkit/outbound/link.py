@@ -2,13 +2,17 @@
 sans-I/O ``ClientConnection``.
 
 A ``Link`` is made for one destination with the addresses to try, in order (the MX hosts'
-addresses, a route's, or the smarthost's). It connects to the first that answers (each
-connect bounded by ``connect_timeout``), says EHLO, starts TLS when offered (or required),
-authenticates when it has credentials, and then asks its owner for work: ``owner.ready``
-returns the next ``Job`` (one message, some of its recipients) or None, and
-``owner.finished`` gets each job's per-recipient replies. When no address gives a session,
-``owner.failed`` gets the reason. Nothing here blocks: connects, TLS handshakes, reads and
-writes all wait for the loop.
+addresses, a route's, the smarthost's, or the LMTP server's, which may be a Unix socket). It
+connects to the first that answers (each connect bounded by ``connect_timeout``), says EHLO
+(LHLO), starts TLS when offered (or required), authenticates when it has credentials, and
+then asks its owner for work: ``owner.ready`` returns the next ``Job`` (one message, some of
+its recipients) or None, and ``owner.finished`` gets each job's per-recipient replies. When
+no address gives a session, ``owner.failed`` gets the reason. Nothing here blocks: connects,
+TLS handshakes, reads and writes all wait for the loop.
+
+With ``idle_timeout``, a link with no job left stays connected that long (``idle``), and
+``wake()`` gives it the next one: the LMTP server is one host that takes message after
+message, and a connection per message would cost it a process start each time.
 
 Timeouts are those of RFC 5321 4.5.3.2 for each reply awaited (``reply_timeout`` caps
 them all when set), and 3 minutes for each write of the message while it streams.
@@ -72,13 +76,17 @@ _HANDSHAKE_TIMEOUT = 60.0
 
 @dataclass(frozen=True, slots=True)
 class Candidate:
-    """One address to try: the host's name (for TLS and reports), the address, the port."""
+    """One address to try: the host's name (for TLS and reports), the address, the port;
+    with ``unix``, the address is the path of a Unix socket (an LMTP server here)."""
 
     host: str
     address: str
     port: int
+    unix: bool = False
 
     def __str__(self) -> str:
+        if self.unix:
+            return f"unix:{self.address}"
         address = f"[{self.address}]" if ":" in self.address else self.address
         return f"{self.host}[{address}]:{self.port}"
 
@@ -107,6 +115,8 @@ class Job:
     size: int
     mail_params: dict[str, str | None] = field(default_factory=dict)
     rcpt_params: dict[str, dict[str, str | None]] = field(default_factory=dict)
+    #: The next hop is the final delivery (an LMTP server): its 250 means "in the mailbox".
+    final: bool = False
     #: Filled in by the link: whether the next hop offered DSN (success notices then are
     #: its business), and the TLS version used (None: in the clear).
     dsn_offered: bool = False
@@ -147,6 +157,8 @@ class Link:
         connect_timeout: float,
         reply_timeout: float | None = None,
         loops_back: Callable[[str], bool] = lambda name: False,
+        lmtp: bool = False,
+        idle_timeout: float = 0.0,
     ) -> None:
         self.loop = loop
         self.owner = owner
@@ -156,6 +168,8 @@ class Link:
         self.connect_timeout = connect_timeout
         self.reply_timeout = reply_timeout
         self.loops_back = loops_back
+        self.lmtp = lmtp
+        self.idle_timeout = idle_timeout
         self.sock: socket.socket | None = None
         self.candidate: Candidate | None = None
         self.engine: ClientConnection | None = None
@@ -173,6 +187,8 @@ class Link:
         self._last_reply: Reply | None = None
         self._tls_version: str | None = None
         self._plain_retry: set[str] = set()  # addresses whose TLS failed: once more in clear
+        self._idle = False  # connected, no job: waiting for wake() until _idle_until
+        self._idle_until = 0.0
 
     # --- life -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -188,10 +204,35 @@ class Link:
             self._close_socket()
             self._finish()
 
+    @property
+    def idle(self) -> bool:
+        """Connected and waiting for a job (``idle_timeout``): ``wake()`` gives it one."""
+        return self._idle and not self.closed
+
+    def wake(self) -> bool:
+        """Ask the owner for a job now, if idle; False when the link is not idle (busy,
+        still connecting, or gone)."""
+        if not self.idle:
+            return False
+        self._idle = False
+        self._take_job()
+        self._send()
+        return True
+
+    def close_idle(self) -> None:
+        """End the connection with QUIT if it is idle (a reload: its next hop may have
+        changed); a busy link finishes its job first and then stays or goes as usual."""
+        if self.idle and self.engine is not None:
+            self._idle = False
+            self.engine.quit()
+            self._send()
+
     def check_deadline(self, now: float) -> None:
         if self.closed or now < self.deadline:
             return
-        if self._phase == "connecting":
+        if self._idle:
+            self.close_idle()
+        elif self._phase == "connecting":
             self._give_up_candidate(f"connect timed out after {self.connect_timeout:g}s")
         elif self._phase == "handshake":
             self._give_up_candidate("TLS handshake timed out")
@@ -216,7 +257,13 @@ class Link:
         self.candidate = self.candidates.pop(0)
         self.engine = None
         self._tls_version = None
-        family = socket.AF_INET6 if ":" in self.candidate.address else socket.AF_INET
+        candidate = self.candidate
+        target: str | tuple[str, int]
+        if candidate.unix:
+            family, target = socket.AF_UNIX, candidate.address
+        else:
+            family = socket.AF_INET6 if ":" in candidate.address else socket.AF_INET
+            target = (candidate.address, candidate.port)
         try:
             sock = socket.socket(family, socket.SOCK_STREAM)
         except OSError as exc:
@@ -226,7 +273,7 @@ class Link:
         self.sock = sock
         self._phase = "connecting"
         self.deadline = time.monotonic() + self.connect_timeout
-        code = sock.connect_ex((self.candidate.address, self.candidate.port))
+        code = sock.connect_ex(target)
         if code not in (0, errno.EINPROGRESS):
             self._give_up_candidate(f"connect: {os.strerror(code)}")
             return
@@ -247,7 +294,7 @@ class Link:
 
     def _begin_smtp(self, *, tls: bool) -> None:
         self._phase = "smtp"
-        self.engine = ClientConnection(self.helo_name, tls=tls)
+        self.engine = ClientConnection(self.helo_name, tls=tls, lmtp=self.lmtp)
         self._await_reply()
         self._set_events(_READ)
 
@@ -397,8 +444,17 @@ class Link:
         return min(value, self.reply_timeout) if self.reply_timeout else value
 
     def _await_reply(self) -> None:
+        if self._idle:
+            self.deadline = self._idle_until
+            return
         waiting = self.engine.waiting_for if self.engine is not None else None
         self.deadline = time.monotonic() + self._timeout(waiting)
+
+    def _send(self) -> None:
+        """Write what the engine has to say, and wait for its reply."""
+        if self.engine is not None and self.sock is not None:
+            self._write(self.engine.data_to_send())
+            self._await_reply()
 
     def _feed_eof(self, reason: str) -> None:
         """The connection is over from our side or theirs: let the engine end what is under
@@ -429,9 +485,8 @@ class Link:
                 return
             if self.engine is not engine:
                 return  # moved on to another candidate
-        if engine is not None and self.sock is not None:
-            self._write(engine.data_to_send())
-            self._await_reply()
+        if engine is not None:
+            self._send()
 
     def _on_smtp(self, event: object, lost: str | None) -> None:
         engine = self.engine
@@ -528,8 +583,13 @@ class Link:
         job = self.owner.ready(self)
         if job is None:
             # Nothing left for this host: the close that follows is the end, not a reason
-            # to try the next address (jobs queued meanwhile get a link of their own).
+            # to try the next address (jobs queued meanwhile get a link of their own, or
+            # wake this one while it is idle).
             self._no_more_jobs = True
+            if self.idle_timeout > 0:
+                self._idle = True
+                self._idle_until = time.monotonic() + self.idle_timeout
+                return
             engine.quit()
             return
         self.job = job
