@@ -17,8 +17,9 @@ Invariants (any other exception is a crash, hence a bug):
 
 * every reply written is well-formed: ``ddd-text`` lines then one ``ddd text`` line, one code,
   CRLF endings, an enhanced code of the same class;
-* message content reaches the session only inside DATA, never as an empty chunk, and a message
-  accepted at the final dot holds CRLF lines only, within the line and size limits;
+* message content reaches the session only inside DATA or an accepted BDAT chunk, never as an
+  empty chunk, and a message accepted at its end holds CRLF lines only, within the line and
+  size limits (sent in chunks, its last line may lack its CRLF; BINARYMIME: size only);
 * after a reply that closes (421, 221) or EOF nothing more is parsed and nothing is buffered;
 * after the engine asks for data the buffer is bounded by the line limits;
 * the replies and the messages do not depend on how the stream was cut into reads.
@@ -78,11 +79,13 @@ def check_reply(data: bytes) -> None:
             raise Broken(f"enhanced code of another class {data!r}")
 
 
-def check_message(content: bytes, limits: Limits) -> None:
+def check_message(
+    content: bytes, limits: Limits, *, chunked: bool = False, binary: bool = False
+) -> None:
     lines = content.split(b"\r\n")
-    if lines[-1] != b"":
+    if lines[-1] != b"" and not chunked:
         raise Broken(f"accepted message does not end in CRLF: {content[-40:]!r}")
-    for line in lines[:-1]:
+    for line in [] if binary else lines:
         if b"\r" in line or b"\n" in line:
             raise Broken(f"accepted message with a bare CR or LF: {line[:80]!r}")
         if len(line) + 2 > limits.max_text_line:
@@ -103,6 +106,7 @@ class Session:
         self.replies: list[bytes] = []
         self.messages: list[bytes] = []
         self.content = bytearray()
+        self.binary = False  # the transaction's MAIL said BODY=BINARYMIME
         self._send(r.greeting(HOST))
 
     def _send(self, reply: r.Reply) -> None:
@@ -131,8 +135,11 @@ class Session:
                 return
             if event is protocol.PAUSED:
                 return
+            if isinstance(event, protocol.Bdat):
+                continue  # answered at the end of its chunk
             if isinstance(event, protocol.DataChunk):
-                if state is not protocol.State.DATA or not event.data:
+                chunk_states = (protocol.State.DATA, protocol.State.CHUNK)
+                if state not in chunk_states or not event.data:
                     raise Broken(f"chunk {event.data[:40]!r} in state {state}")
                 self.content += event.data
                 continue
@@ -158,6 +165,8 @@ class Session:
                 return r.ehlo(HOST, event.name, ("PIPELINING", "SIZE 1000"))
             return r.helo(HOST, event.name)
         if isinstance(event, protocol.MailFrom):
+            self.binary = event.body == "BINARYMIME"
+            self.content = bytearray()
             return r.MESSAGE_TOO_BIG if self._refuse() else r.OK_SENDER
         if isinstance(event, protocol.RcptTo):
             return r.RELAY_DENIED if self._refuse() else r.OK_RECIPIENT
@@ -171,6 +180,18 @@ class Session:
             check_message(content, self.limits)
             self.messages.append(content)
             return r.stored(str(len(self.messages)))
+        if isinstance(event, protocol.EndOfChunk):
+            if event.error is not None:
+                self.content = bytearray()
+                return event.error
+            if not event.last:
+                return r.LOCAL_ERROR if self._refuse() else r.chunk_received(event.size)
+            content, self.content = bytes(self.content), bytearray()
+            check_message(content, self.limits, chunked=True, binary=self.binary)
+            self.messages.append(content)
+            return r.stored(str(len(self.messages)))
+        if isinstance(event, protocol.RefusedChunk):
+            return event.reply
         if isinstance(event, protocol.BadCommand):
             return event.reply
         if isinstance(event, protocol.Quit):
@@ -239,6 +260,10 @@ def run_hypothesis(seconds: float) -> int:
             b"RCPT TO:<b@c.example>\r\n",
             b"RCPT TO:<postmaster>\r\n",
             b"DATA\r\n",
+            b"BDAT 5\r\n",
+            b"BDAT 12 LAST\r\n",
+            b"BDAT 0 LAST\r\n",
+            b"MAIL FROM:<> BODY=BINARYMIME\r\n",
             b"RSET\r\n",
             b"QUIT\r\n",
             b"STARTTLS\r\n",

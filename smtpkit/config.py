@@ -21,7 +21,7 @@ import tomli_w
 from smtpkit.addresses import host_port, normalize_address, normalize_domain
 from smtpkit.errors import ConfigError, UserError
 from smtpkit.fsutil import atomic_write
-from smtpkit.limits import Limits
+from smtpkit.limits import BareNewline, Limits
 
 __all__ = [
     "CONFIG_ENV",
@@ -31,6 +31,7 @@ __all__ = [
     "DeliveryConfig",
     "ListenAddress",
     "ListenerRole",
+    "LmtpServer",
     "MetricsConfig",
     "NextHop",
     "QueueConfig",
@@ -91,6 +92,15 @@ class ServerConfig:
     #: asked for by an unauthenticated client would mail whatever it sends to whomever it
     #: names as the sender (backscatter).
     dsn_on_receive: bool = False
+    #: Peers that connect on behalf of clients (TCP load balancers) and must begin every
+    #: connection with a PROXY header naming the client; nobody else may send one.
+    proxy_protocol_from: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    #: The characters that separate a local part from its tag (RFC 5233 subaddresses,
+    #: ``alice+lists@``); each one is a delimiter, and "" turns subaddresses off.
+    recipient_delimiter: str = "+"
+    #: What a bare LF in message content does: refused (RFC 5321 2.3.8), or stored as CRLF
+    #: for old clients. Passed to the engine in ``Limits``.
+    bare_newline: BareNewline = BareNewline.REJECT
 
     @property
     def users_dir(self) -> Path:
@@ -126,6 +136,18 @@ class NextHop:
 
 
 @dataclass(frozen=True, slots=True)
+class LmtpServer:
+    """``[delivery] lmtp``: the LMTP server (RFC 2033) that local mail is handed to, such as
+    Dovecot's: a next hop over TCP, or a Unix socket (``socket``, an absolute path)."""
+
+    hop: NextHop | None = None
+    socket: Path | None = None
+
+    def __str__(self) -> str:
+        return f"unix:{self.socket}" if self.socket is not None else str(self.hop)
+
+
+@dataclass(frozen=True, slots=True)
 class DeliveryConfig:
     """``[delivery]`` and ``[dns]``: how the queue runner reaches other servers."""
 
@@ -139,6 +161,13 @@ class DeliveryConfig:
     nameservers: tuple[str, ...] = ()
     #: Static next hops by domain (``[routes]``): no MX lookup for these domains.
     routes: Mapping[str, NextHop] = field(default_factory=dict)
+    #: Where local mail goes instead of the Maildirs: queued, then handed to this LMTP
+    #: server by the queue runner (None: the Maildirs under users/).
+    lmtp: LmtpServer | None = None
+    #: Ask the LMTP server about each local recipient during the SMTP session (RCPT).
+    lmtp_verify: bool = False
+    #: Connections to the LMTP server at most, each reused for message after message.
+    lmtp_max_connections: int = 10
 
 
 class RelayTls(StrEnum):
@@ -304,6 +333,15 @@ def _positive_number(value: Any) -> float | None:
     return float(value) if ok else None
 
 
+def _bare_newline(sec: _Section) -> BareNewline:
+    what = " or ".join(f'"{choice}"' for choice in BareNewline)
+    text = sec.get("bare_newline", _string, what, BareNewline.REJECT.value)
+    try:
+        return BareNewline(text)
+    except ValueError:
+        raise sec.error("bare_newline", f"must be {what}, got {text!r}") from None
+
+
 def _non_negative_number(value: Any) -> float | None:
     ok = isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
     return float(value) if ok else None
@@ -349,6 +387,7 @@ _LIMIT_KEYS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "max_junk_commands": (_positive_int, "a positive integer"),
     "max_session_time": (_positive_number, "a positive number of seconds"),
     "max_messages_per_user_per_hour": (_positive_int, "a positive integer"),
+    "proxy_header_timeout": (_positive_number, "a positive number of seconds"),
 }
 #: Limits that used to live under [server]: still accepted there, with a note.
 _MOVED_TO_LIMITS = ("max_message_size", "max_recipients")
@@ -448,6 +487,9 @@ def parse_config(data: Mapping[str, Any], path: Path) -> Config:
         domains=tuple(dict.fromkeys(domains)),
         workers=srv.get("workers", _positive_int, "a positive integer", os.cpu_count() or 1),
         dsn_on_receive=srv.get("dsn_on_receive", _boolean, "true or false", False),
+        proxy_protocol_from=_networks(srv, "proxy_protocol_from"),
+        recipient_delimiter=_recipient_delimiter(srv),
+        bare_newline=_bare_newline(srv),
     )
     # Deprecated home of two limits: still read, but only from one place.
     moved = {key: srv.data[key] for key in _MOVED_TO_LIMITS if key in srv.data}
@@ -467,7 +509,7 @@ def parse_config(data: Mapping[str, Any], path: Path) -> Config:
         given = moved[key] if key in moved else lim.get(key, kind, what, None)
         if given is not None:
             values[key] = given
-    limits = Limits(**values)
+    limits = Limits(**values, bare_newline=server.bare_newline)
     lim.finish()
 
     aliases: dict[str, tuple[str, ...]] = {}
@@ -528,6 +570,47 @@ def parse_config(data: Mapping[str, Any], path: Path) -> Config:
     )
 
 
+def _networks(sec: _Section, key: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """A list of networks (CIDR); an address alone is its own network (/32, /128)."""
+    texts: list[str] = sec.get(key, _string_list_or_none, "a list of networks (CIDR)", [])
+    networks = []
+    for text in texts:
+        try:
+            networks.append(ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            raise sec.error(key, f"{text!r} is not a network (CIDR)") from None
+    return tuple(networks)
+
+
+def _string_list_or_none(value: Any) -> list[str] | None:
+    return [] if value == [] else _string_list(value)
+
+
+#: Characters that may separate a subaddress: those a local part may hold
+#: (``addresses.py``) other than letters, digits and the dot, which already structure it.
+SUBADDRESS_DELIMITERS = "+-_=#~^&$'*?"
+
+
+def _recipient_delimiter(sec: _Section) -> str:
+    key = "recipient_delimiter"
+    sec.seen.add(key)
+    value = sec.data.get(key, "+")
+    if not isinstance(value, str):
+        raise sec.error(
+            key, f'must be a string of delimiter characters ("+", "+-", or ""), got {value!r}'
+        )
+    wrong = sorted(set(value) - set(SUBADDRESS_DELIMITERS))
+    if wrong:
+        raise sec.error(
+            key,
+            f"{wrong[0]!r} cannot separate a subaddress: use characters of "
+            f'{SUBADDRESS_DELIMITERS!r} ("" turns subaddresses off)',
+        )
+    if len(set(value)) != len(value):
+        raise sec.error(key, f"{value!r} names a character twice")
+    return value
+
+
 def _parse_delivery(data: Mapping[str, Any], path: Path, server: ServerConfig) -> DeliveryConfig:
     sec = _Section(_table(data, "delivery", path), "delivery", path)
     default = DeliveryConfig()
@@ -542,6 +625,20 @@ def _parse_delivery(data: Mapping[str, Any], path: Path, server: ServerConfig) -
         default.connect_timeout,
     )  # fmt: skip
     reply_timeout = sec.get("reply_timeout", _positive_number, "a positive number of seconds", 0.0)
+    lmtp_text = sec.get("lmtp", _string, '"HOST:PORT" or "unix:/PATH"', "")
+    lmtp = None
+    if lmtp_text:
+        try:
+            lmtp = parse_lmtp(lmtp_text)
+        except ValueError as exc:
+            raise sec.error("lmtp", str(exc)) from None
+    lmtp_verify = sec.get("lmtp_verify", _boolean, "true or false", False)
+    if lmtp_verify and lmtp is None:
+        raise sec.error("lmtp_verify", "needs lmtp: the server to ask about recipients")
+    lmtp_max_connections = sec.get(
+        "lmtp_max_connections", _positive_int, "a positive integer",
+        default.lmtp_max_connections,
+    )  # fmt: skip
     sec.finish()
     dns_sec = _Section(_table(data, "dns", path), "dns", path)
     none: list[str] = []
@@ -580,7 +677,26 @@ def _parse_delivery(data: Mapping[str, Any], path: Path, server: ServerConfig) -
         reply_timeout=reply_timeout or None,
         nameservers=tuple(nameservers),
         routes=routes,
+        lmtp=lmtp,
+        lmtp_verify=lmtp_verify,
+        lmtp_max_connections=lmtp_max_connections,
     )
+
+
+def parse_lmtp(text: str) -> LmtpServer:
+    """``unix:/PATH`` (a Unix socket, such as Dovecot's ``/run/dovecot/lmtp``), or a next hop
+    ``HOST[:PORT]`` / ``[ADDRESS][:PORT]``, port 24 by default (RFC 2033 forbids 25: an SMTP
+    server there would take LMTP's replies for SMTP's); raises ``ValueError`` with the
+    reason."""
+    if text.startswith("unix:"):
+        path = Path(text[len("unix:") :])
+        if not path.is_absolute():
+            raise ValueError(f"{text!r}: the socket must be an absolute path (unix:/run/...)")
+        return LmtpServer(socket=path)
+    hop = parse_next_hop(text, default_port=24)
+    if hop.port == 25:
+        raise ValueError(f"{text!r}: port 25 is SMTP's; LMTP must be on another (RFC 2033)")
+    return LmtpServer(hop=hop)
 
 
 _RELAY_PORTS = {RelayTls.STARTTLS: 587, RelayTls.IMPLICIT: 465, RelayTls.NONE: 25}

@@ -3,8 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
-__all__ = ["Limits"]
+__all__ = ["BareNewline", "Limits"]
+
+
+class BareNewline(StrEnum):
+    """What a bare LF in message content does (``[server] bare_newline``).
+
+    A bare CR is refused either way, and only ``<CRLF>.<CRLF>`` ever ends a message.
+    """
+
+    #: RFC 5321 2.3.8: lines end in CRLF only; the message is refused (550 5.6.0).
+    REJECT = "reject"
+    #: Postfix 3.9 ``smtpd_forbid_bare_newline = normalize`` precedent: a bare LF ends its
+    #: line and is stored as CRLF, for old clients that send LF line ends.
+    NORMALIZE = "normalize"
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,3 +69,13 @@ class Limits:
     # Accept gating (not an RFC rule): beyond these, new connections get 421 4.7.0 and close.
     max_connections: int = 1000
     max_connections_per_ip: int = 20
+    # See BareNewline: the default refuses what RFC 5321 2.3.8 forbids.
+    bare_newline: BareNewline = BareNewline.REJECT
+    # RFC 3030 2: after a refused chunk the client's pipelined BDAT commands must still be
+    # read (and refused). They count as one error with the refusal, up to this many; then
+    # each counts, so that "BDAT 0" cannot stand in for an unlimited NOOP.
+    max_refused_chunks: int = 10000
+    # A balancer's PROXY header (proxy-protocol.txt 2: "a short timeout ... at least 3
+    # seconds to cover a TCP retransmit"; Postfix's haproxy_read_timeout is 10 s): a peer
+    # that must send one and has not sent it whole by then is closed without a greeting.
+    proxy_header_timeout: float = 10.0

@@ -17,7 +17,7 @@ from smtpkit.config import (
     parse_config,
 )
 from smtpkit.errors import ConfigError
-from smtpkit.limits import Limits
+from smtpkit.limits import BareNewline, Limits
 
 
 def load(tmp_path: Path, **sections: dict[str, object]) -> Config:
@@ -233,4 +233,22 @@ def test_metrics_section(tmp_path: Path) -> None:
         load(tmp_path, server={"listen": ["127.0.0.1:25"]}, metrics={"listen": "127.0.0.1:25"})
     assert str(caught.value).startswith(
         "metrics -> listen: 127.0.0.1:25 is an SMTP listener (server.listen)"
+    )
+
+
+def test_bare_newline_goes_to_the_engine_through_limits(tmp_path: Path) -> None:
+    default = load(tmp_path)
+    assert default.server.bare_newline is BareNewline.REJECT
+    assert default.limits.bare_newline is BareNewline.REJECT
+    config = load(tmp_path, server={"bare_newline": "normalize"}, limits={"max_errors": 4})
+    assert config.server.bare_newline is BareNewline.NORMALIZE
+    assert config.limits == Limits(max_errors=4, bare_newline=BareNewline.NORMALIZE)
+
+
+@pytest.mark.parametrize("value", ["Normalize", "lf", "", True, ["normalize"]])
+def test_bare_newline_errors_name_the_key(tmp_path: Path, value: object) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, server={"bare_newline": value})
+    assert str(caught.value).startswith(
+        f'server -> bare_newline: must be "reject" or "normalize", got {value!r}'
     )

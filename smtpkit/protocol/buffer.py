@@ -8,6 +8,10 @@ Two readers share one ``ReceiveBuffer``:
 * ``DataScanner`` reads message content after ``354``. It works on whole buffers with C-speed
   ``bytes`` methods (find, count, replace, one regex), never a Python loop per line, and
   returns large dot-unstuffed chunks.
+* ``ChunkScanner`` checks the content of a message sent in BDAT chunks (RFC 3030): the
+  reader hands it counted octets, so it looks for no end and unstuffs nothing, but applies
+  DATA's line rules to the whole message across chunk boundaries, with the same C-speed
+  calls.
 """
 
 from __future__ import annotations
@@ -16,7 +20,14 @@ import re
 from enum import Enum
 from typing import Final
 
-__all__ = ["END_OF_DATA", "DataScanner", "EndOfDataMarker", "LineError", "ReceiveBuffer"]
+__all__ = [
+    "END_OF_DATA",
+    "ChunkScanner",
+    "DataScanner",
+    "EndOfDataMarker",
+    "LineError",
+    "ReceiveBuffer",
+]
 
 _CRLF: Final = b"\r\n"
 # RFC 5321 4.1.1.4: the content ends with a line holding a single period. Since the content
@@ -158,30 +169,47 @@ class DataScanner:
     Errors are flags, all kept up to date until the end (the engine reports one of them by a
     fixed priority). That makes the outcome independent of how the bytes were split into
     reads; no chunk is returned once any flag is set.
+
+    With ``normalize`` (``[server] bare_newline = "normalize"``) a bare LF ends its line like
+    a CRLF, and is delivered as one: regions are then cut at any LF, and the lines in them
+    unstuffed and measured in a form where every line end is one LF. Only the end marker
+    does not change: a ``.`` line ends the content only when a real CRLF came before it, so
+    ``<LF>.<LF>`` and ``<LF>.<CRLF>`` stay content, and a bare CR is still refused (it would
+    otherwise split one header line into two).
     """
 
     __slots__ = (
+        "_after_bare_lf",
         "_clean",
         "_line_so_far",
         "_long_line",
+        "_long_lf_line",
         "_max_message_size",
         "_max_text_line",
+        "_normalize",
         "bare_newline",
         "line_too_long",
         "size",
         "too_big",
     )
 
-    def __init__(self, max_text_line: int, max_message_size: int) -> None:
+    def __init__(self, max_text_line: int, max_message_size: int, normalize: bool = False) -> None:
         self._max_text_line = max_text_line
         self._max_message_size = max_message_size
+        self._normalize = normalize
         # A run of max_text_line non-LF bytes after a LF is a line of at least max_text_line-1
         # octets plus its CR, so at least max_text_line+1 with its CRLF: over the limit of
         # RFC 5321 4.5.3.1.6. Anchoring on the LF lets the regex engine jump between LFs
         # instead of trying every start position.
         self._long_line = re.compile(b"\n[^\n]{%d}" % max_text_line)
+        # The same limit where every line end is one LF (normalize): max_text_line-1 octets
+        # are a line of max_text_line+1 once it is stored with its CRLF.
+        self._long_lf_line = re.compile(b"\n[^\n]{%d}" % (max_text_line - 1))
         # Octets of the current line already consumed; 0 means the buffer starts a line.
         self._line_so_far = 0
+        # The line starting the buffer came after a bare LF (normalize only): a "." line
+        # there is content, never the end.
+        self._after_bare_lf = False
         # Bytes at the front of the buffer known to hold no CRLF (hence no terminator start
         # except at their last byte): searches resume near there, never from the start.
         self._clean = 0
@@ -205,8 +233,13 @@ class DataScanner:
         Returns a non-empty chunk of content to deliver, ``END_OF_DATA`` once the final dot
         line was consumed, or None when more bytes are needed.
         """
+        line_end = b"\n" if self._normalize else _CRLF
         while True:
-            if self._line_so_far == 0 and buf.startswith(_FIRST_LINE_TERMINATOR):
+            if (
+                self._line_so_far == 0
+                and not self._after_bare_lf
+                and buf.startswith(_FIRST_LINE_TERMINATOR)
+            ):
                 buf.discard(len(_FIRST_LINE_TERMINATOR))
                 self._clean = 0
                 return END_OF_DATA
@@ -217,11 +250,13 @@ class DataScanner:
                 # line is then at the front and the check above ends the message.
                 cut = end + len(_CRLF)
             else:
-                last = buf.rfind(_CRLF, start)
-                cut = last + len(_CRLF) if last >= 0 else 0
+                last = buf.rfind(line_end, start)
+                cut = last + len(line_end) if last >= 0 else 0
             if cut:
-                chunk = self._region(buf.take(cut))
+                region = buf.take(cut)
+                chunk = self._region(region)
                 self._line_so_far = 0
+                self._after_bare_lf = not region.endswith(_CRLF)
                 # After the last CRLF nothing holds a CRLF; after a found terminator the
                 # buffer starts with the dot line, handled at the top of the loop.
                 self._clean = len(buf) if end < 0 else 0
@@ -239,6 +274,8 @@ class DataScanner:
     def _region(self, region: bytes) -> bytes | None:
         """Account for ``region`` (ends with CRLF); return it unstuffed unless failed."""
         at_line_start = self._line_so_far == 0
+        if self._normalize:
+            return self._normalized_region(region, at_line_start)
         crlf = region.count(_CRLF)
         if region.count(b"\r") != crlf or region.count(b"\n") != crlf:
             self.bare_newline = True
@@ -262,6 +299,33 @@ class DataScanner:
             return None
         return body
 
+    def _normalized_region(self, region: bytes, at_line_start: bool) -> bytes | None:
+        """``_region`` when a bare LF ends a line too (``region`` ends with a LF).
+
+        The region is first written with one LF per line end; a CR left after that was
+        followed by no LF, and is refused like in the strict mode.
+        """
+        text = region.replace(_CRLF, b"\n")
+        if b"\r" in text:
+            self.bare_newline = True
+        if at_line_start and text.find(b"\n") >= self._max_text_line - 1:
+            self.line_too_long = True
+        if self._long_lf_line.search(text) is not None:
+            self.line_too_long = True
+        first_stuffed = at_line_start and text[:1] == b"."
+        if self.failed:
+            stored = len(text) + text.count(b"\n") - text.count(b"\n.") - first_stuffed
+            self.size += stored
+            self.too_big = self.too_big or self.size > self._max_message_size
+            return None
+        body = (text[1:] if first_stuffed else text).replace(b"\n.", b"\n")
+        body = body.replace(b"\n", _CRLF)
+        self.size += len(body)
+        if self.size > self._max_message_size:
+            self.too_big = True
+            return None
+        return body
+
     def _partial(self, part: bytes) -> None:
         """Count and drop the head of a line that is already over the limit.
 
@@ -275,3 +339,119 @@ class DataScanner:
         if self.size > self._max_message_size:
             self.too_big = True
         self._line_so_far += len(part)
+
+
+class ChunkScanner:
+    """Checks the content of one message sent with BDAT (RFC 3030), piece by piece.
+
+    The reader cuts each chunk by its octet count, so nothing here ends the message or is
+    unstuffed (RFC 3030 2: chunks are not dot-stuffed). Unless the message is BINARYMIME
+    (``binary``: octets, no lines), DATA's rules hold for the message as a whole, whatever
+    its chunks: lines end in CRLF (RFC 5321 2.3.8; with ``normalize`` a bare LF is stored as
+    CRLF, a bare CR is still refused), a line is at most ``max_text_line`` octets with its
+    CRLF. The state of the current line carries over from one piece to the next, and so from
+    chunk to chunk: a chunk may end between the CR and the LF of a line end.
+
+    ``feed`` is C-speed ``bytes`` calls on the whole piece (count, find, one regex), never a
+    loop per line. Errors are flags, kept up to date until the end; the reader reports one
+    of them at the end of the chunk, by the same priority as for DATA.
+    """
+
+    __slots__ = (
+        "_binary",
+        "_cr",
+        "_limit",
+        "_long_line",
+        "_max_message_size",
+        "_normalize",
+        "_run",
+        "bare_newline",
+        "line_too_long",
+        "size",
+        "too_big",
+    )
+
+    def __init__(
+        self,
+        max_text_line: int,
+        max_message_size: int,
+        *,
+        binary: bool = False,
+        normalize: bool = False,
+    ) -> None:
+        self._binary = binary
+        self._normalize = normalize
+        self._max_message_size = max_message_size
+        # Octets of a line, its CRLF not counted, at which it is over max_text_line.
+        self._limit = max_text_line - 1
+        # A line in the middle of a piece: after its LF, that many octets that are neither
+        # CR nor LF (a CR inside a line is refused anyway, and outranks the length).
+        self._long_line = re.compile(b"\n[^\r\n]{%d}" % self._limit)
+        # Octets (CRs not counted) of the line still open at the end of what was fed.
+        self._run = 0
+        # What was fed ended with a CR: whether it is bare depends on the next octet.
+        self._cr = False
+        #: Content octets so far, as stored (counted after an error too, for the journal).
+        self.size = 0
+        #: A CR or LF not part of a CRLF (a bare LF only when not normalizing).
+        self.bare_newline = False
+        #: A line longer than max_text_line octets with its CRLF.
+        self.line_too_long = False
+        #: The content passed max_message_size (RFC 1870).
+        self.too_big = False
+
+    @property
+    def failed(self) -> bool:
+        """Some rule was broken: the chunk that broke it is refused, and the message."""
+        return self.bare_newline or self.too_big or self.line_too_long
+
+    def feed(self, piece: bytes) -> bytes | None:
+        """Account for the next octets of the content (not empty); return what to store,
+        or None once a rule is broken."""
+        joined = self._cr and piece[:1] == b"\n"  # the CR fed last, and this LF: a CRLF
+        bare_lf = 0 if self._binary else self._check(piece, joined)
+        out = piece
+        if bare_lf and self._normalize and not self.failed:
+            # Every bare LF written as CRLF (no bare CR is left: that failed). A LF at the
+            # start that ends a CRLF whose CR was already stored stays as it is.
+            head = piece[:joined]
+            out = head + piece[joined:].replace(_CRLF, b"\n").replace(b"\n", _CRLF)
+        self.size += len(piece) + (bare_lf if self._normalize else 0)
+        if self.size > self._max_message_size:
+            self.too_big = True
+        return None if self.failed else out
+
+    def end(self) -> None:
+        """The last chunk is in: a CR still waiting for its LF never gets it."""
+        if self._cr:
+            self.bare_newline = True
+            self._cr = False
+
+    def _check(self, piece: bytes, joined: bool) -> int:
+        """Update the flags and the line state for ``piece``; return its bare LF count.
+        ``joined``: it starts with the LF of a CRLF whose CR was fed last."""
+        crs = piece.count(b"\r")
+        lfs = piece.count(b"\n")
+        crlfs = piece.count(_CRLF) + joined
+        waits = piece[-1:] == b"\r"  # undecided until the next octet
+        bare_cr = crs - (crlfs - joined) - waits + (self._cr and not joined)
+        bare_lf = lfs - crlfs
+        if bare_cr or (bare_lf and not self._normalize):
+            self.bare_newline = True
+        first = piece.find(b"\n")
+        if first < 0:
+            self._run += len(piece) - crs
+        else:
+            # The line that was open ends at the first LF; whole lines follow; the last one
+            # stays open.
+            if self._run + first - piece.count(b"\r", 0, first) >= self._limit:
+                self.line_too_long = True
+            if self._long_line.search(piece, first) is not None:
+                self.line_too_long = True
+            last = piece.rfind(b"\n")
+            self._run = len(piece) - last - 1 - piece.count(b"\r", last + 1)
+        if self._run >= self._limit:
+            # Already over, whatever ends the line.
+            self.line_too_long = True
+        self._cr = waits
+        return bare_lf

@@ -8,7 +8,10 @@ about addresses, policy and storage belongs to the session, which answers each e
 Pipelining (RFC 2920) falls out of one rule: after a command event the engine is *paused* and
 parses nothing until the reply to that event is sent. Bytes that arrive meanwhile only wait in
 the buffer, so the bytes after ``DATA`` are read as content once ``354`` was sent, and the bytes
-after ``STARTTLS`` can be dropped when ``220`` is sent.
+after ``STARTTLS`` can be dropped when ``220`` is sent. BDAT (RFC 3030) is the one command
+answered later: its chunk follows it at once, so the engine reads the chunk first, by its
+octet count, and the reply answers the chunk's end. Whenever a BDAT's size can be read, its
+chunk is read as content (or dropped, when the command is refused), never as commands.
 
 Command lines are decoded as strict UTF-8; a line that is not UTF-8 is refused with ``501``
 (SMTPUTF8 is not offered, but UTF-8 addresses are still parsed so that policy can refuse them
@@ -20,26 +23,32 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Final
 
-from smtpkit.limits import Limits
-from smtpkit.protocol.buffer import LineError, ReceiveBuffer
+from smtpkit.limits import BareNewline, Limits
+from smtpkit.protocol.buffer import ChunkScanner, LineError, ReceiveBuffer
 from smtpkit.protocol.events import (
     BadCommand,
+    Bdat,
     ConnectionClosed,
     Data,
     Event,
     Expn,
     Hello,
     Help,
+    MailFrom,
     Noop,
     Quit,
+    RefusedChunk,
     Rset,
     StartTls,
     Vrfy,
 )
-from smtpkit.protocol.grammar import CONTROL, parse_auth, parse_mail, parse_rcpt
-from smtpkit.protocol.readers import READERS, Reader, ReaderFactory, Step
+from smtpkit.protocol.grammar import CONTROL, parse_auth, parse_bdat, parse_mail, parse_rcpt
+from smtpkit.protocol.readers import READERS, ChunkReader, DropChunk, Reader, ReaderFactory, Step
 from smtpkit.protocol.replies import (
     BARE_NEWLINE_IN_COMMAND,
+    BDAT_NEEDS_EHLO,
+    BDAT_UNREADABLE,
+    BINARYMIME_NEEDS_BDAT,
     COMMAND_TOO_LONG,
     NON_ASCII_HELO,
     SYNTAX_ERROR_ARGS,
@@ -47,6 +56,7 @@ from smtpkit.protocol.replies import (
     Reply,
 )
 from smtpkit.protocol.state import (
+    AFTER_REFUSAL,
     ALWAYS_APPLIES,
     CHALLENGES,
     COMMAND_VERBS,
@@ -103,8 +113,9 @@ class ServerConnection:
 
     Usage by the session: ``send(greeting)`` first; then after each ``receive_data()`` call
     ``next_event()`` until it returns ``NEED_DATA`` or ``PAUSED``, answering every command
-    event and ``EndOfData`` with exactly one ``send(reply)`` (``DataChunk`` and
-    ``ConnectionClosed`` get no reply). A 421 may be sent at any moment and closes.
+    event, ``EndOfData`` and ``EndOfChunk`` with exactly one ``send(reply)`` (``DataChunk``,
+    ``Bdat`` and ``ConnectionClosed`` get no reply). A 421 may be sent at any moment and
+    closes.
     """
 
     def __init__(self, limits: Limits) -> None:
@@ -120,6 +131,14 @@ class ServerConnection:
         # and after the end, when nothing is read.
         self._reader: Reader | None = None
         self._reader_kind: ReaderFactory | None = None
+        # The chunk of a refused BDAT being dropped, read before the state's reader.
+        self._dropping: DropChunk | None = None
+        # The transaction: whether its MAIL said BODY=BINARYMIME (RFC 3030 3), and the
+        # checks on its BDAT content, which carry over from chunk to chunk.
+        self._mail_body: str | None = None
+        self._binary = False
+        self._content: ChunkScanner | None = None
+        self._next_chunk = Bdat(0)
 
     # --- properties ----------------------------------------------------------------------------
 
@@ -166,19 +185,28 @@ class ServerConnection:
         DATA mode an EOF before the final dot also gives ``ConnectionClosed``: the message
         is incomplete and must be dropped.
         """
-        reader = self._reader
-        if self._awaiting or reader is None:
-            return PAUSED
-        step = reader.read(self._buffer)
-        if step is None:
-            if self._buffer.eof:
-                self._close()
-                return ConnectionClosed()
-            return NEED_DATA
-        if step.needs_reply:
-            self._awaiting = True
-            self._pending = step.verb
-        return step.event
+        while True:
+            reader = self._dropping or self._reader
+            if self._awaiting or reader is None:
+                return PAUSED
+            step = reader.read(self._buffer)
+            if step is None:
+                if self._buffer.eof:
+                    self._close()
+                    return ConnectionClosed()
+                return NEED_DATA
+            if step.drop:
+                # RFC 3030 2: a refused BDAT's chunk is read and dropped before its reply.
+                self._dropping = DropChunk(step)
+                continue
+            self._dropping = None
+            if step.needs_reply:
+                self._awaiting = True
+                self._pending = step.verb
+            elif step.verb is not None:
+                # Answered later (BDAT, after its chunk): the transition applies now.
+                self._enter(TRANSITIONS[self._state, step.verb], step.verb)
+            return step.event
 
     # --- replies out ---------------------------------------------------------------------------
 
@@ -210,12 +238,11 @@ class ServerConnection:
             self._enter(CHALLENGES[self._state, verb], verb)
         elif reply.is_positive or verb in ALWAYS_APPLIES:
             self._enter(TRANSITIONS[self._state, verb], verb)
+        elif (self._state, verb) in AFTER_REFUSAL:
+            self._enter(AFTER_REFUSAL[self._state, verb], verb)
         return out
 
     def _enter(self, new: State, verb: Verb) -> None:
-        effect = _ON_ACCEPT.get(verb)
-        if effect is not None:
-            effect(self)
         if new is State.CLOSED:
             self._close()
             return
@@ -224,6 +251,10 @@ class ServerConnection:
         if kind is not self._reader_kind:
             self._reader_kind = kind
             self._reader = kind(self._limits, self._command) if kind is not None else None
+        # After the state's reader is made: a chunk's reader is given its chunk.
+        effect = _ON_ACCEPT.get(verb)
+        if effect is not None:
+            effect(self)
 
     def _close(self) -> None:
         self._state = State.CLOSED
@@ -231,6 +262,7 @@ class ServerConnection:
         self._pending = None
         self._reader = None
         self._reader_kind = None
+        self._dropping = None
         self._buffer.clear()
 
     # --- what an accepted command changes besides the state ----------------------------------
@@ -240,6 +272,24 @@ class ServerConnection:
 
     def _greeted_with_ehlo(self) -> None:
         self._extended = True
+
+    def _transaction_begins(self) -> None:
+        self._binary = self._mail_body == "BINARYMIME"
+        self._content = None
+
+    def _chunk_begins(self) -> None:
+        """The accepted BDAT's chunk is next; the first chunk starts the content checks."""
+        if self._content is None:
+            limits = self._limits
+            self._content = ChunkScanner(
+                limits.max_text_line,
+                limits.max_message_size,
+                binary=self._binary,
+                normalize=limits.bare_newline is BareNewline.NORMALIZE,
+            )
+        reader = self._reader
+        assert isinstance(reader, ChunkReader)
+        reader.start(self._content, self._next_chunk.size, self._next_chunk.last)
 
     def _tls_begins(self) -> None:
         # RFC 3207 4.2 / CVE-2011-0411: bytes the client pipelined after STARTTLS were sent
@@ -252,10 +302,33 @@ class ServerConnection:
 
     def _command(self, line: bytes, error: LineError | None) -> Step:
         """Turn one command line into a step: the event and the verb to transition on."""
+        word, _, argument = line.partition(b" ")
+        if word.upper() == b"BDAT":
+            return self._bdat(line, argument, error)
         checked = self._check(line, error)
         if isinstance(checked, Reply):
             return Step(BadCommand(checked, line.decode("utf-8", "backslashreplace")), None)
         return Step(checked[1], checked[0])
+
+    def _bdat(self, line: bytes, argument: bytes, error: LineError | None) -> Step:
+        """A BDAT command (RFC 3030 2). Its chunk is read whatever the verdict: into the
+        message when the command may come now, else dropped before its refusal. Only when
+        its size cannot be read (whatever was wrong with the line) is the chunk's end
+        unknown: then no byte after it can be told from chunk data, and the session closes
+        (Postfix answers 521 there)."""
+        chunk = parse_bdat(argument) if error is None else None
+        if chunk is None:
+            return Step(BadCommand(BDAT_UNREADABLE, line.decode("utf-8", "backslashreplace")), None)
+        if (self._state, Verb.BDAT) not in TRANSITIONS:
+            refused: Reply | None = refusal(self._state, Verb.BDAT)
+        elif not self._extended:
+            refused = BDAT_NEEDS_EHLO
+        else:
+            refused = None
+        if refused is not None:
+            return Step(RefusedChunk(refused, chunk.size), None, drop=chunk.size)
+        self._next_chunk = chunk
+        return Step(chunk, Verb.BDAT, needs_reply=False)
 
     def _check(self, line: bytes, error: LineError | None) -> tuple[Verb, Event] | Reply:
         """Sequence, then syntax; a ``Reply`` means refused."""
@@ -299,7 +372,9 @@ class ServerConnection:
                 return NON_ASCII_HELO
             return Hello(argument, verb is Verb.EHLO)
         if verb is Verb.MAIL:
-            return parse_mail(argument, self._extended)
+            mail = parse_mail(argument, self._extended)
+            self._mail_body = mail.body if isinstance(mail, MailFrom) else None
+            return mail
         if verb is Verb.AUTH:
             return parse_auth(argument)
         if verb is Verb.RCPT:
@@ -314,6 +389,10 @@ class ServerConnection:
         # 4).
         if argument:
             return SYNTAX_ERROR_ARGS
+        if verb is Verb.DATA and self._binary:
+            # RFC 3030 3: binary content has no lines to end with a dot; the transaction's
+            # MAIL (which the table cannot see) said it comes in chunks.
+            return BINARYMIME_NEEDS_BDAT
         return _NO_ARGUMENT_EVENTS[verb]
 
 
@@ -330,4 +409,6 @@ _ON_ACCEPT: Final[dict[Verb, Callable[[ServerConnection], None]]] = {
     Verb.HELO: ServerConnection._greeted_with_helo,
     Verb.EHLO: ServerConnection._greeted_with_ehlo,
     Verb.STARTTLS: ServerConnection._tls_begins,
+    Verb.MAIL: ServerConnection._transaction_begins,
+    Verb.BDAT: ServerConnection._chunk_begins,
 }

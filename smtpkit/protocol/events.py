@@ -11,9 +11,11 @@ __all__ = [
     "Auth",
     "AuthResponse",
     "BadCommand",
+    "Bdat",
     "ConnectionClosed",
     "Data",
     "DataChunk",
+    "EndOfChunk",
     "EndOfData",
     "Event",
     "Expn",
@@ -23,6 +25,7 @@ __all__ = [
     "Noop",
     "Quit",
     "RcptTo",
+    "RefusedChunk",
     "Rset",
     "StartTls",
     "Vrfy",
@@ -41,9 +44,9 @@ class Hello:
 class MailFrom:
     """``MAIL FROM:<address>``; ``address`` is "" for the null reverse-path ``<>``.
 
-    ``size`` is the RFC 1870 SIZE= value when given, ``body`` the RFC 6152 BODY= value
-    upper-cased ("7BIT" or "8BITMIME") when given, ``dsn`` RFC 3461's RET and ENVID when
-    either is given.
+    ``size`` is the RFC 1870 SIZE= value when given, ``body`` the BODY= value upper-cased
+    when given ("7BIT" or "8BITMIME", RFC 6152; "BINARYMIME", RFC 3030 3), ``dsn`` RFC
+    3461's RET and ENVID when either is given.
     """
 
     address: str
@@ -85,6 +88,42 @@ class EndOfData:
 
     error: Reply | None = None
     size: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Bdat:
+    """``BDAT <size> [LAST]`` (RFC 3030 2), accepted by the engine: ``size`` octets of the
+    message follow as ``DataChunk`` events, then ``EndOfChunk``. No reply now: the reply to
+    the command answers ``EndOfChunk``."""
+
+    size: int
+    last: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class EndOfChunk:
+    """The chunk of a BDAT command was read whole: answer the command now.
+
+    ``size`` is this chunk's octet count, ``total`` the content stored so far for the whole
+    message. ``error`` is set when the content broke a rule (size, bare CR/LF, line length;
+    not for BINARYMIME: size only): the chunk and its transaction are refused with it, and
+    no ``DataChunk`` came after the first such error. After the ``last`` chunk the reply is
+    the message's final reply (RFC 3030 2), as after ``EndOfData``."""
+
+    size: int
+    total: int
+    last: bool = False
+    error: Reply | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RefusedChunk:
+    """A BDAT command the engine refused (no transaction for it, after DATA, after a refused
+    chunk; RFC 3030 2): its chunk of ``size`` octets was still read, and dropped. Send
+    ``reply``."""
+
+    reply: Reply
+    size: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +202,9 @@ Event = (
     | Data
     | DataChunk
     | EndOfData
+    | Bdat
+    | EndOfChunk
+    | RefusedChunk
     | Rset
     | Noop
     | Quit

@@ -1,5 +1,5 @@
 """The syntax of SMTP command arguments: paths and ESMTP parameters (RFC 5321 4.1.2, RFC 6531
-3.3 for UTF-8, RFC 1870 SIZE, RFC 6152 BODY).
+3.3 for UTF-8, RFC 1870 SIZE, RFC 6152 and RFC 3030 BODY), and BDAT's (RFC 3030 2).
 
 Pure functions from an argument string to an event or a refusal ``Reply``; the engine in
 ``connection.py`` decides which command may come when, and this module only whether its
@@ -13,7 +13,7 @@ import re
 from typing import Final
 
 from smtpkit.protocol.dsn import parse_mail_dsn, parse_rcpt_dsn
-from smtpkit.protocol.events import Auth, MailFrom, RcptTo
+from smtpkit.protocol.events import Auth, Bdat, MailFrom, RcptTo
 from smtpkit.protocol.replies import (
     SYNTAX_ERROR_ARGS,
     SYNTAX_ERROR_PARAMS,
@@ -21,7 +21,7 @@ from smtpkit.protocol.replies import (
     Reply,
 )
 
-__all__ = ["BASE64", "CONTROL", "parse_auth", "parse_mail", "parse_rcpt"]
+__all__ = ["BASE64", "CONTROL", "parse_auth", "parse_bdat", "parse_mail", "parse_rcpt"]
 
 # Control characters have no place in any command argument (RFC 5321 4.1.2 allows none), and
 # keeping them out means nothing echoed into a reply or a journal line can break it.
@@ -65,7 +65,7 @@ _MAX_DOMAIN: Final = 255
 _MAX_PATH: Final = 256
 # RFC 1870 SIZE is a decimal count of octets; 20 digits already exceed any 64-bit size.
 _MAX_SIZE_DIGITS: Final = 20
-_BODY_TYPES: Final = frozenset({"7BIT", "8BITMIME"})  # RFC 6152
+_BODY_TYPES: Final = frozenset({"7BIT", "8BITMIME", "BINARYMIME"})  # RFC 6152, RFC 3030 3
 # RFC 3461 4: the parameters of the DSN extension (whether it is offered is the session's
 # business: the engine checks their syntax).
 _MAIL_DSN: Final = frozenset({"RET", "ENVID"})
@@ -175,7 +175,7 @@ def parse_mail(argument: str, extended: bool) -> MailFrom | Reply:
                 return SYNTAX_ERROR_PARAMS
             size = int(value)
         elif key == "BODY":
-            # RFC 6152 2: BODY=7BIT or BODY=8BITMIME.
+            # RFC 6152 2: BODY=7BIT or BODY=8BITMIME; RFC 3030 3: BODY=BINARYMIME.
             if value is None or value.upper() not in _BODY_TYPES:
                 return SYNTAX_ERROR_PARAMS
             body = value.upper()
@@ -222,6 +222,26 @@ def parse_rcpt(argument: str, extended: bool = True) -> RcptTo | Reply:
         return RcptTo(address, dsn=parse_rcpt_dsn(dsn))
     except ValueError:
         return SYNTAX_ERROR_PARAMS
+
+
+# RFC 3030 2: chunk-size = 1*DIGIT. Bounded like SIZE: 20 digits already exceed any 64-bit
+# size, and a chunk over the message size limit is read and refused anyway.
+_MAX_CHUNK_DIGITS: Final = 20
+
+
+def parse_bdat(argument: bytes) -> Bdat | None:
+    """``BDAT chunk-size [LAST]`` (RFC 3030 2), the argument as received; None when it is
+    not that. There is no refusal to pick here: the engine cannot tell where the chunk of a
+    BDAT it cannot read ends, so every such one is the same error."""
+    words = [word for word in argument.split(b" ") if word]
+    if not 1 <= len(words) <= 2:
+        return None
+    size = words[0]
+    if not (size.isdigit() and len(size) <= _MAX_CHUNK_DIGITS):
+        return None
+    if len(words) == 2 and words[1].upper() != b"LAST":
+        return None
+    return Bdat(int(size), len(words) == 2)
 
 
 # RFC 4954 4: auth-type = 1*20 (ALPHA / DIGIT / "-" / "_"); initial-response = base64 / "=".

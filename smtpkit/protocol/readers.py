@@ -1,23 +1,30 @@
 """Input modes of the engine: one reader per state, in the manner of h11's readers.
 
 What the bytes from the client mean depends on the state: in the dialogue they are command
-lines; after ``354`` they are message content up to ``<CRLF>.<CRLF>``. Each mode is a reader
-object with one method, ``read(buffer)``, that consumes what it can and returns a ``Step``
-(an event, the verb to transition on when it is answered, and whether it needs an answer),
-or None when it needs more bytes. ``READERS`` maps each state to the reader made on
-entering it, so a new input mode (BDAT chunks, AUTH continuation lines) is a new reader
-class and a row in that table: see ARCHITECTURE.md, "Adding an SMTP extension".
+lines; after ``354`` they are message content up to ``<CRLF>.<CRLF>``; after ``BDAT n`` they
+are exactly ``n`` octets of content. Each mode is a reader object with one method,
+``read(buffer)``, that consumes what it can and returns a ``Step`` (an event, the verb to
+transition on when it is answered, and whether it needs an answer), or None when it needs
+more bytes. ``READERS`` maps each state to the reader made on entering it, so a new input
+mode (BDAT chunks, AUTH continuation lines) is a new reader class and a row in that table:
+see ARCHITECTURE.md, "Adding an SMTP extension".
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final, Protocol
 
-from smtpkit.limits import Limits
-from smtpkit.protocol.buffer import DataScanner, EndOfDataMarker, LineError, ReceiveBuffer
-from smtpkit.protocol.events import AuthResponse, DataChunk, EndOfData, Event
+from smtpkit.limits import BareNewline, Limits
+from smtpkit.protocol.buffer import (
+    ChunkScanner,
+    DataScanner,
+    EndOfDataMarker,
+    LineError,
+    ReceiveBuffer,
+)
+from smtpkit.protocol.events import AuthResponse, DataChunk, EndOfChunk, EndOfData, Event
 from smtpkit.protocol.replies import (
     AUTH_BAD_RESPONSE,
     BARE_NEWLINE_IN_COMMAND,
@@ -32,22 +39,29 @@ from smtpkit.protocol.state import State, Verb
 __all__ = [
     "READERS",
     "AuthResponseReader",
+    "ChunkReader",
     "CommandReader",
     "DataReader",
+    "DropChunk",
     "ParseLine",
     "Reader",
     "Step",
+    "content_error",
 ]
 
 
 @dataclass(frozen=True, slots=True)
 class Step:
     """One thing the client said: the event for the session, the verb whose transition
-    applies when the reply is sent (None: none), and whether a reply is due at all."""
+    applies when the reply is sent (None: none), and whether a reply is due at all. A step
+    that needs no reply but names a verb transitions at once (BDAT: its reply answers its
+    chunk). ``drop``: octets to read and drop before the event is due (the chunk of a
+    refused BDAT, RFC 3030 2)."""
 
     event: Event
     verb: Verb | None
     needs_reply: bool = True
+    drop: int = 0
 
 
 class Reader(Protocol):
@@ -87,7 +101,8 @@ class DataReader:
     __slots__ = ("_scanner",)
 
     def __init__(self, limits: Limits, parse: ParseLine) -> None:
-        self._scanner = DataScanner(limits.max_text_line, limits.max_message_size)
+        normalize = limits.bare_newline is BareNewline.NORMALIZE
+        self._scanner = DataScanner(limits.max_text_line, limits.max_message_size, normalize)
 
     def read(self, buffer: ReceiveBuffer) -> Step | None:
         scanner = self._scanner
@@ -95,18 +110,90 @@ class DataReader:
         if got is None:
             return None
         if isinstance(got, EndOfDataMarker):
-            return Step(EndOfData(error=self._error(), size=scanner.size), Verb.END_OF_DATA)
+            event = EndOfData(error=content_error(scanner), size=scanner.size)
+            return Step(event, Verb.END_OF_DATA)
         return Step(DataChunk(got), None, needs_reply=False)
 
-    def _error(self) -> Reply | None:
+
+class _Flags(Protocol):
+    bare_newline: bool
+    too_big: bool
+    line_too_long: bool
+
+
+def content_error(scanner: _Flags) -> Reply | None:
+    """The one error a message's content earned, by a fixed priority (the same for DATA and
+    BDAT): smuggling first (RFC 5321 2.3.8), then size (RFC 1870), then line length (RFC
+    5321 4.5.3.1.6)."""
+    if scanner.bare_newline:
+        return BARE_NEWLINE_IN_DATA
+    if scanner.too_big:
+        return MESSAGE_TOO_BIG
+    if scanner.line_too_long:
+        return DATA_LINE_TOO_LONG
+    return None
+
+
+class ChunkReader:
+    """The chunk of an accepted ``BDAT <size> [LAST]`` (RFC 3030 2): exactly ``size`` octets,
+    whatever they hold. None of them is ever read as a command or as an end marker: the
+    count alone ends the chunk, so no content can smuggle a command in.
+
+    The octets go to the session as ``DataChunk`` events as they arrive (a chunk of any
+    size streams), checked by the message's ``ChunkScanner``, which the engine keeps from
+    chunk to chunk; none once a rule is broken. At the end comes ``EndOfChunk``, whose reply
+    answers the BDAT command. Made idle on entering the state; ``start`` gives it the chunk.
+    """
+
+    __slots__ = ("_last", "_left", "_scanner", "_size")
+
+    def __init__(self, limits: Limits, parse: ParseLine) -> None:
+        self._scanner: ChunkScanner | None = None
+        self._size = 0
+        self._left = 0
+        self._last = False
+
+    def start(self, scanner: ChunkScanner, size: int, last: bool) -> None:
+        self._scanner = scanner
+        self._size = self._left = size
+        self._last = last
+
+    def read(self, buffer: ReceiveBuffer) -> Step | None:
         scanner = self._scanner
-        if scanner.bare_newline:
-            return BARE_NEWLINE_IN_DATA
-        if scanner.too_big:
-            return MESSAGE_TOO_BIG
-        if scanner.line_too_long:
-            return DATA_LINE_TOO_LONG
-        return None
+        assert scanner is not None, "ChunkReader.start() was not called"
+        while self._left and len(buffer):
+            piece = buffer.take(min(self._left, len(buffer)))
+            self._left -= len(piece)
+            out = scanner.feed(piece)
+            if out:
+                return Step(DataChunk(out), None, needs_reply=False)
+            # After an error the rest of the chunk is read and dropped.
+        if self._left:
+            return None
+        if self._last:
+            scanner.end()
+        event = EndOfChunk(
+            size=self._size, total=scanner.size, last=self._last, error=content_error(scanner)
+        )
+        return Step(event, Verb.END_OF_LAST_CHUNK if self._last else Verb.END_OF_CHUNK)
+
+
+class DropChunk:
+    """The chunk of a BDAT command the engine refused (out of sequence): RFC 3030 2 has it
+    read and dropped, then answered. The octets are never commands either. Not a state's
+    reader: the engine puts it in front of its reader until ``step`` is due."""
+
+    __slots__ = ("_left", "_step")
+
+    def __init__(self, step: Step) -> None:
+        self._left = step.drop
+        self._step = replace(step, drop=0)
+
+    def read(self, buffer: ReceiveBuffer) -> Step | None:
+        n = min(self._left, len(buffer))
+        buffer.discard(n)
+        self._left -= n
+        return None if self._left else self._step
 
 
 class AuthResponseReader:
@@ -144,6 +231,8 @@ READERS: Final[dict[State, ReaderFactory]] = {
     State.READY: CommandReader,
     State.MAIL: CommandReader,
     State.RCPT: CommandReader,
+    State.BDAT: CommandReader,
     State.DATA: DataReader,
+    State.CHUNK: ChunkReader,
     State.AUTH: AuthResponseReader,
 }

@@ -31,9 +31,13 @@ __all__ = [
     "challenge",
     "BAD_SEQUENCE",
     "BARE_NEWLINE_IN_DATA",
+    "BDAT_NEEDS_EHLO",
+    "BDAT_UNREADABLE",
+    "BINARYMIME_NEEDS_BDAT",
     "BARE_NEWLINE_IN_COMMAND",
     "CANNOT_VRFY",
     "COMMAND_TOO_LONG",
+    "DATA_AFTER_BDAT",
     "DATA_LINE_TOO_LONG",
     "EXPN_DISABLED",
     "LOCAL_ERROR",
@@ -45,6 +49,7 @@ __all__ = [
     "OK",
     "OK_RECIPIENT",
     "OK_SENDER",
+    "PROXY_NOT_ALLOWED",
     "RELAY_DENIED",
     "Reply",
     "SENDER_ALREADY",
@@ -65,6 +70,10 @@ __all__ = [
     "UNKNOWN_COMMAND",
     "UNKNOWN_PARAMETER",
     "UNKNOWN_USER",
+    "MAILBOX_REFUSED",
+    "MAILBOX_SERVER_UNAVAILABLE",
+    "MAILBOX_UNAVAILABLE",
+    "chunk_received",
     "closing",
     "ehlo",
     "greeting",
@@ -126,10 +135,22 @@ SHUTTING_DOWN = _r(421, "4.3.2", "Service shutting down, closing connection")
 TIMEOUT = _r(421, "4.4.2", "Timeout exceeded, closing connection")
 TOO_MANY_ERRORS = _r(421, "4.7.0", "Too many errors, closing connection")
 SESSION_TOO_LONG = _r(421, "4.7.0", "Session time limit exceeded, closing connection")
+# RFC 3030 2: a BDAT command is followed by its chunk; when its size cannot be read, nothing
+# tells where that chunk ends, and no byte after it can be trusted to be a command.
+BDAT_UNREADABLE = _r(421, "4.5.0", "Malformed BDAT command, closing connection")
 TOO_MANY_CONNECTIONS = _r(421, "4.7.0", "Too many connections, try again later")
 TOO_MANY_CONNECTIONS_FROM_IP = _r(421, "4.7.0", "Too many connections from your address")
+# A PROXY header from a peer not in server.proxy_protocol_from: a balancer left out of the
+# list, or a client passing for another. Closing makes the mistake loud, where answering a
+# bad command would let what follows run as the balancer's own session.
+PROXY_NOT_ALLOWED = _r(421, "4.7.0", "PROXY header not accepted from your address")
 LOCAL_ERROR = _r(451, "4.3.0", "Local error in processing, try again later")
 STORAGE_FULL = _r(452, "4.3.1", "Insufficient system storage, try again later")
+# [delivery] lmtp_verify: the LMTP server holding the mailboxes cannot be asked about a
+# recipient now (RFC 3463 4.4.3, a directory server unavailable); never a guess either way.
+MAILBOX_SERVER_UNAVAILABLE = _r(451, "4.4.3", "Mailbox server unavailable, try again later")
+# ... it was asked, and answered with a temporary failure (a full mailbox, a lock).
+MAILBOX_UNAVAILABLE = _r(450, "4.2.0", "Mailbox unavailable, try again later")
 TOO_MANY_RECIPIENTS = _r(452, "4.5.3", "Too many recipients")
 TLS_NOT_AVAILABLE = _r(454, "4.7.0", "TLS not available")
 
@@ -144,6 +165,11 @@ NEED_HELO = _r(503, "5.5.1", "Send HELO or EHLO first")
 SENDER_ALREADY = _r(503, "5.5.1", "Sender already specified")
 NO_VALID_RECIPIENTS = _r(503, "5.5.1", "No valid recipients")
 TLS_ALREADY_ACTIVE = _r(503, "5.5.1", "TLS already active")
+# RFC 3030 2: DATA and BDAT are not mixed in one transaction; BINARYMIME content can only be
+# sent with BDAT (RFC 3030 3); BDAT is an ESMTP extension, offered in reply to EHLO only.
+DATA_AFTER_BDAT = _r(503, "5.5.1", "DATA not allowed after BDAT")
+BINARYMIME_NEEDS_BDAT = _r(503, "5.5.1", "BODY=BINARYMIME requires BDAT, not DATA")
+BDAT_NEEDS_EHLO = _r(503, "5.5.1", "Send EHLO first: BDAT is an ESMTP extension")
 SYNTAX_ERROR_PARAMS = _r(501, "5.5.4", "Syntax error in MAIL or RCPT parameters")
 NON_ASCII_HELO = _r(501, "5.5.2", "HELO/EHLO name must be ASCII")
 # RFC 6531 3.5 / RFC 6533 3: a UTF-8 address needs SMTPUTF8, which is not offered.
@@ -152,6 +178,9 @@ UNKNOWN_PARAMETER = _r(
     555, "5.5.4", "MAIL FROM/RCPT TO parameter not recognized or not implemented"
 )
 UNKNOWN_USER = _r(550, "5.1.1", "No such user here")
+# [delivery] lmtp_verify: the LMTP server refused the mailbox for another reason than an
+# unknown user (over its quota for good, disabled).
+MAILBOX_REFUSED = _r(550, "5.2.0", "Mailbox unavailable")
 RELAY_DENIED = _r(550, "5.7.1", "Relaying denied")
 MESSAGE_TOO_BIG = _r(552, "5.3.4", "Message size exceeds fixed maximum message size")
 # RFC 5321 2.3.8: lines end only in CRLF; a bare CR or LF is how SMTP smuggling starts.
@@ -247,7 +276,7 @@ def help_text() -> Reply:
     return _r(
         214,
         "2.0.0",
-        "Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP",
+        "Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP",
         "See RFC 5321 for details",
     )
 
@@ -255,6 +284,11 @@ def help_text() -> Reply:
 def challenge(text: str) -> Reply:
     """RFC 4954 4: ``334`` and the base64 challenge (or an empty one); no enhanced code."""
     return _r(334, None, text)
+
+
+def chunk_received(size: int) -> Reply:
+    """RFC 3030 2: each chunk but the last is answered once it was read whole."""
+    return _r(250, "2.0.0", f"{size} octets received")
 
 
 def stored(queue_id: str) -> Reply:

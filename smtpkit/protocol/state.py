@@ -12,6 +12,7 @@ from enum import Enum, StrEnum
 from smtpkit.protocol.replies import (
     AUTH_IN_TRANSACTION,
     BAD_SEQUENCE,
+    DATA_AFTER_BDAT,
     NEED_HELO,
     NO_VALID_RECIPIENTS,
     SENDER_ALREADY,
@@ -19,6 +20,7 @@ from smtpkit.protocol.replies import (
 )
 
 __all__ = [
+    "AFTER_REFUSAL",
     "ALWAYS_APPLIES",
     "CHALLENGES",
     "COMMAND_VERBS",
@@ -44,6 +46,11 @@ class State(Enum):
     RCPT = "rcpt"
     #: 354 sent: bytes are message content until ``<CRLF>.<CRLF>``.
     DATA = "data"
+    #: ``BDAT <size>`` read: the next ``size`` bytes are message content, then its reply
+    #: (RFC 3030 2).
+    CHUNK = "chunk"
+    #: A chunk accepted, not the last: the message goes on with more BDAT commands.
+    BDAT = "bdat"
     #: 334 sent in an AUTH exchange: the next line is a response, not a command (RFC 4954).
     AUTH = "auth"
     #: QUIT answered, a 421 sent, or the peer closed: nothing more is read.
@@ -66,27 +73,32 @@ class Verb(StrEnum):
     HELP = "HELP"
     STARTTLS = "STARTTLS"
     AUTH = "AUTH"
+    BDAT = "BDAT"
     #: Pseudo-step: the client's answer to a 334 challenge (RFC 4954 4).
     AUTH_RESPONSE = "<auth-response>"
     #: Pseudo-step: the server sends its greeting (RFC 5321 3.1).
     GREETING = "<greeting>"
     #: Pseudo-step: the server answers the final dot (RFC 5321 4.1.1.4).
     END_OF_DATA = "<end-of-data>"
+    #: Pseudo-steps: the server answers a BDAT command once its chunk was read, a chunk
+    #: that is not the last, or the last one (RFC 3030 2).
+    END_OF_CHUNK = "<end-of-chunk>"
+    END_OF_LAST_CHUNK = "<end-of-last-chunk>"
 
 
 #: The verbs a client can type, by their upper-case spelling.
 COMMAND_VERBS: dict[bytes, Verb] = {
     v.value.encode("ascii"): v
     for v in Verb
-    if v not in (Verb.GREETING, Verb.END_OF_DATA, Verb.AUTH_RESPONSE)
+    if not v.value.startswith("<")  # the pseudo-steps
 }
 
 _S = State
 _V = Verb
 
 # States in which the client may type commands at all (not before the greeting, not inside
-# DATA, not after the end).
-_DIALOGUE = (_S.GREETED, _S.READY, _S.MAIL, _S.RCPT)
+# DATA or a chunk, not after the end).
+_DIALOGUE = (_S.GREETED, _S.READY, _S.MAIL, _S.RCPT, _S.BDAT)
 
 
 def _everywhere(verb: Verb, to: State | None) -> dict[tuple[State, Verb], State]:
@@ -114,12 +126,22 @@ TRANSITIONS: dict[tuple[State, Verb], State] = {
     # RFC 5321 4.1.1.4: after the final dot's reply the transaction is over, whatever the
     # outcome; the HELO/EHLO identity is kept.
     (_S.DATA, _V.END_OF_DATA): _S.READY,
+    # RFC 3030 2: BDAT needs an accepted recipient too, and may follow accepted chunks (not
+    # DATA: they are not mixed in a transaction). Its row applies as soon as it is read,
+    # since its chunk follows it at once; the reply comes at the chunk's end, and moves on
+    # from CHUNK. The last chunk's reply ends the transaction whatever its code, like the
+    # final dot's; any refused chunk ends it too (AFTER_REFUSAL).
+    (_S.RCPT, _V.BDAT): _S.CHUNK,
+    (_S.BDAT, _V.BDAT): _S.CHUNK,
+    (_S.CHUNK, _V.END_OF_CHUNK): _S.BDAT,
+    (_S.CHUNK, _V.END_OF_LAST_CHUNK): _S.READY,
     # RFC 5321 4.1.1.5: RSET drops the transaction but not the HELO/EHLO identity; before any
-    # HELO there is nothing to keep.
+    # HELO there is nothing to keep. RFC 3030 2: that includes the chunks already sent.
     (_S.GREETED, _V.RSET): _S.GREETED,
     (_S.READY, _V.RSET): _S.READY,
     (_S.MAIL, _V.RSET): _S.READY,
     (_S.RCPT, _V.RSET): _S.READY,
+    (_S.BDAT, _V.RSET): _S.READY,
     # RFC 5321 4.1.4: NOOP, HELP, EXPN, VRFY and QUIT may be used at any time.
     **_everywhere(_V.NOOP, None),
     **_everywhere(_V.VRFY, None),
@@ -145,7 +167,14 @@ CHALLENGES: dict[tuple[State, Verb], State] = {
 #: Pseudo-steps whose transition applies on any reply code, not only positive ones: a refused
 #: greeting (554, RFC 5321 3.1) still leads to a dialogue, and a refused message still ends the
 #: transaction.
-ALWAYS_APPLIES = frozenset({_V.GREETING, _V.END_OF_DATA, _V.AUTH_RESPONSE})
+ALWAYS_APPLIES = frozenset({_V.GREETING, _V.END_OF_DATA, _V.END_OF_LAST_CHUNK, _V.AUTH_RESPONSE})
+
+#: Where a refusal (4xx/5xx) leads instead of staying put. RFC 3030 2: a refused chunk fails
+#: its transaction, and the client sends none of its other chunks; those it had pipelined
+#: already are read and refused as out of sequence, never added to a later message.
+AFTER_REFUSAL: dict[tuple[State, Verb], State] = {
+    (_S.CHUNK, _V.END_OF_CHUNK): _S.READY,
+}
 
 # Which 503 wording a lookup miss gets; any miss not listed gets BAD_SEQUENCE.
 _REFUSALS: dict[tuple[State, Verb], Reply] = {
@@ -158,6 +187,11 @@ _REFUSALS: dict[tuple[State, Verb], Reply] = {
     (_S.GREETED, _V.AUTH): NEED_HELO,
     (_S.MAIL, _V.AUTH): AUTH_IN_TRANSACTION,
     (_S.RCPT, _V.AUTH): AUTH_IN_TRANSACTION,
+    (_S.GREETED, _V.BDAT): NEED_HELO,
+    (_S.MAIL, _V.BDAT): NO_VALID_RECIPIENTS,
+    (_S.BDAT, _V.DATA): DATA_AFTER_BDAT,
+    (_S.BDAT, _V.MAIL): SENDER_ALREADY,
+    (_S.BDAT, _V.AUTH): AUTH_IN_TRANSACTION,
 }
 
 

@@ -10,14 +10,16 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from smtpkit.limits import Limits
+from smtpkit.limits import BareNewline, Limits
 from smtpkit.protocol import (
     NEED_DATA,
     PAUSED,
     BadCommand,
+    Bdat,
     ConnectionClosed,
     Data,
     DataChunk,
+    EndOfChunk,
     EndOfData,
     Event,
     Expn,
@@ -29,6 +31,7 @@ from smtpkit.protocol import (
     Paused,
     Quit,
     RcptTo,
+    RefusedChunk,
     Reply,
     Rset,
     ServerConnection,
@@ -114,14 +117,19 @@ class Script:
             if isinstance(event, ConnectionClosed):
                 assert self.conn.state is State.CLOSED
                 continue
+            if isinstance(event, Bdat):
+                assert self.conn.state is State.CHUNK  # answered at the chunk's end
+                continue
             self._reply(self.answer(event))
 
     def answer(self, event: Event) -> Reply:
         if isinstance(event, Hello):
             if event.extended:
-                return r.ehlo(HOST, event.name, ("PIPELINING", "SIZE 1000", "8BITMIME"))
+                ext = ("PIPELINING", "SIZE 1000", "8BITMIME", "BINARYMIME", "CHUNKING")
+                return r.ehlo(HOST, event.name, ext)
             return r.helo(HOST, event.name)
         if isinstance(event, MailFrom):
+            self._chunks = []  # a new transaction: chunks of one dropped earlier are gone
             return r.OK_SENDER
         if isinstance(event, RcptTo):
             return r.UNKNOWN_USER if "unknown" in event.address else r.OK_RECIPIENT
@@ -135,6 +143,18 @@ class Script:
                 return event.error
             self.out.messages.append(content)
             return r.stored(f"Q{len(self.out.messages)}")
+        if isinstance(event, EndOfChunk):
+            if event.error is not None or event.last:
+                content = b"".join(self._chunks)
+                self._chunks = []
+                self.out.chunked.append(content)
+                if event.error is not None:
+                    return event.error
+                self.out.messages.append(content)
+                return r.stored(f"Q{len(self.out.messages)}")
+            return r.chunk_received(event.size)
+        if isinstance(event, RefusedChunk):
+            return event.reply
         if isinstance(event, (Rset, Noop)):
             return r.OK
         if isinstance(event, Quit):
@@ -185,19 +205,32 @@ def reference_data(stream: bytes, limits: Limits) -> tuple[bytes, Reply | None, 
     """An obviously correct, line-by-line model of reading DATA content.
 
     Returns (unstuffed content, error, size, bytes after the final dot), or None when the
-    stream holds no final dot line.
+    stream holds no final dot line. With ``bare_newline = "normalize"`` a bare LF ends a line
+    too, stored as CRLF; the final dot line still needs a real CRLF before and after it.
     """
+    normalize = limits.bare_newline is BareNewline.NORMALIZE
     content = bytearray()
     bare = long = False
     pos = 0
+    after_crlf = True  # the content starts a line as if after a CRLF
     while True:
-        end = stream.find(b"\r\n", pos)
-        if end < 0:
-            return None
-        line = stream[pos:end]
-        pos = end + 2
-        if line == b".":
+        if normalize:
+            end = stream.find(b"\n", pos)
+            if end < 0:
+                return None
+            crlf = end > pos and stream[end - 1] == 0x0D
+            line = stream[pos : end - 1] if crlf else stream[pos:end]
+            pos = end + 1
+        else:
+            end = stream.find(b"\r\n", pos)
+            if end < 0:
+                return None
+            crlf = True
+            line = stream[pos:end]
+            pos = end + 2
+        if line == b"." and crlf and after_crlf:
             break
+        after_crlf = crlf
         bare = bare or b"\r" in line or b"\n" in line
         long = long or len(line) + 2 > limits.max_text_line
         content += (line[1:] if line.startswith(b".") else line) + b"\r\n"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from smtpkit.limits import Limits
+from smtpkit.limits import BareNewline, Limits
 from smtpkit.protocol import (
     NEED_DATA,
     ConnectionClosed,
@@ -307,3 +307,96 @@ def test_large_chunks_not_per_line() -> None:
     conn.receive_data(body + b".\r\n")
     assert conn.next_event() == DataChunk(body)
     assert conn.next_event() == EndOfData(None, len(body))
+
+
+# --- bare_newline = "normalize" ----------------------------------------------------------------
+
+NORMALIZE = Limits(bare_newline=BareNewline.NORMALIZE)
+
+
+@pytest.mark.parametrize(
+    ("sent", "stored"),
+    [
+        (b"a\nb\n\r\n.\r\n", b"a\r\nb\r\n\r\n"),
+        (b"a\r\nb\nc\r\n.\r\n", b"a\r\nb\r\nc\r\n"),
+        # A bare LF starts a line: a leading period there is unstuffed, as after CRLF.
+        (b"a\n..b\r\n.\r\n", b"a\r\n.b\r\n"),
+        (b"\n.x\r\n.\r\n", b"\r\nx\r\n"),
+        # Look-alikes of the end are content lines: a "." line loses its period.
+        (b"x\n.\ny\r\n.\r\n", b"x\r\n\r\ny\r\n"),
+        (b"x\n.\r\ny\r\n.\r\n", b"x\r\n\r\ny\r\n"),
+        (b"x\r\n.\ny\r\n.\r\n", b"x\r\n\r\ny\r\n"),
+        (b"x\n.\r\n.\r\n", b"x\r\n\r\n"),
+        (b".\n\r\n.\r\n", b"\r\n\r\n"),
+        # After a bare LF even ".<CRLF>" is a content line: the end needs a CRLF before it.
+        (b".\n.\r\n\r\n.\r\n", b"\r\n\r\n\r\n"),
+        (b"x\n\r\n.\r\n", b"x\r\n\r\n"),
+        (b"\n\n\n.\r\n.\r\n", b"\r\n\r\n\r\n\r\n"),
+    ],
+)
+def test_normalize_stores_bare_lf_as_crlf(sent: bytes, stored: bytes) -> None:
+    out = message(sent, NORMALIZE)
+    assert out.codes == [*ACCEPTED, 221]
+    assert out.messages == [stored]
+    end = [e for e in out.events if isinstance(e, EndOfData)]
+    assert end == [EndOfData(None, len(stored))]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"bare\rcr", b"X: a\rFrom: forged", b"\r", b"ends with cr\r", b"x\r\r\n", b"a\n\rb"],
+)
+def test_normalize_still_refuses_a_bare_cr(content: bytes) -> None:
+    """Turning ``X: a<CR>From: forged`` into two header lines would let a client add
+    headers a filter never saw as such; a bare CR stays an error."""
+    out = message(content + b"\r\n.\r\n", NORMALIZE)
+    assert out.codes == [250, 250, 250, 354, 550, 221]
+    assert out.replies[5] == r.BARE_NEWLINE_IN_DATA
+
+
+@pytest.mark.parametrize(
+    "fake_end",
+    [
+        b"\n.\n",
+        b"\n.\r\n",
+        b"\r.\r",
+        b"\r.\n",
+        b"\r.\r\n",
+        b"\r\n.\n",
+        b"\r\n.\r",
+        b"\n.\r",
+        b"\n\x00.\r\n",
+        b"\r\n\x00.\n",
+        b"\r\n.\x00\n",
+        b"\n.\x00\r\n",
+        b"\r\x00.\r\n",
+    ],
+)
+def test_normalize_smuggling_variants_do_not_end_data(fake_end: bytes) -> None:
+    """Under normalize a look-alike with bare LFs only is content: one message, stored with
+    the smuggled commands as text lines; with a bare CR it is refused as before. Either way
+    nothing after the look-alike is executed."""
+    content = b"Subject: hi\r\n\r\nhello" + fake_end + SMUGGLED
+    out = run([START + content + b"\r\n.\r\nQUIT\r\n"], NORMALIZE)
+    assert not any(isinstance(e, MailFrom) and "victim" in e.address for e in out.events)
+    assert [type(e) for e in out.events].count(EndOfData) == 1
+    if b"\r" in fake_end.replace(b"\r\n", b""):
+        assert out.codes == [250, 250, 250, 354, 550, 221]
+        assert out.messages == []
+        return
+    assert out.codes == [250, 250, 250, 354, 250, 221]
+    (stored,) = out.messages
+    assert b"\n" not in stored.replace(b"\r\n", b"")
+    assert stored.endswith(b"\r\n" + SMUGGLED + b"\r\n")
+
+
+def test_normalize_line_limit_counts_the_stored_line() -> None:
+    assert message(b"x" * 998 + b"\n\r\n.\r\n", NORMALIZE).codes[4] == 250
+    assert message(b"x" * 999 + b"\n\r\n.\r\n", NORMALIZE).codes[4] == 550
+    # Two lines of 600 are fine whatever ends them; the size counts the stored CRLFs.
+    out = message(
+        b"y" * 600 + b"\n" + b"y" * 600 + b"\r\n.\r\n",
+        Limits(max_message_size=1204, bare_newline=BareNewline.NORMALIZE),
+    )
+    assert out.codes[4] == 250
+    assert [e for e in out.events if isinstance(e, EndOfData)][0].size == 1204

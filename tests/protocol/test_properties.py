@@ -10,9 +10,10 @@ client stream may stop (EOF) anywhere. Whatever happens:
 * every reply it writes is a well-formed RFC 5321 4.2 reply (``ddd-text`` lines, then one
   ``ddd text`` line, all with one code, each ending in CRLF, the enhanced code of the same
   class);
-* message content reaches the session only between a ``354`` and the final dot, never after
-  a refusal (of every recipient, of ``DATA``, of the connection), and never after the first
-  bare CR or LF (SMTP smuggling): a smuggled transaction never becomes an event;
+* message content reaches the session only between a ``354`` and the final dot, or inside
+  an accepted BDAT chunk, never after a refusal (of every recipient, of ``DATA``, of a chunk,
+  of the connection), and never after the first bare CR or LF (SMTP smuggling): a smuggled
+  transaction never becomes an event;
 * once closed (421, 221, EOF) nothing more is parsed, and the buffer stays bounded.
 """
 
@@ -30,9 +31,11 @@ from smtpkit.protocol import (
     NEED_DATA,
     PAUSED,
     BadCommand,
+    Bdat,
     ConnectionClosed,
     Data,
     DataChunk,
+    EndOfChunk,
     EndOfData,
     Event,
     Expn,
@@ -42,6 +45,7 @@ from smtpkit.protocol import (
     Noop,
     Quit,
     RcptTo,
+    RefusedChunk,
     Reply,
     Rset,
     ServerConnection,
@@ -74,6 +78,7 @@ _VERB_OF: dict[type[object], Verb] = {
     Expn: Verb.EXPN,
     Help: Verb.HELP,
     StartTls: Verb.STARTTLS,
+    Bdat: Verb.BDAT,
 }
 
 # What a policy or a storage layer may answer, per event; the first one is the happy path.
@@ -81,6 +86,7 @@ _HELLO_REFUSALS = [r.SYNTAX_ERROR_ARGS, r.Reply(550, "5.7.1", ("Go away",))]
 _MAIL_ANSWERS = [r.OK_SENDER, r.MESSAGE_TOO_BIG, r.LOCAL_ERROR, r.SYNTAX_ERROR_PARAMS]
 _RCPT_ANSWERS = [r.OK_RECIPIENT, r.UNKNOWN_USER, r.RELAY_DENIED, r.TOO_MANY_RECIPIENTS]
 _DATA_ANSWERS = [r.START_DATA, r.LOCAL_ERROR, r.STORAGE_FULL]
+_CHUNK_ANSWERS = [r.chunk_received(1), r.LOCAL_ERROR, r.STORAGE_FULL, r.MESSAGE_TOO_BIG]
 _STORE_FAILURES = [r.LOCAL_ERROR, r.STORAGE_FULL]
 _CLOSERS = [r.TIMEOUT, r.TOO_MANY_ERRORS, r.SHUTTING_DOWN]
 
@@ -106,8 +112,11 @@ class Record:
 
     wire: list[bytes] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
-    # (content, reply code to its final dot) per message that reached EndOfData.
+    # (content, reply code to its final dot) per message that reached EndOfData (or whose
+    # chunks were all answered: the last, or a refused one).
     messages: list[tuple[bytes, int]] = field(default_factory=list)
+    # Which of those came in BDAT chunks.
+    chunked: list[bool] = field(default_factory=list)
     closed_by: int | None = None
 
 
@@ -162,8 +171,8 @@ class AdversarialSession:
 
     def on_event(self, state: State, event: Event) -> None:
         if isinstance(event, DataChunk):
-            # Content only inside DATA (after a 354), never empty.
-            assert state is State.DATA and event.data
+            # Content only inside DATA (after a 354) or an accepted chunk, never empty.
+            assert state in (State.DATA, State.CHUNK) and event.data
             self.content += event.data
             return
         self.out.events.append(event)
@@ -174,9 +183,16 @@ class AdversarialSession:
         if verb is not None:
             # A command event only ever arrives where the one transition table allows it.
             assert (state, verb) in TRANSITIONS
-        if isinstance(event, Data):
-            # RFC 5321 4.1.1.4: no DATA without an accepted recipient in this transaction.
+        if isinstance(event, (Data, Bdat)):
+            # RFC 5321 4.1.1.4, RFC 3030 2: no content without an accepted recipient in this
+            # transaction.
             assert self.accepted_rcpt
+        if isinstance(event, Bdat):
+            # Answered at its chunk's end; a 421 may still come at any moment.
+            assert self.conn.state is State.CHUNK
+            if self.draw.draw(st.integers(0, 40), label="drop in chunk") == 7:
+                self._send(r.TIMEOUT)
+            return
         if self.draw.draw(st.integers(0, 40), label="drop") == 7:
             self._send(self.draw.draw(st.sampled_from(_CLOSERS), label="421"))
             return
@@ -209,7 +225,18 @@ class AdversarialSession:
             # A refused DATA keeps the transaction and its recipients: DATA may come again.
             self.content = bytearray()
             return self.pick(_DATA_ANSWERS, "data")
-        if isinstance(event, EndOfData):
+        if isinstance(event, EndOfChunk) and not event.last and event.error is None:
+            reply = self.pick(_CHUNK_ANSWERS, "chunk")
+            if reply.code >= 400:
+                # A refused chunk ends the transaction (RFC 3030 2).
+                self.accepted_rcpt = False
+                self.out.messages.append((bytes(self.content), reply.code))
+                self.out.chunked.append(True)
+                self.content = bytearray()
+            return reply
+        if isinstance(event, RefusedChunk):
+            return event.reply
+        if isinstance(event, (EndOfData, EndOfChunk)):
             self.accepted_rcpt = False
             if event.error is not None:
                 reply = event.error
@@ -218,6 +245,7 @@ class AdversarialSession:
             else:
                 reply = self.pick(_STORE_FAILURES, "store")
             self.out.messages.append((bytes(self.content), reply.code))
+            self.out.chunked.append(isinstance(event, EndOfChunk))
             self.content = bytearray()
             return reply
         if isinstance(event, Rset):
@@ -254,6 +282,10 @@ COMMANDS = [
     b'RCPT TO:<"x@y"@c.example>\r\n',
     b"RCPT TO:<postmaster>\r\n",
     b"DATA\r\n",
+    b"BDAT 12\r\n",
+    b"BDAT 3 LAST\r\n",
+    b"BDAT 0 LAST\r\n",
+    b"BDAT x\r\n",
     b"RSET\r\n",
     b"NOOP\r\n",
     b"STARTTLS\r\n",
@@ -269,10 +301,25 @@ transactions = st.lists(
         st.sampled_from([b"", b"EHLO c\r\n", b"HELO c\r\n", b"RSET\r\n"]),
         st.just(b"MAIL FROM:<a@b.example>\r\n"),
         st.lists(st.sampled_from(COMMANDS[7:12]), min_size=1, max_size=3).map(b"".join),
-        st.just(b"DATA\r\n"),
-        st.lists(st.sampled_from(TEXT), max_size=6).map(b"".join),
-        st.lists(st.sampled_from(NOISE + [b"QUIT\r\n"]), max_size=2).map(b"".join),
-        st.sampled_from([b"\r\n.\r\n", b".\r\n", b"\n.\n"]),
+        st.one_of(
+            st.tuples(
+                st.just(b"DATA\r\n"),
+                st.lists(st.sampled_from(TEXT), max_size=6).map(b"".join),
+                st.lists(st.sampled_from(NOISE + [b"QUIT\r\n"]), max_size=2).map(b"".join),
+                st.sampled_from([b"\r\n.\r\n", b".\r\n", b"\n.\n"]),
+            ).map(b"".join),
+            # The same content in BDAT chunks (RFC 3030), the last one with LAST.
+            st.lists(
+                st.lists(st.sampled_from(TEXT + NOISE + [b"QUIT\r\n"]), max_size=4).map(b"".join),
+                min_size=1,
+                max_size=3,
+            ).map(
+                lambda parts: b"".join(
+                    b"BDAT %d%s\r\n" % (len(p), b" LAST" if i == len(parts) - 1 else b"") + p
+                    for i, p in enumerate(parts)
+                )
+            ),
+        ),
     ).map(b"".join),
     min_size=1,
     max_size=4,
@@ -324,14 +371,15 @@ def test_any_stream_any_answers_never_raises_and_replies_are_well_formed(
     if out.closed_by is not None:
         # Nothing follows a reply that closed the session.
         assert out.wire[-1].startswith(str(out.closed_by).encode())
-    for content, code in out.messages:
+    for (content, code), chunked in zip(out.messages, out.chunked, strict=True):
         assert code in (250, 451, 452, 550, 552)
         if code != 250:
             continue
         # A message the engine let through (no error at the dot) breaks no rule: CRLF lines
-        # only, none over the text-line limit, the whole within the size limit.
+        # only, none over the text-line limit, the whole within the size limit. Only a
+        # message sent in chunks may end without a line end, stored as it came.
         lines = content.split(b"\r\n")
-        assert lines[-1] == b""
+        assert lines[-1] == b"" or chunked
         assert not any(b"\r" in line or b"\n" in line for line in lines)
         assert all(len(line) + 2 <= limits.max_text_line for line in lines[:-1])
         assert len(content) <= limits.max_message_size
@@ -454,6 +502,8 @@ def test_no_content_reaches_the_session_after_a_refusal(
                     check_wire(conn.send(r.TIMEOUT))
                     closed = True
                 continue
+            if isinstance(event, Bdat):
+                continue  # a BDAT among the message bytes: answered at its chunk's end
             if isinstance(event, RcptTo) and refusal == "every rcpt":
                 reply: Reply = r.RELAY_DENIED
             elif isinstance(event, Data) and not data_answered:
@@ -466,7 +516,9 @@ def test_no_content_reaches_the_session_after_a_refusal(
                 closed = True
             elif isinstance(event, EndOfData):
                 reply = event.error or r.stored("Q1")
-            elif isinstance(event, BadCommand):
+            elif isinstance(event, EndOfChunk):
+                reply = event.error or r.chunk_received(event.size)
+            elif isinstance(event, (RefusedChunk, BadCommand)):
                 reply = event.reply
             elif isinstance(event, Hello):
                 reply = r.ehlo(HOST, event.name, ())
@@ -478,7 +530,8 @@ def test_no_content_reaches_the_session_after_a_refusal(
     delivered = b"".join(chunks)
     if refusal in ("every rcpt", "data"):
         # DATA was refused (503 by the engine, or the session's 451): not one byte of the
-        # message is content; its lines were commands.
+        # message is content; its lines were commands (a BDAT among them takes the octets
+        # it counts, as any BDAT does, but never the first line).
         assert MARK not in delivered
     if refusal == "421 in data":
         # The first chunk may have been read, but after the 421 nothing more was.

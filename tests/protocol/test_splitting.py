@@ -6,7 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from smtpkit.limits import Limits
+from smtpkit.limits import BareNewline, Limits
 from smtpkit.protocol import DataChunk, EndOfData, ServerConnection
 from smtpkit.protocol import replies as r
 from smtpkit.protocol.buffer import DataScanner, EndOfDataMarker, ReceiveBuffer
@@ -21,6 +21,11 @@ from tests.protocol.protocol_harness import (
 
 START = b"EHLO c.example\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n"
 AGAIN = START[len(b"EHLO c.example\r\n") :]
+
+
+def _bdat(content: bytes, last: bool = False) -> bytes:
+    return b"BDAT %d%s\r\n" % (len(content), b" LAST" if last else b"") + content
+
 
 TRANSCRIPTS: list[tuple[str, bytes, Limits]] = [
     (
@@ -58,6 +63,38 @@ TRANSCRIPTS: list[tuple[str, bytes, Limits]] = [
     ("empty and dots", START + b".\r\n" + AGAIN + b"..\r\n...\r\n.\r\n", Limits()),
     ("eof in data", START + b"unfinished\r\nmessage\r", Limits()),
     ("starttls refused", b"EHLO c\r\nSTARTTLS\r\nNOOP\r\n", Limits()),
+    (
+        "bdat chunks",
+        START[:-6]
+        + _bdat(b"one\r\n.\r")
+        + _bdat(b"")
+        + _bdat(b"\n..two\r\n", last=True)
+        + b"NOOP\r\n"
+        + AGAIN[:-6]
+        + _bdat(b"x\r")
+        + b"RSET\r\n"
+        + _bdat(b"Q\r\n", last=True)
+        + b"QUIT\r\n",
+        Limits(),
+    ),
+    (
+        "bdat refused",
+        START[:-6]
+        + _bdat(b"y" * 60 + b"\r\nQUIT\r\n")
+        + _bdat(b"DATA\r\n")
+        + _bdat(b".\r\n\r\n", last=True)
+        + _bdat(b"MAIL FROM:<x@y>\r\n", last=True)
+        + b"BDAT x\r\nNOOP\r\n",
+        SMALL,
+    ),
+    (
+        "bdat binarymime",
+        b"EHLO c\r\nMAIL FROM:<a@b> BODY=BINARYMIME\r\nRCPT TO:<b@c.example>\r\nDATA\r\n"
+        + _bdat(b"\r.\n\x00\r")
+        + _bdat(b"\n", last=True)
+        + b"QUIT\r\n",
+        Limits(),
+    ),
 ]
 
 
@@ -101,6 +138,16 @@ def test_transcripts_do_what_they_say() -> None:
     assert results["exactly at size"].messages == [b"0123456789\r\n" * 5 + b".x\r\n"]
     assert results["empty and dots"].messages == [b"", b".\r\n..\r\n"]
     assert results["starttls refused"].codes == [250, 454, 250]
+    # Chunks are counted octets: a "." line, a CR at a chunk's end, "BDAT" or "QUIT" inside
+    # one are content; "BDAT 0" adds nothing; RSET drops the transaction and its chunks.
+    assert results["bdat chunks"].codes == [*[250] * 11, 503, 221]
+    assert results["bdat chunks"].messages == [b"one\r\n.\r\n..two\r\n"]
+    # A chunk over SMALL's size: refused, and the chunks pipelined after it too, never
+    # executed; then a malformed BDAT ends the session.
+    assert results["bdat refused"].codes == [250, 250, 250, 552, 503, 503, 503, 421]
+    assert results["bdat refused"].messages == []
+    assert results["bdat binarymime"].codes == [250, 250, 250, 503, 250, 250, 221]
+    assert results["bdat binarymime"].messages == [b"\r.\n\x00\r\n"]
 
 
 # --- hypothesis --------------------------------------------------------------------------------
@@ -134,6 +181,10 @@ FRAGMENTS = [
     b"text line\r\n",
     b"z" * 17,
     b"w" * 45,
+    b"BDAT 3\r\n",
+    b"BDAT 0 LAST\r\n",
+    b"BDAT 12 LAST\r\n",
+    b"MAIL FROM:<a@b.example> BODY=BINARYMIME\r\n",
 ]
 
 stream = st.one_of(
@@ -179,7 +230,14 @@ CONTENT = st.lists(
     content=CONTENT,
     tail=st.sampled_from([b"\r\n.\r\n", b".\r\n", b"\r\n.\r\nNEXT", b"", b"\r\n.\r"]),
     cuts=st.lists(st.integers(min_value=0, max_value=800)),
-    limits=st.sampled_from([SMALL, Limits(max_text_line=4, max_message_size=30)]),
+    limits=st.sampled_from(
+        [
+            SMALL,
+            Limits(max_text_line=4, max_message_size=30),
+            Limits(max_text_line=16, max_message_size=64, bare_newline=BareNewline.NORMALIZE),
+            Limits(max_text_line=4, max_message_size=30, bare_newline=BareNewline.NORMALIZE),
+        ]
+    ),
 )
 def test_data_scanner_matches_reference(
     content: bytes, tail: bytes, cuts: list[int], limits: Limits
@@ -187,7 +245,8 @@ def test_data_scanner_matches_reference(
     stream_bytes = content + tail
     expected = reference_data(stream_bytes, limits)
     buf = ReceiveBuffer()
-    scanner = DataScanner(limits.max_text_line, limits.max_message_size)
+    normalize = limits.bare_newline is BareNewline.NORMALIZE
+    scanner = DataScanner(limits.max_text_line, limits.max_message_size, normalize)
     delivered = bytearray()
     ended = False
     for piece in split_at(stream_bytes, [c for c in cuts if c < len(stream_bytes)]):
@@ -222,9 +281,15 @@ def test_data_scanner_matches_reference(
 
 
 @settings(max_examples=100, deadline=None)
-@given(content=CONTENT, cuts=st.lists(st.integers(min_value=0, max_value=800)))
-def test_connection_delivers_reference_content(content: bytes, cuts: list[int]) -> None:
-    limits = Limits(max_text_line=8, max_message_size=40)
+@given(
+    content=CONTENT,
+    cuts=st.lists(st.integers(min_value=0, max_value=800)),
+    bare_newline=st.sampled_from(BareNewline),
+)
+def test_connection_delivers_reference_content(
+    content: bytes, cuts: list[int], bare_newline: BareNewline
+) -> None:
+    limits = Limits(max_text_line=8, max_message_size=40, bare_newline=bare_newline)
     transcript = START + content + b"\r\n.\r\nNOOP\r\n"
     expected = reference_data(content + b"\r\n.\r\nNOOP\r\n", limits)
     assert expected is not None

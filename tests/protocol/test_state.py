@@ -9,6 +9,7 @@ import pytest
 
 from smtpkit.protocol import replies as r
 from smtpkit.protocol.state import (
+    AFTER_REFUSAL,
     ALWAYS_APPLIES,
     COMMAND_VERBS,
     TRANSITIONS,
@@ -17,7 +18,7 @@ from smtpkit.protocol.state import (
     refusal,
 )
 
-DIALOGUE = (State.GREETED, State.READY, State.MAIL, State.RCPT)
+DIALOGUE = (State.GREETED, State.READY, State.MAIL, State.RCPT, State.BDAT)
 ANYTIME = (Verb.HELO, Verb.EHLO, Verb.RSET, Verb.NOOP, Verb.VRFY, Verb.EXPN, Verb.HELP)
 
 
@@ -43,6 +44,12 @@ def test_always_allowed_commands(state: State, verb: Verb) -> None:
         (State.MAIL, Verb.NOOP, State.MAIL),
         (State.READY, Verb.QUIT, State.CLOSED),
         (State.RCPT, Verb.STARTTLS, State.GREETED),
+        (State.RCPT, Verb.BDAT, State.CHUNK),
+        (State.BDAT, Verb.BDAT, State.CHUNK),
+        (State.CHUNK, Verb.END_OF_CHUNK, State.BDAT),
+        (State.CHUNK, Verb.END_OF_LAST_CHUNK, State.READY),
+        (State.BDAT, Verb.RSET, State.READY),
+        (State.BDAT, Verb.EHLO, State.READY),
     ],
 )
 def test_transitions(state: State, verb: Verb, after: State) -> None:
@@ -60,6 +67,13 @@ def test_transitions(state: State, verb: Verb, after: State) -> None:
         (State.MAIL, Verb.MAIL, r.SENDER_ALREADY),
         (State.RCPT, Verb.MAIL, r.SENDER_ALREADY),
         (State.MAIL, Verb.DATA, r.NO_VALID_RECIPIENTS),
+        (State.GREETED, Verb.BDAT, r.NEED_HELO),
+        (State.READY, Verb.BDAT, r.BAD_SEQUENCE),
+        (State.MAIL, Verb.BDAT, r.NO_VALID_RECIPIENTS),
+        (State.BDAT, Verb.DATA, r.DATA_AFTER_BDAT),
+        (State.BDAT, Verb.MAIL, r.SENDER_ALREADY),
+        (State.BDAT, Verb.RCPT, r.BAD_SEQUENCE),
+        (State.BDAT, Verb.AUTH, r.AUTH_IN_TRANSACTION),
     ],
 )
 def test_misses_and_their_refusal(state: State, verb: Verb, reply: r.Reply) -> None:
@@ -67,15 +81,32 @@ def test_misses_and_their_refusal(state: State, verb: Verb, reply: r.Reply) -> N
     assert refusal(state, verb) == reply
 
 
+PSEUDO = {
+    Verb.GREETING,
+    Verb.END_OF_DATA,
+    Verb.AUTH_RESPONSE,
+    Verb.END_OF_CHUNK,
+    Verb.END_OF_LAST_CHUNK,
+}
+
+
 def test_no_command_is_read_outside_the_dialogue() -> None:
     for state, verb in TRANSITIONS:
-        if verb in ALWAYS_APPLIES:
+        if verb in PSEUDO:
             continue
         assert state in DIALOGUE
 
 
+def test_pseudo_steps_that_always_apply() -> None:
+    # A refused message ends its transaction, however it was sent; a refused chunk that is
+    # not the last one too, so that no later chunk joins a message that failed.
+    assert {Verb.END_OF_DATA, Verb.END_OF_LAST_CHUNK} <= ALWAYS_APPLIES
+    assert Verb.END_OF_CHUNK not in ALWAYS_APPLIES
+    assert AFTER_REFUSAL == {(State.CHUNK, Verb.END_OF_CHUNK): State.READY}
+
+
 def test_command_verbs_are_the_typed_ones() -> None:
-    pseudo = {Verb.GREETING, Verb.END_OF_DATA, Verb.AUTH_RESPONSE}
+    pseudo = PSEUDO
     assert set(COMMAND_VERBS.values()) == set(Verb) - pseudo
     assert all(key.isupper() for key in COMMAND_VERBS)
 
