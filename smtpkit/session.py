@@ -48,6 +48,10 @@ __all__ = [
 # long session's journal stays bounded by what it did, not by how often it did it.
 REPEAT_LINE = 1000
 
+# The engine's states inside a message: its content is being read (DATA, a BDAT chunk), or
+# more chunks of it are to come; the data timeout applies.
+_IN_MESSAGE = frozenset({State.DATA, State.CHUNK, State.BDAT})
+
 Submit = Callable[[Delivery, Callable[[Delivery], None]], None]
 
 
@@ -103,6 +107,15 @@ class Inspector(Protocol):
         else touches the spool."""
 
 
+class RecipientVerifier(Protocol):
+    """Asks the mail store about a recipient the policy accepted, before its 250
+    (``[delivery] lmtp_verify``: the LMTP server), off the event loop."""
+
+    def verify(self, decision: Accept, done: Callable[[Decision], None]) -> Decision | None:
+        """The decision now (nothing to ask, or the answer is known), or None: ``done``
+        gets it later, on the loop. Until then the session reads nothing more."""
+
+
 class Transport(Protocol):
     """What a session needs from its connection."""
 
@@ -137,6 +150,8 @@ class ServerContext:
     dsn_on_receive: bool = False
     #: Checks each message before it is committed; None: none.
     inspector: Inspector | None = None
+    #: Asks the mail store about each accepted recipient at RCPT; None: nobody is asked.
+    verifier: RecipientVerifier | None = None
 
 
 def new_session_id() -> str:
@@ -197,6 +212,10 @@ class Session:
         self._repeats: dict[str, int] = {}
         self._repeated_commands: dict[str, int] = {}
         self._last_helo: tuple[str, bool] | None = None
+        # BDAT commands refused since the last refused chunk (None: no chunk refused yet):
+        # RFC 3030 2 has a client's pipelined chunks read after a refusal; they are refused
+        # too, but count with it as one error (up to limits.max_refused_chunks).
+        self._refused_chunks: int | None = None
         self._reset_transaction()
 
     # --- driving ---------------------------------------------------------------------------
@@ -221,7 +240,7 @@ class Session:
 
     @property
     def in_data(self) -> bool:
-        return self.conn.state is State.DATA or self.waiting
+        return self.conn.state in _IN_MESSAGE or self.waiting
 
     def resume(self) -> None:
         """The transport drained: go on with what the client pipelined."""
@@ -321,10 +340,10 @@ class Session:
         if self.errors >= self.ctx.limits.max_errors:
             self._reply(replies.TOO_MANY_ERRORS)
 
-    def _junk_command(self, event: ev.Event, reply: Reply) -> None:
+    def _junk_command(self, event: ev.Event, reply: Reply, verb: str = "") -> None:
         """NOOP, RSET, VRFY, HELP: free up to ``limits.max_junk_commands`` since the last
         delivered message, then each counts as an error."""
-        verb = type(event).__name__.upper()
+        verb = verb or type(event).__name__.upper()
         self._repeated_commands[verb] = self._repeated_commands.get(verb, 0) + 1
         self.junk += 1
         self._reply(reply)
@@ -378,6 +397,10 @@ class Session:
         self._checked: dict[str, Any] = {}  # what the inspector found, for the journal
         self._dot = 0.0  # when the final dot came (time.monotonic()), for the metrics
         self.spool: Spool | None = None
+        self._chunks = 0  # BDAT chunks of this message (RFC 3030)
+        # Why this BDAT message is refused at the end of its current chunk (a storage
+        # error at its first one): the chunk is read all the same.
+        self._chunk_failure: Reply | None = None
 
     def _abort_spool(self) -> None:
         if self.spool is not None:
@@ -413,6 +436,9 @@ class Session:
             f"SIZE {self.ctx.limits.max_message_size}",
             "PIPELINING",
             "8BITMIME",
+            # RFC 3030: messages in counted chunks, binary ones too; on every listener.
+            "BINARYMIME",
+            "CHUNKING",
             "ENHANCEDSTATUSCODES",
         ]
         # RFC 3207 4.2: STARTTLS is not offered again once TLS is on.
@@ -461,6 +487,24 @@ class Session:
             self._refuse(replies.UNKNOWN_PARAMETER, journaled=True)
             return
         decision = self.ctx.policy.check_rcpt(self._facts(), event)
+        verifier = self.ctx.verifier
+        if verifier is not None and isinstance(decision, Accept) and decision.targets:
+            verified = verifier.verify(decision, functools.partial(self._verified, event))
+            if verified is None:
+                self.waiting = True  # the engine reads nothing more until the answer
+                return
+            decision = verified
+        self._rcpt_decided(event, decision)
+
+    def _verified(self, event: ev.RcptTo, decision: Decision) -> None:
+        """The mail store answered about a recipient (on the loop)."""
+        self.waiting = False
+        if self.closed:
+            return
+        self._rcpt_decided(event, decision)
+        self._pump()
+
+    def _rcpt_decided(self, event: ev.RcptTo, decision: Decision) -> None:
         targets = decision.targets if isinstance(decision, Accept) else ()
         # Accepted with no target would go nowhere: that is an unknown user too.
         refusal = _refusal(decision) or (None if targets else replies.UNKNOWN_USER)
@@ -491,18 +535,68 @@ class Session:
 
     def _on_data(self, event: ev.Data) -> None:
         self.messages += 1
+        self._reply(self._open_spool() or replies.START_DATA)
+
+    def _open_spool(self) -> Reply | None:
+        """A new message begins (DATA, or its first chunk): its spool file, or the reply
+        refusing it when that cannot be made."""
         spool = self.ctx.open_spool(self._trace_header())
         if spool.error is not None:
             self._journal("error", error=str(spool.error))
             metrics.record.refused_for("error")
             spool.abort()
-            self._reply(replies.STORAGE_FULL if spool.error.disk_full else replies.LOCAL_ERROR)
-            return
+            return replies.STORAGE_FULL if spool.error.disk_full else replies.LOCAL_ERROR
         self.spool = spool
         # An authenticated user's message: its header section is held back (bounded) until
         # it is complete, to add what RFC 6409 8 lets submission add, and to check From:.
         self._headers = bytearray() if self.user is not None else None
-        self._reply(replies.START_DATA)
+        return None
+
+    def _on_bdat(self, event: ev.Bdat) -> None:
+        """A chunk begins (RFC 3030 2); its reply is due at its end. The first chunk of a
+        message opens its spool, as DATA does."""
+        self._chunks += 1
+        if self._chunks == 1:
+            self.messages += 1
+            self._chunk_failure = self._open_spool()
+
+    def _on_chunk_end(self, event: ev.EndOfChunk) -> None:
+        """A chunk was read whole. A refused one ends its transaction (RFC 3030 2); the
+        last one's reply is the message's, sent once it is durable, as after the dot."""
+        failure = event.error or self._chunk_failure
+        if failure is not None:
+            self._abort_spool()
+            if event.error is not None:
+                self._journal(
+                    "rejected", size=event.total, code=event.error.code, chunks=self._chunks
+                )
+                metrics.record.refused(event.error)
+            self._finish(failure, refused=event.error is not None)
+            self._refused_chunks = 0
+            return
+        if event.last:
+            self._dot = time.monotonic()
+            spool, self.spool = self.spool, None
+            if spool is None:  # pragma: no cover - the first chunk made it, or failed
+                self._finish(replies.LOCAL_ERROR)
+                return
+            self._complete(spool, event.total)
+            return
+        reply = replies.chunk_received(event.size)
+        if event.size:
+            self._reply(reply)
+        else:
+            # "BDAT 0" without LAST adds nothing: a NOOP by another name.
+            self._junk_command(event, reply, "BDAT")
+
+    def _on_refused_chunk(self, event: ev.RefusedChunk) -> None:
+        """A BDAT the engine refused; its chunk was read and dropped. The ones a client
+        pipelined after a refused chunk count with that refusal, once."""
+        counted = self._refused_chunks
+        if counted is not None:
+            self._refused_chunks = counted + 1
+        free = counted is not None and counted < self.ctx.limits.max_refused_chunks
+        self._refuse(event.reply, counts=not free)
 
     def _queue_id(self) -> str:
         return f"{self.id}.{self.messages}"
@@ -526,6 +620,11 @@ class Session:
             f"\tby {self.ctx.hostname} (smtpkit) with {protocol} id {self._queue_id()}{tls}"
             f"{rcpt};\r\n\t{stamp}\r\n"
         )
+        if rcpt and all(isinstance(t, Mailbox) for t in self.targets):
+            # The recipient as the client gave it, subaddress and all (alice+lists@), in the
+            # field mail filters and Sieve (address :detail "delivered-to") read; as Dovecot's
+            # LMTP writes it. Only for one recipient: every mailbox gets the same file.
+            text += f"Delivered-To: {self.recipients[0]}\r\n"
         return text.encode("utf-8", "surrogateescape")
 
     def _on_chunk(self, event: ev.DataChunk) -> None:
@@ -569,12 +668,17 @@ class Session:
             metrics.record.refused(event.error)
             self._finish(event.error, refused=True)
             return
+        self._complete(spool, event.size)
+
+    def _complete(self, spool: Spool, size: int) -> None:
+        """The message is whole (the final dot, the last chunk) and broke no rule of the
+        protocol: check what is left to check, then commit it; the reply waits for that."""
         self.spool = spool
         self._release_headers()  # a message with no body: all headers
         self.spool = None
         if spool.error is not None:
             spool.abort()
-            self._journal("error", size=event.size, error=str(spool.error))
+            self._journal("error", size=size, error=str(spool.error))
             metrics.record.refused_for("error")
             self._finish(replies.STORAGE_FULL if spool.error.disk_full else replies.LOCAL_ERROR)
             return
@@ -582,7 +686,7 @@ class Session:
         if user is not None and not all(self._owns(user, a) for a in self._authors):
             # Mail that leaves is signed for its From: domain: no user may pose as another.
             spool.abort()
-            self._journal("rejected", size=event.size, code=550, authors=self._authors)
+            self._journal("rejected", size=size, code=550, authors=self._authors)
             metrics.record.refused(replies.FROM_NOT_OWNED)
             self._finish(replies.FROM_NOT_OWNED, refused=True)
             return
@@ -597,7 +701,7 @@ class Session:
                 tuple(self.recipients),
                 user,
             )
-            inspector.inspect(inspection, functools.partial(self._inspected, spool, event.size))
+            inspector.inspect(inspection, functools.partial(self._inspected, spool, size))
             return
         self._commit(spool)
 
@@ -648,6 +752,7 @@ class Session:
                 sender=self.sender,
                 to=self.recipients,
                 files=delivery.stored,
+                **({"chunks": self._chunks} if self._chunks else {}),
                 **self._checked,
             )
             metrics.record.stored(delivery.spool.size, len(self.recipients), self._dot)
@@ -814,6 +919,9 @@ _HANDLERS: dict[type[Any], Callable[[Session, Any], None]] = {
     ev.Data: Session._on_data,
     ev.DataChunk: Session._on_chunk,
     ev.EndOfData: Session._on_end,
+    ev.Bdat: Session._on_bdat,
+    ev.EndOfChunk: Session._on_chunk_end,
+    ev.RefusedChunk: Session._on_refused_chunk,
     ev.Rset: Session._on_rset,
     ev.Noop: Session._on_noop,
     ev.Quit: Session._on_quit,

@@ -16,7 +16,7 @@ from smtpkit.delivery.router import Router
 from smtpkit.delivery.spool import Spool, SpoolPool
 from smtpkit.delivery.targets import Delivery
 from smtpkit.journal import Journal
-from smtpkit.limits import Limits
+from smtpkit.limits import BareNewline, Limits
 from smtpkit.policy import LocalPolicy, TlsInfo
 from smtpkit.session import ServerContext, Session
 from smtpkit.users import UserStore
@@ -98,6 +98,8 @@ def test_ehlo_lists_extensions(h: Harness) -> None:
         "250-SIZE 2000",
         "250-PIPELINING",
         "250-8BITMIME",
+        "250-BINARYMIME",
+        "250-CHUNKING",
         "250-ENHANCEDSTATUSCODES",
         "250 HELP",
     ]
@@ -495,3 +497,135 @@ def test_headers_present_are_left_alone(tmp_path: Path) -> None:
     (stored,) = (h.bob / "new").iterdir()
     assert stored.read_bytes().count(b"Message-ID:") == 1
     assert stored.read_bytes().count(b"\r\nDate:") == 1
+
+
+# --- CHUNKING and BINARYMIME (RFC 3030) ------------------------------------------------------
+
+
+def bdat(content: bytes, last: bool = False) -> bytes:
+    return b"BDAT %d%s\r\n" % (len(content), b" LAST" if last else b"") + content
+
+
+ENVELOPE = b"EHLO c\r\nMAIL FROM:<s@remote.test>\r\nRCPT TO:<bob@example.org>\r\n"
+
+
+def test_a_message_in_chunks_is_stored_and_journaled(h: Harness) -> None:
+    lines = h.say(ENVELOPE + bdat(b"Subject: t\r\n\r\n..not stuffed\r") + bdat(b"\nbye\r\n", True))
+    assert lines[-2] == "250 2.0.0 28 octets received"
+    assert lines[-1].startswith("250 2.0.0 OK: message stored as sid.1")
+    (stored,) = (h.bob / "new").iterdir()
+    data = stored.read_bytes()
+    assert data.startswith(b"Return-Path: <s@remote.test>\r\nReceived: from c ([192.0.2.7])\r\n")
+    assert data.endswith(b"\r\nSubject: t\r\n\r\n..not stuffed\r\nbye\r\n")
+    (line,) = [e for e in journal_events(h) if e["event"] == "stored"]
+    assert line["chunks"] == 2 and line["size"] == len(data)
+
+
+def test_the_last_chunk_is_answered_only_once_durable(tmp_path: Path) -> None:
+    h = Harness(tmp_path, Limits(), deferred=True)
+    h.transport.take()
+    lines = h.say(ENVELOPE + bdat(b"a\r\n") + bdat(b"b\r\n", True) + b"NOOP\r\n")
+    assert codes(lines) == ["250", "250", "250", "250"]  # nothing after the last chunk yet
+    assert h.session.waiting and h.session.in_data and len(h.pending) == 1
+    delivery, done = h.pending.pop()
+    done(commit_batch([delivery])[0])
+    assert codes(h.transport.take()) == ["250", "250"]  # the message, then NOOP
+
+
+def test_a_chunk_over_the_size_limit_and_its_pipelined_rest_count_as_one_error(
+    tmp_path: Path,
+) -> None:
+    """A big pipelined message refused for size (RFC 3030 2: every chunk in flight is read
+    and refused) is one error, not a 421 (max_errors 5); the session goes on."""
+    h = Harness(tmp_path, Limits(max_message_size=2000, max_errors=5))
+    h.transport.take()
+    rest = b"".join(bdat(b"x" * 998 + b"\r\n") for _ in range(20)) + bdat(b"end\r\n", True)
+    lines = h.say(ENVELOPE + bdat(b"y" * 998 + b"\r\n") + bdat(b"z" * 1500 + b"\r\n") + rest)
+    assert codes(lines) == ["250", "250", "250", "250", "552"] + ["503"] * 21
+    assert not h.transport.closed
+    assert list((h.bob / "new").iterdir()) == [] and list((h.bob / "tmp").iterdir()) == []
+    assert h.session.errors == 1
+    lines = h.say(b"MAIL FROM:<>\r\nRCPT TO:<bob@example.org>\r\n" + bdat(b"ok\r\n", True))
+    assert codes(lines) == ["250", "250", "250"]
+    rejected = [e for e in journal_events(h) if e["event"] == "rejected"]
+    assert rejected == [{**rejected[0], "size": 998 + 2 + 1502, "code": 552, "chunks": 2}]
+
+
+def test_refused_chunks_past_the_allowance_count(tmp_path: Path) -> None:
+    h = Harness(tmp_path, Limits(max_errors=3, max_refused_chunks=2))
+    h.transport.take()
+    lines = h.say(ENVELOPE + bdat(b"bare\n") + bdat(b"a") * 5)
+    # The refusal (1 error), two free, then two more errors: 421 at the third.
+    assert codes(lines) == ["250", "250", "250", "550", "503", "503", "503", "503", "421"]
+
+
+def test_bdat_without_a_transaction_counts_as_an_error(h: Harness) -> None:
+    lines = h.say(b"EHLO c\r\n" + bdat(b"MAIL FROM:<x@y>\r\n") * 5)
+    assert codes(lines) == ["250"] + ["503"] * 5 + ["421"]
+
+
+def test_bdat_0_is_a_junk_command(tmp_path: Path) -> None:
+    h = Harness(tmp_path, Limits(max_errors=2, max_junk_commands=3))
+    h.transport.take()
+    lines = h.say(ENVELOPE + b"BDAT 0\r\n" * 5)
+    # Three are free, the fourth and fifth count: the fifth is the second error.
+    assert codes(lines) == ["250"] * 8 + ["421"]
+
+
+def test_a_spool_that_cannot_be_made_refuses_the_first_chunk_after_reading_it(
+    h: Harness,
+) -> None:
+    h.say(ENVELOPE)
+    h.pool.folder.rename(h.pool.folder.with_name("moved"))
+    lines = h.say(bdat(b"MAIL FROM:<e@x.test>\r\n") + bdat(b"QUIT\r\n", True) + b"NOOP\r\n")
+    assert lines[0] == "451 4.3.0 Local error in processing, try again later"
+    assert codes(lines) == ["451", "503", "250"]
+    assert h.session.errors == 0  # our trouble, not the client's
+    assert not h.transport.closed
+
+
+def test_binarymime_is_stored_exactly_and_data_is_refused(h: Harness) -> None:
+    content = b"Subject: bin\r\n\r\n" + bytes(range(256)) + b"\r\n.\r\n\n\r"
+    lines = h.say(
+        b"EHLO c\r\nMAIL FROM:<s@remote.test> BODY=BINARYMIME\r\nRCPT TO:<bob@example.org>\r\n"
+        b"DATA\r\n" + bdat(content, True)
+    )
+    assert lines[-2] == "503 5.5.1 BODY=BINARYMIME requires BDAT, not DATA"
+    assert lines[-1].startswith("250 2.0.0 OK: message stored as sid.1")
+    (stored,) = (h.bob / "new").iterdir()
+    assert stored.read_bytes().endswith(content)
+
+
+def test_data_after_bdat_is_refused_in_the_same_transaction(h: Harness) -> None:
+    lines = h.say(ENVELOPE + bdat(b"a\r\n") + b"DATA\r\n" + bdat(b"b\r\n", True))
+    assert lines[-2] == "503 5.5.1 DATA not allowed after BDAT"
+    assert codes(lines)[-1] == "250"
+    (stored,) = (h.bob / "new").iterdir()
+    assert stored.read_bytes().endswith(b"\r\na\r\nb\r\n")
+
+
+def test_a_malformed_bdat_closes_the_session(h: Harness) -> None:
+    lines = h.say(ENVELOPE + b"BDAT 12 MORE\r\nQUIT\r\nNOOP\r\n")
+    assert lines[-1] == "421 4.5.0 Malformed BDAT command, closing connection"
+    assert h.transport.closed
+
+
+def test_shutdown_between_chunks_waits_for_the_last(h: Harness) -> None:
+    h.say(ENVELOPE + bdat(b"part\r\n"))
+    h.session.shutdown()
+    assert h.transport.take() == [] and not h.transport.closed
+    lines = h.say(bdat(b"end\r\n", True))
+    assert codes(lines) == ["250", "421"]
+
+
+def test_normalize_stores_bare_lf_as_crlf(tmp_path: Path) -> None:
+    h = Harness(tmp_path, Limits(bare_newline=BareNewline.NORMALIZE))
+    h.transport.take()
+    h.say(b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<bob@example.org>\r\nDATA\r\n")
+    lines = h.say(b"Subject: lf\n\nline\n.\nmore\r\n.\r\n" + ENVELOPE + bdat(b"x\ny\n", True))
+    assert codes(lines) == ["250", "250", "250", "250", "250"]
+    first, second = sorted((h.bob / "new").iterdir(), key=lambda p: p.stat().st_mtime_ns)
+    assert first.read_bytes().endswith(b"\r\nSubject: lf\r\n\r\nline\r\n\r\nmore\r\n")
+    assert second.read_bytes().endswith(b"\r\nx\r\ny\r\n")
+    lines = h.say(b"MAIL FROM:<>\r\nRCPT TO:<bob@example.org>\r\nDATA\r\nX: a\rFrom: f\r\n.\r\n")
+    assert lines[-1] == "550 5.6.0 Message refused: bare <CR> or <LF> in data"

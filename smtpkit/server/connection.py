@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from smtpkit import metrics
 from smtpkit.config import ListenerRole
 from smtpkit.policy import TlsInfo
+from smtpkit.protocol import proxy, replies
 from smtpkit.protocol.replies import Reply
 from smtpkit.session import ServerContext, Session
 
@@ -50,6 +51,7 @@ class Connection:
         "_discarding",
         "_events",
         "_expires",
+        "_first",
         "_flush_scheduled",
         "_gone",
         "_handshaking",
@@ -91,6 +93,9 @@ class Connection:
         self._want_tls = False
         self._handshaking = False
         self._events = _READ
+        #: The session's first bytes, until they show whether it began with a PROXY header
+        #: (see _screen_first); None once they have.
+        self._first: bytes | None = b""
         now = time.monotonic()
         self.deadline = now + ctx.limits.command_timeout
         # The whole session's limit: no stream of cheap commands keeps a connection forever.
@@ -177,7 +182,10 @@ class Connection:
         except (OSError, ssl.SSLError) as exc:
             self._lost(f"read error: {exc}")
             return
-        self.session.receive(data)
+        if self._first is None:
+            self.session.receive(data)
+        elif not self._screen_first(data):
+            return
         # TLS may hold decrypted bytes the selector will not report; take them now.
         while data and isinstance(sock, ssl.SSLSocket) and sock.pending() and not self._gone:
             try:
@@ -194,6 +202,33 @@ class Connection:
             self.close()
         elif self._events & _READ and not self._read_interest() and not self._gone:
             self._set_events(self._events & ~_READ)
+
+    def _screen_first(self, data: bytes) -> bool:
+        """Hand the session its first bytes, unless they are a PROXY header: this peer is
+        not in ``server.proxy_protocol_from`` (a listed one has had its header read before
+        the session began), and the session ends at once with ``PROXY_NOT_ALLOWED``.
+        Bytes that may still become ``PROXY `` are held back: they hold no line end, so
+        there is nothing to answer yet. Bytes that may still become the version 2
+        signature are answered as they come (they are empty lines). False when nothing
+        more is to be done with ``data``."""
+        held = self._first or b""
+        seen = held + data
+        verdict = proxy.announces(seen[: len(proxy.V2_SIGNATURE)])
+        if verdict:
+            self._first = None
+            self.session.force_close(replies.PROXY_NOT_ALLOWED)
+            return False
+        holding = seen[:1] == proxy.V1_PREFIX[:1]
+        if verdict is None and data:
+            self._first = seen
+            if not holding:
+                self.session.receive(data)
+            return not holding
+        self._first = None
+        if holding and held:
+            self.session.receive(held)
+        self.session.receive(data)
+        return True
 
     def _flush(self) -> None:
         self._flush_scheduled = False

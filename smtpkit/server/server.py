@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import ipaddress
 import resource
 import signal
 import socket
@@ -21,10 +22,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from smtpkit import metrics
+from smtpkit.addresses import host_port
 from smtpkit.auth import PasswordFile, load_hasher
 from smtpkit.config import Config, ListenAddress, ListenerRole, TlsConfig, load_config
 from smtpkit.delivery.commit import DeliveryWorker
-from smtpkit.delivery.queue import QUEUE_FOLDER, clean_queue
+from smtpkit.delivery.queue import QUEUE_FOLDER, clean_queue, set_node
 from smtpkit.delivery.router import Router
 from smtpkit.delivery.spool import SPOOL_FOLDER, Spool, SpoolPool, clean_spools
 from smtpkit.delivery.syncer import SharedSyncer
@@ -33,11 +35,13 @@ from smtpkit.fsutil import make_dirs
 from smtpkit.journal import Journal
 from smtpkit.mailauth.signing import Signer
 from smtpkit.maildrop import ensure_maildrop
+from smtpkit.outbound.inject import lmtp_queue
 from smtpkit.outbound.reports import DeliveredHere
 from smtpkit.outbound.runner import QueueRunner
 from smtpkit.owner import Owner, as_owner, drop_to
 from smtpkit.policy import LocalPolicy
 from smtpkit.protocol import replies
+from smtpkit.protocol.proxy import Header
 from smtpkit.server.authn import PasswordChecker
 from smtpkit.server.checks import Checks, load_mailauth, signature
 from smtpkit.server.connection import Connection
@@ -53,8 +57,10 @@ from smtpkit.server.listener import (
 from smtpkit.server.loop import EventLoop
 from smtpkit.server.metrics_http import start_endpoint
 from smtpkit.server.pickup import Pickup
+from smtpkit.server.proxy import HeaderReader
+from smtpkit.server.verify import LmtpVerifier
 from smtpkit.server.workers import Supervisor
-from smtpkit.session import ServerContext
+from smtpkit.session import ServerContext, new_session_id
 from smtpkit.signals import defer_server_signals, release_server_signals
 from smtpkit.users import UserStore
 
@@ -162,9 +168,11 @@ class Server:
         self.pickup: Pickup | None = None
         self.runner: QueueRunner | None = None
         self.checks: Checks | None = None
+        self.verifier: LmtpVerifier | None = None
         self.retired: list[Checks | PasswordChecker] = []  # closed at exit
         self.connections: set[Connection] = set()
         self.screening: set[Connection] = set()  # waiting for the blocklists' answer
+        self.awaiting: set[HeaderReader] = set()  # waiting for a balancer's PROXY header
         # Connection counts shared by all worker processes: the limits are global.
         if counts is None:
             counts = SharedCounts(1, config.limits.max_connections).slot(0)
@@ -181,8 +189,15 @@ class Server:
         and again on reload. Sessions in flight keep the context they began with."""
         self.config = config
         self.tls = tls
+        set_node(config.server.hostname)  # queue entries are named after this node
         self.users = UserStore(config.server.users_dir, config.server.domains)
-        router = Router(self.users, config.aliases, config.server.domains)
+        router = Router(
+            self.users,
+            config.aliases,
+            config.server.domains,
+            lmtp_queue(config),
+            delimiters=config.server.recipient_delimiter,
+        )
         # AUTH where there are submission listeners; a queue for other domains where anyone
         # may relay (authenticated users, trusted networks). Passwords are read at each
         # login, so one checker serves every reload.
@@ -239,6 +254,7 @@ class Server:
             if config.checks.any or signer
             else None
         )
+        self._make_verifier(config)
         self.ctx = ServerContext(
             hostname=config.server.hostname,
             limits=config.limits,
@@ -250,7 +266,24 @@ class Server:
             auth=auth,
             dsn_on_receive=config.server.dsn_on_receive,
             inspector=self.checks,
+            verifier=self.verifier,
         )
+
+    def _make_verifier(self, config: Config) -> None:
+        """``[delivery] lmtp_verify``: the LMTP server asked about recipients at RCPT. A
+        reload makes a new one; checks under way on the old one still answer."""
+        if self.verifier is not None:
+            self.verifier.close()
+        lmtp = config.delivery.lmtp
+        self.verifier = None
+        if lmtp is not None and config.delivery.lmtp_verify:
+            self.verifier = LmtpVerifier(
+                lmtp,
+                config.server.hostname,
+                config.server.domains,
+                self.loop.call_soon_threadsafe,
+                lambda reason: self.journal.write("lmtp_verify", "-", "-", error=reason),
+            )
 
     def _journal_soon(self, event: str, session: str, fields: dict[str, object]) -> None:
         """A journal line from another thread, written on the loop."""
@@ -336,7 +369,7 @@ class Server:
             if self.runner is not None:
                 self.runner.stop()
             self.pickup.stop()
-            for part in [self.checks, *self.retired, self.auth]:
+            for part in [self.checks, *self.retired, self.auth, self.verifier]:
                 if part is not None:
                     part.close()
             self.delivery.close()
@@ -356,6 +389,8 @@ class Server:
         self.listeners.clear()
         for conn in list(self.connections):
             conn.shutdown()
+        for reader in list(self.awaiting):
+            reader.abort("shutdown before the PROXY header")
         if self.runner is not None:
             self.runner.stop()
         self.loop.call_later(GRACE, self._end_grace)
@@ -367,7 +402,7 @@ class Server:
         # Sockets whose last reply cannot be delivered are closed by the sweep.
 
     def _maybe_stop(self) -> None:
-        if self.stopping and not self.connections and not self.screening:
+        if self.stopping and not self.connections and not self.screening and not self.awaiting:
             self.loop.stop()
 
     def _reload_tls(self, config: Config) -> TlsContexts | None:
@@ -393,19 +428,83 @@ class Server:
             self.journal.write("refused", "-", ip, code=421, reason="max_connections")
             metrics.record.connection("refused_limit")
             return TOO_MANY
+        # A balancer's connections are many clients': the per-address limit waits for the
+        # address its PROXY header names (_proxied).
+        if self._behind_proxy(ip):
+            return None
         if self.counts.for_ip(ip) >= limits.max_connections_per_ip:
             self.journal.write("refused", "-", ip, code=421, reason="max_connections_per_ip")
             metrics.record.connection("refused_limit")
             return TOO_MANY_FROM_IP
         return None
 
+    def _behind_proxy(self, ip: str) -> bool:
+        """Whether ``ip`` is a balancer of ``server.proxy_protocol_from``, which must begin
+        each connection with a PROXY header."""
+        networks = self.config.server.proxy_protocol_from
+        return bool(networks) and any(ipaddress.ip_address(ip) in n for n in networks)
+
     def _accept(self, sock: socket.socket, peer: tuple[str, int], *, role: ListenerRole) -> None:
         if not self.counts.add(peer[0]):
             metrics.record.connection("refused_limit")
             refuse(sock, TOO_MANY)
             return
+        if self._behind_proxy(peer[0]):
+            # Counted under the balancer's address until the header names the client.
+            done = functools.partial(self._proxied, role=role)
+            timeout = self.config.limits.proxy_header_timeout
+            self.awaiting.add(HeaderReader(self.loop, sock, peer, timeout, done))
+            return
+        self._open(sock, peer, role)
+
+    def _proxied(
+        self, reader: HeaderReader, header: Header | None, error: str, *, role: ListenerRole
+    ) -> None:
+        """The balancer's header is read (or failed: the socket is closed, nothing was
+        sent). The connection now counts under the client's address, and the limit per
+        address applies to it; everything after (blocklists, the session, its journal,
+        policy, checks and Received: line) knows only the client."""
+        self.awaiting.discard(reader)
+        balancer = reader.peer
+        self.counts.remove(balancer[0])
+        if header is None:
+            self.journal.write("proxy", new_session_id(), host_port(*balancer), error=error)
+            self._maybe_stop()
+            return
+        client = header.client or balancer
+        if self.counts.for_ip(client[0]) >= self.config.limits.max_connections_per_ip:
+            self.journal.write(
+                "refused", "-", client[0], code=421, reason="max_connections_per_ip",
+                via=host_port(*balancer),
+            )  # fmt: skip
+            metrics.record.connection("refused_limit")
+            refuse(reader.sock, TOO_MANY_FROM_IP)
+            return
+        if not self.counts.add(client[0]):
+            metrics.record.connection("refused_limit")
+            refuse(reader.sock, TOO_MANY)
+            return
+        self._open(reader.sock, client, role, via=balancer, version=header.version)
+
+    def _open(
+        self,
+        sock: socket.socket,
+        peer: tuple[str, int],
+        role: ListenerRole,
+        *,
+        via: tuple[str, int] | None = None,
+        version: int = 0,
+    ) -> None:
+        """A counted connection from ``peer`` (the client): its session, after the
+        blocklists when they are asked."""
         tls = self.tls.for_role(role) if self.tls is not None else None
         conn = Connection(self.loop, sock, peer, self.ctx, tls, self._closed, role=role)
+        if via is not None:
+            # Before the session's connect line, under its id: who passed the client on.
+            session = conn.session
+            self.journal.write(
+                "proxy", session.id, session.peer, via=host_port(*via), version=version
+            )
         checks = self.checks
         if checks is not None and checks.screens(role, peer[0]):
             # Greeted once the blocklists have answered (bounded in time).
