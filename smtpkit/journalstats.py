@@ -84,6 +84,7 @@ REASONS: Final = (
 REPLY_REASONS: Final[Mapping[Reply, str]] = {
     replies.RELAY_DENIED: RELAY,
     replies.UNKNOWN_USER: UNKNOWN_USER,
+    replies.MAILBOX_REFUSED: UNKNOWN_USER,
     replies.MESSAGE_TOO_BIG: SIZE,
     replies.BARE_NEWLINE_IN_DATA: BARE_LF,
     replies.BARE_NEWLINE_IN_COMMAND: BARE_LF,
@@ -101,6 +102,7 @@ REPLY_REASONS: Final[Mapping[Reply, str]] = {
     replies.TOO_MANY_AUTH_FAILURES: POLICY,
     replies.SENDER_NOT_OWNED: POLICY,
     replies.FROM_NOT_OWNED: POLICY,
+    replies.PROXY_NOT_ALLOWED: POLICY,
     replies.TOO_MANY_CONNECTIONS: LIMITS,
     replies.TOO_MANY_CONNECTIONS_FROM_IP: LIMITS,
     replies.TOO_MANY_RECIPIENTS: LIMITS,
@@ -117,6 +119,8 @@ REPLY_REASONS: Final[Mapping[Reply, str]] = {
     replies.TIMEOUT: OTHER,
     replies.LOCAL_ERROR: OTHER,
     replies.STORAGE_FULL: OTHER,
+    replies.MAILBOX_SERVER_UNAVAILABLE: OTHER,
+    replies.MAILBOX_UNAVAILABLE: OTHER,
     replies.TLS_NOT_AVAILABLE: OTHER,
     replies.AUTH_UNAVAILABLE: OTHER,
     replies.UNKNOWN_COMMAND: OTHER,
@@ -130,6 +134,10 @@ REPLY_REASONS: Final[Mapping[Reply, str]] = {
     replies.NO_VALID_RECIPIENTS: OTHER,
     replies.TLS_ALREADY_ACTIVE: OTHER,
     replies.NON_ASCII_HELO: OTHER,
+    replies.BDAT_UNREADABLE: OTHER,
+    replies.DATA_AFTER_BDAT: OTHER,
+    replies.BINARYMIME_NEEDS_BDAT: OTHER,
+    replies.BDAT_NEEDS_EHLO: OTHER,
 }
 
 _MARK = "MARKMARK"  # stands in for the values of a built reply, to find its fixed start

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 
-from smtpkit.delivery.targets import Mailbox, Target
+from smtpkit.delivery.targets import Mailbox, Remote, Target
 from smtpkit.errors import UserError
 from smtpkit.users import UserStore
 
@@ -20,14 +21,29 @@ class Router:
     ``resolve`` returns the mailboxes of an address (possibly several through an alias), or
     an empty tuple when nothing local exists for it. It never builds a path from an address
     that ``UserStore.normalize`` has not validated.
+
+    With ``delimiters`` (``server.recipient_delimiter``), an address that names no user and
+    no alias is tried once more without its subaddress (RFC 5233): ``alice+lists@`` reaches
+    ``alice@`` from the first delimiter on. An exact user or alias always wins, so a real
+    ``alice+lists@`` mailbox is never bypassed.
     """
 
     def __init__(
-        self, users: UserStore, aliases: Mapping[str, tuple[str, ...]], domains: tuple[str, ...]
+        self,
+        users: UserStore,
+        aliases: Mapping[str, tuple[str, ...]],
+        domains: tuple[str, ...],
+        lmtp_queue: Path | None = None,
+        delimiters: str = "",
     ) -> None:
         self.users = users
         self.aliases = aliases
         self.domains = domains
+        #: With ``[delivery] lmtp``: local mail is queued here, for the queue runner to hand
+        #: to the LMTP server, instead of going into the Maildirs (which still say who the
+        #: users are).
+        self.lmtp_queue = lmtp_queue
+        self.delimiters = delimiters
         self._cache: dict[str, tuple[Mailbox, ...]] = {}
 
     def canonical(self, address: str) -> str:
@@ -50,7 +66,30 @@ class Router:
             return ()
         # The one check per recipient that must see the disk now: a user added or removed
         # while the server runs is found or refused at once.
-        return tuple(box for box in targets if os.path.isdir(box.path))
+        found = tuple(box for box in targets if os.path.isdir(box.path))
+        if not found and self.delimiters:
+            base = self.base_address(address)
+            return self.resolve(base) if base is not None else ()
+        if self.lmtp_queue is not None:
+            # Durable in the queue before the 250, like mail for other domains; the folder's
+            # name is the user's canonical address, which the LMTP server is given.
+            return tuple(Remote(box.path.name, self.lmtp_queue) for box in found)
+        return found
+
+    def base_address(self, address: str) -> str | None:
+        """The address without its subaddress (``alice@example.org`` for
+        ``alice+lists@example.org``) when it has one and is not an alias itself; None
+        otherwise. The local part is cut at its first delimiter, as Postfix and Dovecot cut
+        it, so ``alice+a+b@`` is alice's too; one that begins with a delimiter has no base."""
+        try:
+            canonical = self.canonical(address)
+        except UserError:
+            return None
+        local, _, domain = canonical.rpartition("@")
+        cut = min((i for i in map(local.find, self.delimiters) if i >= 0), default=-1)
+        if cut <= 0 or canonical in self.aliases:
+            return None
+        return f"{local[:cut]}@{domain}"
 
     def _targets(self, address: str) -> tuple[Mailbox, ...]:
         """The mailboxes an address routes to, validated once and remembered: address checks

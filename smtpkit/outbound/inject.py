@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 from email.utils import format_datetime
+from pathlib import Path
 
 from smtpkit.config import Config
 from smtpkit.delivery.commit import commit_batch
@@ -18,7 +19,7 @@ from smtpkit.delivery.targets import Delivery, Remote, Target
 from smtpkit.errors import DeliveryError
 from smtpkit.users import UserStore
 
-__all__ = ["Posted", "Sign", "make_router", "post"]
+__all__ = ["Posted", "Sign", "lmtp_queue", "make_router", "post"]
 
 #: DKIM-Signature fields for a message, b"" when there are none (it is not signed).
 Sign = Callable[[bytes], bytes]
@@ -42,8 +43,21 @@ class Posted:
 
 
 def make_router(config: Config) -> Router:
+    """The router ``config`` describes: local mail into the Maildirs, or, with ``[delivery]
+    lmtp``, into the queue for the LMTP server."""
     users = UserStore(config.server.users_dir, config.server.domains)
-    return Router(users, config.aliases, config.server.domains)
+    return Router(
+        users,
+        config.aliases,
+        config.server.domains,
+        lmtp_queue(config),
+        delimiters=config.server.recipient_delimiter,
+    )
+
+
+def lmtp_queue(config: Config) -> Path | None:
+    """Where local mail waits for the LMTP server (the queue), or None without one."""
+    return config.server.directory / QUEUE_FOLDER if config.delivery.lmtp is not None else None
 
 
 def post(

@@ -6,11 +6,13 @@ is the only state: at start it reads every envelope, then learns of new entries 
 ``smtpkit queue`` requests through inotify (and a look every minute, for anything missed).
 
 For each due entry, its waiting recipients are grouped by destination (a domain's MX
-hosts, a ``[routes]`` next hop, or the ``[relay]`` smarthost), in jobs of at most
-``MAX_RCPT`` recipients of one message. A destination resolves its hosts through
-``dns.py`` on a thread (never on the loop), keeps the answer for a minute, and opens up to
-``max_per_domain`` links (``link.py``), ``max_connections`` in all; each link takes jobs
-one after the other while the destination has some (one connection, many messages).
+hosts, a ``[routes]`` next hop, the ``[relay]`` smarthost, or, for local recipients, the
+``[delivery] lmtp`` server), in jobs of at most ``MAX_RCPT`` recipients of one message. A
+destination resolves its hosts through ``dns.py`` on a thread (never on the loop), keeps
+the answer for a minute, and opens up to ``max_per_domain`` links (``link.py``; for LMTP,
+``lmtp_max_connections``), ``max_connections`` in all; each link takes jobs one after the
+other while the destination has some (one connection, many messages). LMTP links also stay
+open for ``LMTP_IDLE`` seconds once idle, and are woken for the next message.
 
 Each recipient's outcome goes through ``schedule.apply_outcome``: delivered, deferred
 (next try with back-off), or failed (at once, or once ``max_age`` is over). The envelope is
@@ -39,7 +41,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from smtpkit.bounce import STATUS_NO_SUCH_DOMAIN, STATUS_NULL_MX, status_from_reply
-from smtpkit.config import Config, NextHop, RelayTls
+from smtpkit.config import Config, LmtpServer, NextHop, RelayTls
 from smtpkit.delivery.queue import (
     QUEUE_FOLDER,
     QueuedRecipient,
@@ -80,6 +82,8 @@ LOCK_RETRY = 5.0  # seconds between tries for the lock, in the workers without i
 RESCAN = 60.0  # seconds between looks at the whole queue folder
 ROUTE_TTL = 60.0  # seconds a destination's resolved hosts are used again
 SWEEP = 1.0
+#: Seconds an LMTP connection without a job stays open for the next message.
+LMTP_IDLE = 30.0
 _STATUS = re.compile(r"([245])\.\d{1,3}\.\d{1,3} ")
 
 JournalWrite = Callable[..., None]
@@ -111,11 +115,14 @@ def _domain(address: str) -> str:
 class _Destination:
     """Where a group of recipients goes, its pending jobs and its links."""
 
-    def __init__(self, key: str, kind: str, name: str, hop: NextHop | None) -> None:
+    def __init__(
+        self, key: str, kind: str, name: str, hop: NextHop | None, socket: Path | None = None
+    ) -> None:
         self.key = key
-        self.kind = kind  # "mx", "route", "relay" or "literal"
-        self.name = name  # the domain, the hop's host or the address literal
+        self.kind = kind  # "mx", "route", "relay", "literal" or "lmtp"
+        self.name = name  # the domain, the hop's host, the address literal or the LMTP server
         self.hop = hop
+        self.socket = socket  # the LMTP server's Unix socket
         self.jobs: deque[Job] = deque()
         self.links: set[Link] = set()
         self.resolving = False
@@ -173,6 +180,8 @@ class QueueRunner:
         self._resolver = None
         self._relay_context = None
         for key, dest in list(self.destinations.items()):
+            for link in list(dest.links):
+                link.close_idle()  # the LMTP server may be another now
             if not dest.jobs and not dest.links and not dest.resolving:
                 del self.destinations[key]
 
@@ -313,13 +322,13 @@ class QueueRunner:
             for start in range(0, len(recipients), MAX_RCPT):
                 part = recipients[start : start + MAX_RCPT]
                 busy.update(r.address for r in part)
-                dest.jobs.append(self._job(entry, part))
+                dest.jobs.append(self._job(entry, part, final=dest.kind == "lmtp"))
             self._open_links(dest)
         later = [r for r in entry.waiting if r.address not in busy]
         if later:
             self._schedule(entry)
 
-    def _job(self, entry: QueueEntry, recipients: list[QueuedRecipient]) -> Job:
+    def _job(self, entry: QueueEntry, recipients: list[QueuedRecipient], *, final: bool) -> Job:
         return Job(
             entry_id=entry.id,
             sender=entry.sender,
@@ -328,6 +337,7 @@ class QueueRunner:
             size=entry.size,
             mail_params=_params(mail_params(entry.dsn)),
             rcpt_params={r.address: _params(rcpt_params(r.dsn)) for r in recipients},
+            final=final,
         )
 
     # --- destinations -----------------------------------------------------------------------
@@ -335,9 +345,17 @@ class QueueRunner:
         domain = _domain(address)
         delivery = self.config.delivery
         hop: NextHop | None
+        socket: Path | None = None
         if domain.startswith("[") and domain.endswith("]"):
             literal = domain[1:-1].removeprefix("ipv6:")
             key, kind, name, hop = f"literal:{literal}", "literal", literal, NextHop(literal, 25)
+        elif domain in self.config.server.domains:
+            # A local recipient queued for the LMTP server (the router does that when
+            # [delivery] lmtp is set). The key names the server, so that a reload pointing
+            # elsewhere makes a destination of its own.
+            lmtp = delivery.lmtp or LmtpServer()
+            key, kind, name = f"lmtp:{lmtp}", "lmtp", str(lmtp)
+            hop, socket = lmtp.hop, lmtp.socket
         elif domain in delivery.routes:
             hop = delivery.routes[domain]
             key, kind, name = f"route:{domain}", "route", hop.host
@@ -348,12 +366,16 @@ class QueueRunner:
             key, kind, name, hop = f"mx:{domain}", "mx", domain, None
         dest = self.destinations.get(key)
         if dest is None:
-            dest = self.destinations[key] = _Destination(key, kind, name, hop)
+            dest = self.destinations[key] = _Destination(key, kind, name, hop, socket)
         return dest
 
     def _open_links(self, dest: _Destination) -> None:
         if self.stopping or not dest.jobs:
             return
+        for link in list(dest.links):
+            link.wake()  # an idle LMTP connection takes the next message
+            if not dest.jobs:
+                return
         if dest.candidates is not None and time.monotonic() - dest.resolved_at > ROUTE_TTL:
             dest.candidates = None
         if dest.candidates is None:
@@ -365,10 +387,22 @@ class QueueRunner:
                 )
             return
         delivery = self.config.delivery
-        wanted = min(len(dest.jobs), delivery.max_per_domain) - len(dest.links)
-        while wanted > 0 and len(self.links) < delivery.max_connections:
+        most = delivery.lmtp_max_connections if dest.kind == "lmtp" else delivery.max_per_domain
+        wanted = min(len(dest.jobs), most) - len(dest.links)
+        while wanted > 0:
+            if len(self.links) >= delivery.max_connections:
+                self._free_idle_link(dest)
+                return
             self._open_link(dest)
             wanted -= 1
+
+    def _free_idle_link(self, dest: _Destination) -> None:
+        """All connections are taken: an idle one elsewhere (LMTP, kept for its next
+        message) gives its place up; once closed, waiting destinations get links."""
+        for link in self.links:
+            if link.idle and link not in dest.links:
+                link.close_idle()
+                return
 
     def _resolve(self, dest: _Destination) -> tuple[list[Candidate], Outcome | None]:
         """On a DNS thread: the addresses to try, or the outcome for every job when there
@@ -376,6 +410,13 @@ class QueueRunner:
         resolver = self._mail_resolver()
         if dest.kind == "literal":
             return [Candidate(dest.name, dest.name, 25)], None
+        if dest.kind == "lmtp" and dest.socket is not None:
+            return [Candidate("localhost", str(dest.socket), 0, unix=True)], None
+        if dest.kind == "lmtp" and dest.hop is None:
+            # Queued for LMTP, and then [delivery] lmtp was taken out: the mail waits for
+            # it to come back (or for `smtpkit queue bounce`), never for a guess.
+            text = "a local recipient queued for LMTP, but [delivery] lmtp is not set"
+            return [], Outcome(Result.DEFERRED, "4.3.5", text)
         if dest.hop is not None:
             hop = dest.hop
             if _is_address(hop.host):
@@ -420,6 +461,7 @@ class QueueRunner:
             self._settle_all(dest, security)
             return
         delivery = self.config.delivery
+        lmtp = dest.kind == "lmtp"
         link = Link(
             self.loop,
             _Owner(self, dest),
@@ -428,7 +470,10 @@ class QueueRunner:
             security=security,
             connect_timeout=delivery.connect_timeout,
             reply_timeout=delivery.reply_timeout,
-            loops_back=self._is_me,
+            # The LMTP server may well greet with this host's own name: that is no loop.
+            loops_back=_never if lmtp else self._is_me,
+            lmtp=lmtp,
+            idle_timeout=LMTP_IDLE if lmtp else 0.0,
         )
         dest.links.add(link)
         self.links.add(link)
@@ -439,6 +484,8 @@ class QueueRunner:
 
     def _security(self, dest: _Destination) -> Security | Outcome:
         relay = self.config.relay
+        if dest.kind == "lmtp" and dest.socket is not None:
+            return Security(None, starttls=False)  # a socket on this machine
         if dest.kind != "relay" or relay is None:
             return Security(self._plain, starttls=True)
         if self._relay_context is None:
@@ -481,6 +528,10 @@ class QueueRunner:
             return  # the links that work take the jobs
         if "loops back to myself" in reason:
             outcome = Outcome(Result.FAILED, "5.4.6", reason)
+        elif dest.kind == "lmtp":
+            # The LMTP server is ours: a session it refuses (greeting, LHLO) says nothing
+            # about any recipient, and is the administrator's to fix. Mail waits meanwhile.
+            outcome = Outcome(Result.DEFERRED, "4.3.5" if reply else "4.4.1", reason)
         elif permanent and reply is not None:
             outcome = Outcome(Result.FAILED, status_from_reply(str(reply)), reason, smtp=True)
         else:
@@ -523,7 +574,7 @@ class QueueRunner:
                 continue
             notice = apply_outcome(entry, recipient, outcome, now, queue)
             self._journal_outcome(job, entry, recipient, outcome)
-            if notice is Notice.DELIVERED:
+            if notice is Notice.DELIVERED and not job.final:
                 notice = None  # the next hop offered DSN: reporting is its business now
             if notice is not None:
                 notices.setdefault(notice, []).append(dataclasses.replace(recipient))
@@ -737,7 +788,9 @@ def _outcome(job: Job, reply: Reply | None, why: str) -> Outcome:
     text = str(reply)
     status = status_from_reply(text)
     if 200 <= reply.code < 300:
-        result = Result.DELIVERED if job.dsn_offered else Result.RELAYED
+        # LMTP's 250 is final delivery; elsewhere it is "delivered" only when the next hop
+        # offered DSN and so reports on from there (RFC 3461 4.1).
+        result = Result.DELIVERED if job.dsn_offered or job.final else Result.RELAYED
         return Outcome(result, status, text, remote, smtp=True)
     if 400 <= reply.code < 500:
         return Outcome(Result.DEFERRED, status, text, remote, smtp=True)
@@ -771,6 +824,10 @@ def _candidates(hosts: tuple[MailHost, ...]) -> list[Candidate]:
         ordered += same
     out = [Candidate(h.host, a, 25) for h in ordered for a in h.addresses]
     return out[:MAX_CANDIDATES]
+
+
+def _never(name: str) -> bool:
+    return False
 
 
 def _is_address(text: str) -> bool:
