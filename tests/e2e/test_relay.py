@@ -93,7 +93,8 @@ PROBES: list[tuple[str, str, tuple[int, str]]] = [
     ("dotdot-local-part", "<../../etc/passwd@example.org>", SYNTAX),
     ("slash-local-part", "<a/b@example.org>", NO_USER),
     ("unknown-user", "<nobody@example.org>", NO_USER),
-    ("plus-tag", "<alice+tag@example.org>", NO_USER),
+    ("plus-tag", "<alice+tag@example.org>", OK),  # alice's subaddress (RFC 5233)
+    ("plus-tag-unknown", "<nobody+tag@example.org>", NO_USER),
     ("unknown-user-other-domain", "<alice@kit.example>", NO_USER),
     # Control characters: never part of an argument.
     ("nul-byte", "<alice@example.org\x00@other.example>", SYNTAX),

@@ -5,14 +5,22 @@ client sends one message holding the variant and then a whole smuggled transacti
 ``RCPT``, ``DATA``, a forged message) before the real ``<CRLF>.<CRLF>``. A vulnerable server
 stores two messages, the second with a sender the client chose; smtpkit answers the final dot
 once, ``550 5.6.0``, stores nothing, and the session goes on.
+
+The whole battery runs against both settings of ``[server] bare_newline``. Under "normalize"
+a variant made of bare LFs only is not refused: it is content, and the one message is stored
+with every bare LF as CRLF, the smuggled transaction as text lines inside it (exact bytes
+checked); a variant with a bare CR is refused as under "reject". Never a second message.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import pytest
 
+from smtpkit.config import update_config
+from smtpkit.limits import BareNewline
 from tests.conftest import MailServer, make_server
 from tests.e2e.rawclient import RawClient
 
@@ -54,9 +62,15 @@ class Client(RawClient):
         assert self.greeting[0] == 220
 
 
+@pytest.fixture(scope="module", params=list(BareNewline), ids=str)
+def mode(request: pytest.FixtureRequest) -> BareNewline:
+    return BareNewline(request.param)
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MailServer]:
-    srv = make_server(tmp_path_factory.mktemp("smuggling"))
+def server(mode: BareNewline, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MailServer]:
+    srv = make_server(tmp_path_factory.mktemp(f"smuggling-{mode}"))
+    assert update_config(srv.config, lambda data: data["server"].update(bare_newline=str(mode)))
     srv.start()
     try:
         yield srv
@@ -73,6 +87,14 @@ def new_messages(server: MailServer, before: dict[str, set[str]]) -> dict[str, l
     return out
 
 
+def normalized(content: bytes) -> bytes:
+    """What "normalize" stores for ``content`` (which ends with a line end and holds no bare
+    CR): every line, ended by CRLF or a bare LF, unstuffed (RFC 5321 4.5.2), then CRLF."""
+    lines = re.split(rb"\r?\n", content)
+    assert lines[-1] == b""
+    return b"".join((line[1:] if line[:1] == b"." else line) + b"\r\n" for line in lines[:-1])
+
+
 def snapshot(server: MailServer) -> dict[str, set[str]]:
     users = ("alice@example.org", "bob@example.org")
     return {u: {f.name for f in server.new_files(u)} for u in users}
@@ -80,23 +102,34 @@ def snapshot(server: MailServer) -> dict[str, set[str]]:
 
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("variant", list(BARE_VARIANTS.values()), ids=list(BARE_VARIANTS))
-def test_smuggled_message_is_never_delivered(server: MailServer, variant: bytes) -> None:
+def test_smuggled_message_is_never_delivered(
+    server: MailServer, mode: BareNewline, variant: bytes
+) -> None:
     before = snapshot(server)
+    content = b"From: sender@remote.example\r\nSubject: innocent\r\n\r\nhello" + variant + SMUGGLED
+    content += b"bye\r\n"  # with the CRLF of the real end
+    accepted = mode is BareNewline.NORMALIZE and b"\r" not in variant.replace(b"\r\n", b"")
     c = Client(server)
     try:
         c.start_message(b"sender@remote.example", b"alice@example.org", helo=b"smuggler.test")
-        c.sock.sendall(
-            b"From: sender@remote.example\r\nSubject: innocent\r\n\r\nhello"
-            + variant
-            + SMUGGLED
-            + b"bye"
-            + REAL_END
-        )
-        # Exactly one reply to the one real final dot, and it refuses the whole message.
-        assert c.reply() == REFUSED
+        c.sock.sendall(content + REAL_END[2:])
+        # Exactly one reply to the one real final dot. It refuses the whole message, unless
+        # bare LFs are normalized and there was no bare CR: then the one message is stored.
+        code, text = c.reply()
+        if accepted:
+            assert code == 250 and text.startswith(b"2.0.0 OK: message stored as "), text
+        else:
+            assert (code, text) == REFUSED
         assert c.nothing_pending()
-        # Nothing stored, for alice or for the smuggled recipient.
-        assert new_messages(server, before) == {"alice@example.org": [], "bob@example.org": []}
+        got = new_messages(server, before)
+        assert got["bob@example.org"] == []  # never anything for the smuggled recipient
+        if accepted:
+            (stored,) = got["alice@example.org"]
+            assert stored.endswith(b"\r\n" + normalized(content)), stored
+            assert stored.count(b"Return-Path:") == 1
+            before = snapshot(server)
+        else:
+            assert got["alice@example.org"] == []
         # The session is still usable: a clean message gets 250 and is stored once.
         c.start_message(b"sender@remote.example", b"alice@example.org")
         code, text = c.cmd(b"Subject: clean\r\n\r\nclean body\r\n.")
