@@ -133,9 +133,11 @@ def make_smtpkit_relay(folder: Path, sink_port: int, workers: int | None) -> Ser
 # --- Postfix as a relay ----------------------------------------------------------------------
 
 
+#: Only what relaying needs: smtpd, the queue's daemons and smtp (also used by the tests'
+#: Postfix, tests/postfix.py).
 MASTER_CF = """\
-# A throwaway Postfix for smtpkit's relay benchmark. No chroot: a fresh queue folder has no
-# copies of /etc and the libraries for a jail.
+# A throwaway Postfix. No chroot: a fresh queue folder has no copies of /etc and the
+# libraries for a jail.
 # service   type  private unpriv  chroot  wakeup  maxproc command
 {host}:{port} inet n      -       n       -       -       smtpd
 pickup      unix  n       -       n       60      1       pickup

@@ -27,34 +27,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks.relay import MASTER_CF
 from tests.conftest import free_port, need_program, unavailable
 
 __all__ = ["Postfix", "start_postfix"]
-
-# Only smtpd (to take the test's message), the queue's daemons and smtp (to relay it): no
-# chroot, since a fresh queue folder has no copy of /etc and the libraries for one.
-MASTER_CF = """\
-# service   type  private unpriv  chroot  wakeup  maxproc command
-{host}:{port} inet n      -       n       -       -       smtpd
-pickup      unix  n       -       n       60      1       pickup
-cleanup     unix  n       -       n       -       0       cleanup
-qmgr        unix  n       -       n       300     1       qmgr
-rewrite     unix  -       -       n       -       -       trivial-rewrite
-bounce      unix  -       -       n       -       0       bounce
-defer       unix  -       -       n       -       0       bounce
-trace       unix  -       -       n       -       0       bounce
-verify      unix  -       -       n       -       1       verify
-flush       unix  n       -       n       1000?   0       flush
-proxymap    unix  -       -       n       -       -       proxymap
-smtp        unix  -       -       n       -       -       smtp
-relay       unix  -       -       n       -       -       smtp
-error       unix  -       -       n       -       -       error
-retry       unix  -       -       n       -       -       error
-discard     unix  -       -       n       -       -       discard
-anvil       unix  -       -       n       -       1       anvil
-scache      unix  -       -       n       -       1       scache
-postlog     unix-dgram n  -       n       -       1       postlogd
-"""
 
 # Everything to the one next hop; accepted from loopback only. No header is added or
 # rewritten beyond Postfix's own Received: line (the test sends whole headers).
