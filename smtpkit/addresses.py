@@ -6,8 +6,8 @@ NUL, control characters and anything else odd out of paths: only a dot-atom loca
 letters, digits and hyphens passes.
 
 International addresses (RFC 6530-6532) pass only where a caller says so (``utf8=True``): the
-protocol engine when the client sent SMTPUTF8, and the ``smtpkit user`` commands. Every
-function keeps its ASCII rules as its default. What a UTF-8 address becomes:
+policy and router when the client's transaction said SMTPUTF8, and the ``smtpkit user``
+commands. Every function keeps its ASCII rules as its default. What a UTF-8 address becomes:
 
 - The local part is prepared with the PRECIS UsernameCasePreserved profile (RFC 8265 3.4),
   after a check that refuses, instead of mapping, every code point that normalization would
@@ -45,6 +45,7 @@ __all__ = [
     "normalize_domain",
     "normalize_hostname",
     "parse_address",
+    "parse_domain",
     "split_address",
 ]
 
@@ -206,6 +207,18 @@ def parse_address(address: str, *, utf8: bool = False) -> Address:
     if not utf8 and not address.isascii():
         raise NonAsciiAddress(f"{address!r} is not an ASCII address (it needs SMTPUTF8)")
     return _parse(address, utf8=utf8)
+
+
+def parse_domain(domain: str, *, utf8: bool = False) -> str:
+    """The lower-case A-label form of the domain a client named after an address's ``@``,
+    under the rules of ``parse_address``: a domain of a relayed address is checked alone,
+    its local part being the next hop's business. Raises ``NonAsciiAddress`` or
+    ``UserError`` as ``parse_address`` does."""
+    if not domain.isascii():
+        if not utf8:
+            raise NonAsciiAddress(f"{domain!r} is not an ASCII domain (it needs SMTPUTF8)")
+        return _utf8_domain(domain, domain)
+    return normalize_domain(domain)
 
 
 def _parse(address: str, *, utf8: bool) -> Address:

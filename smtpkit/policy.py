@@ -8,8 +8,8 @@ None ("no opinion"). The session acts on the decision's type, never on a reply c
 rule is a function and a row in its table: see ARCHITECTURE.md, "Adding a policy rule".
 
 The default rules receive mail for local mailboxes only: no relaying for anyone, recipients
-must resolve to a local target, declared sizes must fit, addresses must be ASCII (SMTPUTF8
-is not offered).
+must resolve to a local target, declared sizes must fit, addresses must be ASCII unless the
+transaction's MAIL said SMTPUTF8 (RFC 6531), and then they must pass addresses.py's rules.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from ipaddress import IPv4Network, IPv6Network, ip_address
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from smtpkit.addresses import normalize_domain
+from smtpkit.addresses import parse_address, parse_domain
 from smtpkit.config import ListenerRole
 from smtpkit.delivery.router import Router
 from smtpkit.delivery.targets import Remote, Target
@@ -85,6 +85,7 @@ class SessionFacts:
     tls: TlsInfo | None = None
     helo: str = ""
     user: str | None = None  # the authenticated user, once there is authentication
+    smtputf8: bool = False  # the transaction's MAIL said SMTPUTF8 (RFC 6531 3.4)
 
 
 class Policy(Protocol):
@@ -132,8 +133,18 @@ Rule = Callable[[Rules, SessionFacts, E], Decision | None]
 
 
 def ascii_sender(rules: Rules, facts: SessionFacts, event: MailFrom) -> Decision | None:
-    # RFC 6531 3.5 / RFC 6533: a UTF-8 address needs SMTPUTF8, which is not offered.
-    return None if event.address.isascii() else Reject(replies.NON_ASCII_ADDRESS)
+    # RFC 6531 3.5 / RFC 6533: a UTF-8 address needs SMTPUTF8. With it, the sender must be an
+    # address smtpkit could name a mailbox by (no look-alike characters): it is the address
+    # reports go back to, and an authenticated user's own address is checked by that form.
+    if event.address.isascii():
+        return None
+    if not event.smtputf8:
+        return Reject(replies.NON_ASCII_ADDRESS)
+    try:
+        parse_address(event.address, utf8=True)
+    except UserError:
+        return Reject(replies.SYNTAX_ERROR_ARGS)
+    return None
 
 
 def declared_size(rules: Rules, facts: SessionFacts, event: MailFrom) -> Decision | None:
@@ -158,7 +169,7 @@ def own_sender(rules: Rules, facts: SessionFacts, event: MailFrom) -> Decision |
     # no user can pose as another; the null sender (bounces) is anyone's.
     if facts.user is None or not event.address:
         return None
-    if rules.router.sends_as(facts.user, event.address):
+    if rules.router.sends_as(facts.user, event.address, utf8=event.smtputf8):
         return None
     return Reject(replies.SENDER_NOT_OWNED)
 
@@ -171,19 +182,40 @@ def sending_limit(rules: Rules, facts: SessionFacts, event: MailFrom) -> Decisio
     return None
 
 
+def utf8_recipient(rules: Rules, facts: SessionFacts, event: RcptTo) -> Decision | None:
+    # In a transaction whose MAIL said SMTPUTF8 (RFC 6531 3.4), a UTF-8 address must have its
+    # domain written in IDNA 2008 labels, and a local one must be a mailbox name under
+    # addresses.py's rules: look-alikes (fullwidth forms, U+212A KELVIN SIGN) are refused as
+    # bad syntax, never mapped onto a user. The local part of a remote address is the next
+    # hop's to judge; relay_for_users decides whether it may go there at all. Without
+    # SMTPUTF8 the rules after this one refuse every non-ASCII recipient as they always did
+    # (the router sees no such address as a user, nor such a domain as ours).
+    if event.address.isascii() or not facts.smtputf8:
+        return None
+    try:
+        parse_domain(event.address.rpartition("@")[2], utf8=True)
+        if rules.router.is_local_domain(event.address, utf8=True):
+            parse_address(event.address, utf8=True)
+    except UserError:
+        return Reject(replies.BAD_DESTINATION)
+    return None
+
+
 def relay_for_users(rules: Rules, facts: SessionFacts, event: RcptTo) -> Decision | None:
     # Mail for other domains is queued for an authenticated user, and on the receive
-    # listeners for a client of a trusted network; everyone else meets no_relay.
-    if rules.queue is None or rules.router.is_local_domain(event.address):
+    # listeners for a client of a trusted network; everyone else meets no_relay. The
+    # address is queued as the client gave it: its local part is the next hop's to read.
+    utf8 = facts.smtputf8
+    if rules.queue is None or rules.router.is_local_domain(event.address, utf8=utf8):
         return None
     trusted = facts.role is ListenerRole.RECEIVE and rules.is_trusted(facts.peer)
     if facts.user is None and not trusted:
         return None
-    if not event.address.isascii():
+    if not (utf8 or event.address.isascii()):
         return Reject(replies.NON_ASCII_ADDRESS)
     _, _, domain = event.address.rpartition("@")
     try:
-        normalize_domain(domain)
+        parse_domain(domain, utf8=utf8)
     except UserError:
         # An address literal or a malformed domain: no mail host to find for it.
         return Reject(replies.BAD_DESTINATION)
@@ -193,11 +225,12 @@ def relay_for_users(rules: Rules, facts: SessionFacts, event: RcptTo) -> Decisio
 def no_relay(rules: Rules, facts: SessionFacts, event: RcptTo) -> Decision | None:
     # Anything not in one of our domains would be relaying: refused for everyone, whatever
     # the form (percent hack, source route already stripped, IP literal, trailing dot).
-    return None if rules.router.is_local_domain(event.address) else Reject(replies.RELAY_DENIED)
+    local = rules.router.is_local_domain(event.address, utf8=facts.smtputf8)
+    return None if local else Reject(replies.RELAY_DENIED)
 
 
 def local_recipient(rules: Rules, facts: SessionFacts, event: RcptTo) -> Decision | None:
-    targets = rules.router.resolve(event.address)
+    targets = rules.router.resolve(event.address, utf8=facts.smtputf8)
     return Accept(targets) if targets else Reject(replies.UNKNOWN_USER)
 
 
@@ -210,7 +243,12 @@ MAIL_RULES: tuple[Rule[MailFrom], ...] = (
     sending_limit,
 )
 #: The last rule routes the recipient to its targets (or refuses it).
-RCPT_RULES: tuple[Rule[RcptTo], ...] = (relay_for_users, no_relay, local_recipient)
+RCPT_RULES: tuple[Rule[RcptTo], ...] = (
+    utf8_recipient,
+    relay_for_users,
+    no_relay,
+    local_recipient,
+)
 
 
 def _decide(rules: Rules, table: tuple[Rule[E], ...], facts: SessionFacts, event: E) -> Decision:

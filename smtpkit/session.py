@@ -390,6 +390,7 @@ class Session:
         self._overshoot = 0  # RCPTs refused for being past max_recipients
         self.targets: dict[Target, None] = {}  # ordered, each once
         self._mail_dsn: MailDsn | None = None  # RFC 3461 parameters, when given
+        self._smtputf8 = False  # the MAIL said SMTPUTF8: UTF-8 addresses (RFC 6531 3.4)
         self._rcpt_dsn: dict[str, RcptDsn] = {}
         self._delivered_here: list[str] = []
         self._headers: bytearray | None = None
@@ -428,7 +429,12 @@ class Session:
 
     def _facts(self) -> SessionFacts:
         return SessionFacts(
-            peer=self.peer_host, role=self.role, tls=self.tls, helo=self.helo_name, user=self.user
+            peer=self.peer_host,
+            role=self.role,
+            tls=self.tls,
+            helo=self.helo_name,
+            user=self.user,
+            smtputf8=self._smtputf8,
         )
 
     def _extensions(self) -> tuple[str, ...]:
@@ -436,6 +442,9 @@ class Session:
             f"SIZE {self.ctx.limits.max_message_size}",
             "PIPELINING",
             "8BITMIME",
+            # RFC 6531: UTF-8 addresses in a transaction whose MAIL says SMTPUTF8; the
+            # policy holds them to the mailbox rules of addresses.py.
+            "SMTPUTF8",
             # RFC 3030: messages in counted chunks, binary ones too; on every listener.
             "BINARYMIME",
             "CHUNKING",
@@ -471,6 +480,7 @@ class Session:
             return
         self.sender = event.address
         self._mail_dsn = event.dsn
+        self._smtputf8 = event.smtputf8
         self._journal("mail", sender=event.address, size=event.size, code=250)
         self._reply(replies.OK_SENDER)
 
@@ -604,6 +614,10 @@ class Session:
     def _trace_header(self) -> bytes:
         """Return-Path (RFC 5321 4.4) and our Received line, prepended to the message."""
         protocol = "ESMTP" if self.conn.extended else "SMTP"
+        if self._smtputf8:
+            # RFC 6531 4.3: UTF8SMTP (then S, A as RFC 3848 adds them) for a transaction
+            # with SMTPUTF8, which only an EHLO session can have.
+            protocol = "UTF8SMTP"
         tls = ""
         if self.tls is not None:
             # RFC 3848: ESMTPS when the session is under TLS.

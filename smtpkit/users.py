@@ -126,8 +126,8 @@ class UserStore:
         """Validate a local address; returns its canonical form or raises ``UserError``.
 
         UTF-8 addresses are taken (``utf8=True``): the store names their mailboxes whoever
-        asks. Whether a client may name one is decided before this, by the protocol (only with
-        SMTPUTF8), as the router refuses any non-ASCII recipient while that is not offered.
+        asks. Whether a client may name one is decided before this: the router refuses any
+        non-ASCII recipient outside a transaction whose MAIL said SMTPUTF8.
         """
         return normalize_address(address, self.domains, utf8=True)
 

@@ -139,3 +139,20 @@ def test_recipient_delimiter_in_the_config(tmp_path: Path) -> None:
         with pytest.raises(ConfigError, match="recipient_delimiter") as caught:
             _config(tmp_path, {"recipient_delimiter": wrong})
         assert says in str(caught.value)
+
+
+def test_utf8_addresses_route_only_when_the_transaction_said_smtputf8(store: UserStore) -> None:
+    """The ASCII check comes before the cache: a UTF-8 address remembered from an SMTPUTF8
+    transaction is still refused outside one."""
+    store.add("m\u00fcller@example.org")
+    r = router(store)
+    nfd = "Mu\u0308ller+news@example.org"
+    assert r.resolve(nfd, utf8=True) == boxes(store, "m\u00fcller@example.org")
+    assert r.resolve("m\u00fcller@example.org", utf8=True) == r.resolve(nfd, utf8=True)
+    assert r.resolve(nfd) == ()
+    assert r.resolve("m\u00fcller@example.org") == ()
+    assert r.resolve("\u212aarol@example.org", utf8=True) == ()  # KELVIN SIGN, not "k"
+    assert r.is_local_domain("a@b\u00fccher.example", utf8=True) is False
+    assert r.is_local_domain("m\u00fcller@EXAMPLE.org", utf8=True)
+    assert r.sends_as("m\u00fcller@example.org", nfd.replace("+news", ""), utf8=True)
+    assert not r.sends_as("m\u00fcller@example.org", "m\u00fcller@example.org")

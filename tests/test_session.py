@@ -98,6 +98,7 @@ def test_ehlo_lists_extensions(h: Harness) -> None:
         "250-SIZE 2000",
         "250-PIPELINING",
         "250-8BITMIME",
+        "250-SMTPUTF8",
         "250-BINARYMIME",
         "250-CHUNKING",
         "250-ENHANCEDSTATUSCODES",

@@ -13,9 +13,10 @@ answered later: its chunk follows it at once, so the engine reads the chunk firs
 octet count, and the reply answers the chunk's end. Whenever a BDAT's size can be read, its
 chunk is read as content (or dropped, when the command is refused), never as commands.
 
-Command lines are decoded as strict UTF-8; a line that is not UTF-8 is refused with ``501``
-(SMTPUTF8 is not offered, but UTF-8 addresses are still parsed so that policy can refuse them
-with a clear reply).
+Command lines are decoded as strict UTF-8; a line that is not UTF-8 is refused with ``501``.
+UTF-8 addresses are parsed whether or not the transaction's MAIL said SMTPUTF8 (RFC 6531): the
+session's policy refuses them without it (a sender with ``553 5.6.7``, clearer than a syntax
+error) and checks them against the mailbox rules with it.
 """
 
 from __future__ import annotations

@@ -46,13 +46,15 @@ class MailFrom:
 
     ``size`` is the RFC 1870 SIZE= value when given, ``body`` the BODY= value upper-cased
     when given ("7BIT" or "8BITMIME", RFC 6152; "BINARYMIME", RFC 3030 3), ``dsn`` RFC
-    3461's RET and ENVID when either is given.
+    3461's RET and ENVID when either is given. ``smtputf8`` is RFC 6531 3.4's SMTPUTF8
+    parameter: the transaction may name UTF-8 addresses, in MAIL and in every RCPT.
     """
 
     address: str
     size: int | None = None
     body: str | None = None
     dsn: MailDsn | None = None
+    smtputf8: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,5 +1,6 @@
 """The syntax of SMTP command arguments: paths and ESMTP parameters (RFC 5321 4.1.2, RFC 6531
-3.3 for UTF-8, RFC 1870 SIZE, RFC 6152 and RFC 3030 BODY), and BDAT's (RFC 3030 2).
+3.3 for UTF-8, RFC 1870 SIZE, RFC 6152 and RFC 3030 BODY, RFC 6531 3.4 SMTPUTF8), and BDAT's
+(RFC 3030 2).
 
 Pure functions from an argument string to an event or a refusal ``Reply``; the engine in
 ``connection.py`` decides which command may come when, and this module only whether its
@@ -28,8 +29,9 @@ __all__ = ["BASE64", "CONTROL", "parse_auth", "parse_bdat", "parse_mail", "parse
 CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
 
 _NON_ASCII = "\u0080-\U0010ffff"
-# RFC 5322 3.2.3 atext, widened with UTF-8 (RFC 6531 3.3) so that policy, not syntax, refuses
-# internationalised addresses while SMTPUTF8 is not offered.
+# RFC 5322 3.2.3 atext, widened with UTF-8 (RFC 6531 3.3) so that policy, not syntax, decides
+# about internationalised addresses: refused without the transaction's SMTPUTF8 parameter,
+# checked against the mailbox rules of addresses.py with it.
 _ATEXT = rf"[A-Za-z0-9!#$%&'*+\-/=?^_`{{|}}~{_NON_ASCII}]"
 _DOT_STRING = rf"{_ATEXT}+(?:\.{_ATEXT}+)*"
 # RFC 5321 4.1.2 Quoted-string: qtextSMTP or a backslash pair.
@@ -153,6 +155,7 @@ def parse_mail(argument: str, extended: bool) -> MailFrom | Reply:
         return params
     size: int | None = None
     body: str | None = None
+    smtputf8 = False
     dsn: dict[str, str | None] = {}
     seen: set[str] = set()
     for param in params:
@@ -179,6 +182,11 @@ def parse_mail(argument: str, extended: bool) -> MailFrom | Reply:
             if value is None or value.upper() not in _BODY_TYPES:
                 return SYNTAX_ERROR_PARAMS
             body = value.upper()
+        elif key == "SMTPUTF8":
+            # RFC 6531 3.4: a keyword without a value.
+            if value is not None:
+                return SYNTAX_ERROR_PARAMS
+            smtputf8 = True
         elif key in _MAIL_DSN:
             dsn[key] = value
         else:
@@ -189,7 +197,7 @@ def parse_mail(argument: str, extended: bool) -> MailFrom | Reply:
             mail_dsn = parse_mail_dsn(dsn)
         except ValueError:
             return SYNTAX_ERROR_PARAMS  # RFC 3461 4: a bad value is 501 5.5.4
-    return MailFrom(address, size=size, body=body, dsn=mail_dsn)
+    return MailFrom(address, size=size, body=body, dsn=mail_dsn, smtputf8=smtputf8)
 
 
 def parse_rcpt(argument: str, extended: bool = True) -> RcptTo | Reply:

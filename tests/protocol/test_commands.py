@@ -425,7 +425,10 @@ def test_utf8_lengths_are_octets() -> None:
         (b" FOO=a=b", 501, None),
         (b" FOO=1", 555, None),
         (b" FOO", 555, None),
-        (b" SMTPUTF8", 555, None),
+        (b" SMTPUTF8", 250, MailFrom("a@example.org", smtputf8=True)),
+        (b" smtputf8", 250, MailFrom("a@example.org", smtputf8=True)),
+        (b" SMTPUTF8=YES", 501, None),
+        (b" SMTPUTF8 SMTPUTF8", 501, None),
         (b" AUTH=<>", 555, None),
         (b" SIZE=1 FOO=1", 555, None),
         # RFC 3461 DSN: the engine checks the syntax; whether DSN is offered is the session's.
