@@ -284,10 +284,6 @@ def test_from_date_and_message_id_are_added_when_missing(site: Site) -> None:
 
 
 def test_the_sender_domain_comes_from_local_sender_domain(tmp_path: Path) -> None:
-    from smtpkit import config as config_module
-
-    if not hasattr(config_module, "SubmissionConfig"):
-        pytest.skip("[submission] local_sender_domain is not in the config yet")
     site = Site(tmp_path)
     with site.config.open("a") as fh:
         fh.write('\n[submission]\nlocal_sender_domain = "example.org"\n')
