@@ -24,21 +24,13 @@ Invariants (any exception is a crash, hence a bug):
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import ipaddress
 import sys
-import time
-from pathlib import Path
+from typing import Any
 
-try:
-    import atheris
-except ImportError:  # the hypothesis engine needs no atheris
-    atheris = None
+from driver import instrumented, main
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-with atheris.instrument_imports(include=["smtpkit"]) if atheris else contextlib.nullcontext():
+with instrumented():
     from smtpkit.protocol import proxy
 
 SEEDS = [
@@ -116,25 +108,8 @@ def check(data: bytes) -> None:
         raise Broken("reading in pieces took octets after the header")
 
 
-def _report(data: bytes) -> None:
-    print(f"failing input ({len(data)} bytes): {data!r}", file=sys.stderr)
-
-
-def run_atheris(seconds: float, extra: list[str]) -> int:
-    def one_input(data: bytes) -> None:
-        try:
-            check(data)
-        except BaseException:
-            _report(data)
-            raise
-
-    atheris.Setup([sys.argv[0], f"-max_total_time={int(seconds)}", *extra], one_input)
-    atheris.Fuzz()  # exits the process when the time is up
-    return 0
-
-
-def run_hypothesis(seconds: float) -> int:
-    from hypothesis import HealthCheck, given, settings
+def inputs() -> Any:
+    """Hypothesis's inputs: random bytes, and runs of fragments that reach deeper."""
     from hypothesis import strategies as st
 
     fragments = st.sampled_from(
@@ -145,47 +120,15 @@ def run_hypothesis(seconds: float) -> int:
             b"\xff\xff", bytes(12), bytes(36),
         ]
     )  # fmt: skip
-    inputs = st.tuples(
+    return st.tuples(
         st.binary(min_size=2, max_size=18),
         st.one_of(st.binary(max_size=300), st.lists(fragments, max_size=30).map(b"".join)),
     ).map(b"".join)
-    count = [0]
-
-    @settings(
-        max_examples=1000, deadline=None, database=None, suppress_health_check=list(HealthCheck)
-    )
-    @given(inputs)
-    def batch(data: bytes) -> None:
-        count[0] += 1
-        try:
-            check(data)
-        except BaseException:
-            _report(data)
-            raise
-
-    started = time.monotonic()
-    while time.monotonic() - started < seconds:
-        batch()
-    took = time.monotonic() - started
-    print(f"hypothesis: {count[0]} inputs in {took:.0f}s, every invariant held")
-    return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=60.0, help="how long (default 60)")
-    parser.add_argument("--engine", choices=["auto", "atheris", "hypothesis"], default="auto")
-    parser.add_argument("libfuzzer", nargs="*", help="after --: libFuzzer arguments (atheris)")
-    args = parser.parse_args(argv)
-    engine = args.engine
-    if engine == "auto":
-        engine = "atheris" if atheris is not None else "hypothesis"
-    if engine == "atheris":
-        if atheris is None:
-            parser.error("atheris is not installed (pip install atheris)")
-        return run_atheris(args.seconds, args.libfuzzer)
-    return run_hypothesis(args.seconds)
+def run(argv: list[str] | None = None) -> int:
+    return main(__doc__ or "", check, inputs, max_examples=1000, argv=argv)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())
