@@ -32,6 +32,7 @@ from dns.rdtypes.ANY.PTR import PTR
 from dns.rdtypes.ANY.TXT import TXT
 
 from smtpkit.dns import MailHost, MailResolver, MailRoute, Nameserver, RouteKind, make_resolver
+from smtpkit.mailauth import dmarc
 from smtpkit.mailauth.keys import DkimKey
 from smtpkit.mailauth.results import Deadline
 from smtpkit.mailauth.spf import check_host
@@ -74,7 +75,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 MAX_TXT_STRING = 255
 
 # RFC 7489 6.3: the three policies a Domain Owner can ask for.
-DMARC_POLICIES = ("none", "quarantine", "reject")
+DMARC_POLICIES = dmarc.POLICIES
 
 
 class Status(enum.Enum):
@@ -604,8 +605,9 @@ def dmarc_proposal(domain: str) -> str:
 
 
 def _is_dmarc(text: str) -> bool:
-    """RFC 7489 6.6.3: a record that does not start with v=DMARC1 is not a DMARC record."""
-    return _starts_with_version(text, "DMARC1")
+    """RFC 7489 6.6.3: a record that does not start with v=DMARC1 is not a DMARC record;
+    judged as the checks of arriving mail judge it."""
+    return dmarc.is_record(text)
 
 
 def _with_policy(text: str, policy: str) -> str:

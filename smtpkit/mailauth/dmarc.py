@@ -39,6 +39,7 @@ __all__ = [
     "author_domain",
     "check_dmarc",
     "organizational_domain",
+    "is_record",
     "parse_record",
 ]
 
@@ -62,6 +63,11 @@ class DmarcRecord:
     pct: int = 100
 
 
+def is_record(text: str) -> bool:
+    """Whether a TXT record at ``_dmarc`` is DMARC's: it starts with ``v=DMARC1``."""
+    return _VERSION.match(text) is not None
+
+
 def parse_record(text: str) -> DmarcRecord:
     """Read a DMARC record (``v=DMARC1; p=reject; ...``); ``ValueError`` saying why one is
     unusable.
@@ -71,7 +77,7 @@ def parse_record(text: str) -> DmarcRecord:
     place to report to (RFC 7489 6.6.3 step 6); otherwise it is unusable. A wrong ``adkim``,
     ``aspf`` or ``pct`` falls back to its default.
     """
-    if not _VERSION.match(text):
+    if not is_record(text):
         raise ValueError("not a DMARC1 record")
     tags: dict[str, str] = {}
     for spec in text.split(";"):
@@ -235,4 +241,4 @@ def _records(name: str, resolver: dns.resolver.Resolver, deadline: Deadline) -> 
     except dns.exception.DNSException as exc:
         raise _LookupFailed(f"DMARC record lookup failed: {type(exc).__name__}") from None
     texts = [b"".join(r.strings).decode("utf-8", "replace") for r in answer]
-    return [t for t in texts if _VERSION.match(t)]
+    return [t for t in texts if is_record(t)]
