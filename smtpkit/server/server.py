@@ -296,11 +296,7 @@ class Server:
         it was, and the journal says why. Only a server without a supervisor opens and
         closes listeners itself (the supervisor does it for its workers)."""
         try:
-            config = load_config(self.config.path)
-            if config.server.directory != self.config.server.directory:
-                raise ConfigError(
-                    f"{config.path}: server.directory cannot change without a restart"
-                )
+            config = _reread(self.config)
             signer = Signer.from_directory(config.server.directory)
             added, removed = self._listener_changes(config)
             opened = bind_all(added) if self.standalone else []
@@ -624,9 +620,7 @@ def serve(
         replaced; otherwise each reloads in place."""
         nonlocal current
         try:
-            new = load_config(config.path)
-            if new.server.directory != directory:
-                raise ConfigError(f"{new.path}: server.directory cannot change without a restart")
+            new = _reread(config)
             if run_as is None and set(new.server.listen) == set(current.config.server.listen):
                 current = _Generation(new, current.sockets, current.tls, current.signer)
                 return Supervisor.FORWARD
@@ -679,6 +673,15 @@ class _Generation:
     sockets: list[socket.socket]
     tls: TlsContexts | None
     signer: Signer | None
+
+
+def _reread(running: Config) -> Config:
+    """The config file of ``running`` read again, for a reload; ConfigError when it does not
+    load or moves the data folder (that needs a restart)."""
+    config = load_config(running.path)
+    if config.server.directory != running.server.directory:
+        raise ConfigError(f"{config.path}: server.directory cannot change without a restart")
+    return config
 
 
 def _submission(config: Config) -> bool:
