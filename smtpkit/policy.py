@@ -183,15 +183,18 @@ def sending_limit(rules: Rules, facts: SessionFacts, event: MailFrom) -> Decisio
 
 
 def utf8_recipient(rules: Rules, facts: SessionFacts, event: RcptTo) -> Decision | None:
-    # In a transaction whose MAIL said SMTPUTF8 (RFC 6531 3.4), a UTF-8 address must have its
+    # RFC 6531 3.3 / 3.5: without SMTPUTF8 on the transaction's MAIL a UTF-8 address is
+    # refused with 553 5.6.7, as a sender is, on every listener and whoever the client is;
+    # it is refused before any rule asks whose domain it is, so relaying stays closed. In a
+    # transaction whose MAIL said SMTPUTF8 (RFC 6531 3.4), a UTF-8 address must have its
     # domain written in IDNA 2008 labels, and a local one must be a mailbox name under
     # addresses.py's rules: look-alikes (fullwidth forms, U+212A KELVIN SIGN) are refused as
     # bad syntax, never mapped onto a user. The local part of a remote address is the next
-    # hop's to judge; relay_for_users decides whether it may go there at all. Without
-    # SMTPUTF8 the rules after this one refuse every non-ASCII recipient as they always did
-    # (the router sees no such address as a user, nor such a domain as ours).
-    if event.address.isascii() or not facts.smtputf8:
+    # hop's to judge; relay_for_users decides whether it may go there at all.
+    if event.address.isascii():
         return None
+    if not facts.smtputf8:
+        return Reject(replies.NON_ASCII_ADDRESS)
     try:
         parse_domain(event.address.rpartition("@")[2], utf8=True)
         if rules.router.is_local_domain(event.address, utf8=True):
@@ -212,6 +215,7 @@ def relay_for_users(rules: Rules, facts: SessionFacts, event: RcptTo) -> Decisio
     if facts.user is None and not trusted:
         return None
     if not (utf8 or event.address.isascii()):
+        # utf8_recipient refuses it first in RCPT_RULES; this holds in a table without it.
         return Reject(replies.NON_ASCII_ADDRESS)
     _, _, domain = event.address.rpartition("@")
     try:

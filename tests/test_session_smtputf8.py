@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import re
+from ipaddress import ip_network
 from pathlib import Path
 
 import pytest
 
+from smtpkit.config import ListenerRole
 from smtpkit.delivery.router import Router
 from smtpkit.limits import Limits
-from smtpkit.policy import LocalPolicy
+from smtpkit.policy import Accept, LocalPolicy, Reject, SessionFacts, TlsInfo
+from smtpkit.protocol import replies
+from smtpkit.protocol.events import RcptTo
 from tests.test_session import Harness, b64, codes, journal_events, submission
 
 NFC = "m\u00fcller@example.org"
@@ -61,34 +65,64 @@ def test_only_the_transaction_with_smtputf8_is_utf8smtp(h: Harness) -> None:
     assert protocols == [b"ESMTP", b"UTF8SMTP"]
 
 
-def test_without_smtputf8_utf8_addresses_are_refused_as_before(h: Harness) -> None:
-    """A sender gets 553 5.6.7; a recipient reaches no user and no domain of ours, as before
-    SMTPUTF8 was offered (the relay battery's replies)."""
+def test_without_smtputf8_utf8_addresses_are_refused(h: Harness) -> None:
+    """RFC 6531 3.3 / 3.5: without SMTPUTF8 a UTF-8 sender or recipient gets 553 5.6.7,
+    whether the recipient names a user of ours, a domain of ours or another domain."""
     h.store.add(NFC)
     assert h.say(f"MAIL FROM:<{NFC}>\r\n".encode()) == [NON_ASCII]
     assert h.say(f"MAIL FROM:<{NFC}> BODY=8BITMIME\r\n".encode()) == [NON_ASCII]
     lines = h.say(
         f"MAIL FROM:<a@remote.test>\r\nRCPT TO:<{NFC}>\r\n"
+        "RCPT TO:<nobody\u00e9@example.org>\r\n"
         "RCPT TO:<a@b\u00fccher.example>\r\nRSET\r\n".encode()
     )
-    assert lines == [
-        "250 2.1.0 Sender OK",
-        "550 5.1.1 No such user here",
-        "550 5.7.1 Relaying denied",
-        "250 2.0.0 OK",
-    ]
+    assert lines == ["250 2.1.0 Sender OK", NON_ASCII, NON_ASCII, NON_ASCII, "250 2.0.0 OK"]
     # RSET ends the transaction and its SMTPUTF8 with it.
     lines = h.say(
         f"MAIL FROM:<a@remote.test> SMTPUTF8\r\nRSET\r\nMAIL FROM:<a@remote.test>\r\n"
         f"RCPT TO:<{NFC}>\r\n".encode()
     )
-    assert lines[-1] == "550 5.1.1 No such user here"
+    assert lines[-1] == NON_ASCII
     assert list((h.store.mailbox(NFC) / "new").iterdir()) == []
     h.journal.flush()
     text = "".join(p.read_text() for p in h.journal.directory.iterdir())
     assert text.isascii() and "m\\u00fcller@example.org" in text
-    refused = [e.get("sender") for e in journal_events(h) if e.get("code") == 553]
-    assert refused == [NFC, NFC]
+    events = journal_events(h)
+    refused = [(e["event"], e.get("to", e.get("sender"))) for e in events if e.get("code") == 553]
+    assert refused == [
+        ("mail", NFC),
+        ("mail", NFC),
+        ("rcpt", NFC),
+        ("rcpt", "nobody\u00e9@example.org"),
+        ("rcpt", "a@b\u00fccher.example"),
+        ("rcpt", NFC),
+    ]
+
+
+@pytest.mark.parametrize("role", list(ListenerRole))
+@pytest.mark.parametrize(
+    ("peer", "user"),
+    [("203.0.113.9", None), ("192.0.2.7", None), ("203.0.113.9", "alice@example.org")],
+    ids=["stranger", "trusted-network", "authenticated"],
+)
+def test_every_listener_refuses_a_utf8_recipient_without_smtputf8(
+    tmp_path: Path, role: ListenerRole, peer: str, user: str | None
+) -> None:
+    """The first RCPT rule answers 553 5.6.7 whoever asks and wherever, before any rule asks
+    whose domain the address is in (the relay rules never see it)."""
+    h = Harness(tmp_path, Limits())
+    h.store.add(NFC)
+    router = h.ctx.policy.rules.router  # type: ignore[attr-defined]
+    (tmp_path / "queue").mkdir()
+    policy = LocalPolicy(
+        router, h.ctx.limits, queue=tmp_path / "queue", trusted=(ip_network("192.0.2.0/24"),)
+    )
+    facts = SessionFacts(peer, role, TlsInfo("TLSv1.3", "TLS_AES_256_GCM_SHA384"), user=user)
+    for address in (NFC, "nobody\u00e9@example.org", "a@b\u00fccher.example", "\u7528@x.test"):
+        assert policy.check_rcpt(facts, RcptTo(address)) == Reject(replies.NON_ASCII_ADDRESS)
+    # With SMTPUTF8 the same local user is accepted.
+    utf8 = SessionFacts(peer, role, facts.tls, user=user, smtputf8=True)
+    assert isinstance(policy.check_rcpt(utf8, RcptTo(NFC)), Accept)
 
 
 @pytest.mark.parametrize(

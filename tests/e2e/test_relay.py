@@ -26,6 +26,7 @@ RELAY = (550, "5.7.1")  # not one of our domains
 NO_USER = (550, "5.1.1")  # one of our domains, but no such mailbox
 SYNTAX = (501, "5.5.4")  # not an RFC 5321 path at all
 PARAM = (555, "5.5.4")  # RFC 5321 4.1.1.11: unrecognised RCPT parameter
+NON_ASCII = (553, "5.6.7")  # RFC 6531 3.3 / 3.5: a UTF-8 address without SMTPUTF8
 
 # (id, RCPT TO argument, exact reply). The argument is sent as UTF-8 bytes.
 PROBES: list[tuple[str, str, tuple[int, str]]] = [
@@ -67,12 +68,12 @@ PROBES: list[tuple[str, str, tuple[int, str]]] = [
     ("upper-case", "<ALICE@EXAMPLE.ORG>", OK),
     ("mixed-case", "<Alice@Example.Org>", OK),
     ("mixed-case-other-domain", "<Kate@KIT.Example>", OK),
-    # IDN look-alikes: Cyrillic a (U+0430), fullwidth e, KELVIN SIGN (U+212A), and the
-    # punycode (A-label) forms of the look-alike domains.
-    ("cyrillic-a-in-domain", "<alice@ex\u0430mple.org>", RELAY),
-    ("cyrillic-a-in-local-part", "<\u0430lice@example.org>", NO_USER),
-    ("fullwidth-e-in-domain", "<alice@\uff45xample.org>", RELAY),
-    ("kelvin-sign-in-domain", "<kate@\u212ait.example>", RELAY),
+    # IDN look-alikes: Cyrillic a (U+0430), fullwidth e, KELVIN SIGN (U+212A), sent without
+    # SMTPUTF8, and the punycode (A-label) forms of the look-alike domains.
+    ("cyrillic-a-in-domain", "<alice@ex\u0430mple.org>", NON_ASCII),
+    ("cyrillic-a-in-local-part", "<\u0430lice@example.org>", NON_ASCII),
+    ("fullwidth-e-in-domain", "<alice@\uff45xample.org>", NON_ASCII),
+    ("kelvin-sign-in-domain", "<kate@\u212ait.example>", NON_ASCII),
     ("punycode-lookalike", "<alice@xn--exmple-4nf.org>", RELAY),
     ("punycode-lookalike-local-part", "<xn--lice-8cd@example.org>", NO_USER),
     # Two domains, escapes, empty, several paths, trailing words.

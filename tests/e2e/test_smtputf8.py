@@ -83,9 +83,13 @@ def test_without_smtputf8_utf8_addresses_are_refused(server: MailServer) -> None
             b"5.6.7 Non-ASCII addresses are not permitted without SMTPUTF8",
         )
         assert smtp.mail("s@remote.test") == (250, b"2.1.0 Sender OK")
-        # A recipient reaches no user, as before SMTPUTF8 was offered.
-        smtp.send(f"RCPT TO:<{NFC}>\r\n".encode())
-        assert smtp.getreply() == (550, b"5.1.1 No such user here")
+        # A recipient too, be it a user of ours or another domain's (RFC 6531 3.3 / 3.5).
+        for recipient in (NFC, "m\u00fcller@elsewhere.test"):
+            smtp.send(f"RCPT TO:<{recipient}>\r\n".encode())
+            assert smtp.getreply() == (
+                553,
+                b"5.6.7 Non-ASCII addresses are not permitted without SMTPUTF8",
+            )
     assert server.new_files(NFC) == []
 
     def refused() -> list[object]:
@@ -93,8 +97,8 @@ def test_without_smtputf8_utf8_addresses_are_refused(server: MailServer) -> None
             r.get("to", r.get("sender")) for r in journal_records(server) if r.get("code") == 553
         ]
 
-    wait_for(lambda: len(refused()) == 1)
-    assert refused() == ["j\u00fcrgen@remote.test"]
+    wait_for(lambda: len(refused()) == 3)
+    assert refused() == ["j\u00fcrgen@remote.test", NFC, "m\u00fcller@elsewhere.test"]
     journal = b"".join(p.read_bytes() for p in (server.directory / "journal").iterdir())
     assert journal.isascii()
 
