@@ -6,8 +6,15 @@ Each line is ``address:{ARGON2ID}$argon2id$v=19$m=...,t=...,p=...$salt$hash``, o
 followed by Dovecot's further colon-separated fields (uid, gid, gecos, home, shell, extra
 fields), which a rewrite keeps as they are. Empty lines and lines starting with ``#`` are
 Dovecot's comments and are kept too. A line smtpkit cannot use (no address, another scheme, a
-damaged hash, an address written in another case than Dovecot looks it up in) is skipped and
+damaged hash, an address written in another form than Dovecot looks it up in) is skipped and
 reported by ``PasswordFile.problems()``; it never makes ``verify`` fail for other users.
+
+Addresses may be international (RFC 6531): each is written in its canonical form, the mailbox
+name of ``smtpkit.addresses`` (``normalize_address(..., utf8=True)``: the local part in NFC and
+lower case, the domain as its A-label), exactly as ``smtpkit user passwd`` writes it and as its
+mailbox folder is named. A login may spell the address any way that maps to that form (NFD,
+upper case, a U-label domain); look-alikes (U+212A KELVIN SIGN, fullwidth letters) are no
+address at all, so they never reach the password of the user they resemble.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import errno
 import fcntl
 import os
 import threading
+import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -195,7 +203,7 @@ def _split(line: str) -> tuple[str, str, str] | None:
 
 def _canonical(user: str) -> str | None:
     try:
-        return normalize_address(user)
+        return normalize_address(user, utf8=True)
     except UserError:
         return None
 
@@ -275,7 +283,7 @@ class PasswordFile:
 
     def _lookup_key(self, address: str) -> str | None:
         try:
-            return normalize_address(address, self.domains)
+            return normalize_address(address, self.domains, utf8=True)
         except UserError:
             return None
 
@@ -321,12 +329,13 @@ class PasswordFile:
             # No user name to show: a line without a colon may be a password pasted alone.
             return f"no ':' (expected address:{SCHEME}hash)"
         try:
-            address = normalize_address(user, self.domains)
+            address = normalize_address(user, self.domains, utf8=True)
         except UserError as exc:
             return str(exc)
         if address != user:
-            # Dovecot looks logins up lower-cased (auth_username_format = %Lu), exactly.
-            return f"{user!r} must be written {address} (as Dovecot looks it up)"
+            # Dovecot looks logins up lower-cased (auth_username_format = %Lu), exactly: it
+            # neither normalizes Unicode nor maps a U-label domain to its A-label.
+            return f"{_shown(user)} must be written {address} (as Dovecot looks it up)"
         if address in first:
             return f"{address} is there again: Dovecot and smtpkit use line {first[address]}"
         first[address] = number
@@ -358,9 +367,10 @@ class PasswordFile:
     def set(self, address: str, password: str) -> bool:
         """Set the password of ``address`` (a fresh Argon2id hash), replacing any line it
         has, with that line's further fields, and any other spelling of it; False when the
-        address had no line before. Raises ``UserError`` for an address outside
-        ``domains``, ``PasswordError`` for an unusable password."""
-        canonical = normalize_address(address, self.domains)
+        address had no line before. The line names the canonical form (an international
+        address too). Raises ``UserError`` for an address outside ``domains`` or a
+        look-alike, ``PasswordError`` for an unusable password."""
+        canonical = normalize_address(address, self.domains, utf8=True)
         hashed = hash_password(password)
         with self._rewriting() as lines:
             place = [i for i, line in enumerate(lines) if _owner(line) == canonical]
@@ -378,7 +388,7 @@ class PasswordFile:
 
     def remove(self, address: str) -> bool:
         """Remove every line of ``address`` (in any spelling); False when there was none."""
-        canonical = normalize_address(address, self.domains)
+        canonical = normalize_address(address, self.domains, utf8=True)
         with self._rewriting() as lines:
             before = len(lines)
             lines[:] = [line for line in lines if _owner(line) != canonical]
@@ -441,6 +451,14 @@ class PasswordFile:
         tmp = self.path.with_name(f".{self.path.name}.{unique_name()}.tmp")
         place_durably(tmp, self.path, fill, mode=PASSWD_MODE)
         fsync_dir(self.path.parent)
+
+
+def _shown(user: str) -> str:
+    """A user name as a problem line quotes it. A decomposed (NFD) name looks just like its
+    NFC form on a terminal, so it is said to be one, with its code points escaped."""
+    if unicodedata.is_normalized("NFC", user):
+        return repr(user)
+    return f"{ascii(user)} (decomposed: not in NFC)"
 
 
 def _owner(line: str) -> str | None:

@@ -4,6 +4,10 @@ An ``Exchange`` is fed the initial response and then each response line; it answ
 the next challenge (base64 text for a ``334`` reply) or, at the end, the ``Credentials`` to
 check. Anything malformed raises ``SaslError`` with the reply to send. Checking the
 password is the caller's business (slow, off the event loop).
+
+User names and passwords are UTF-8 (RFC 4954 4, RFC 4616 2), so an international address
+logs in as it is written; bytes that are no UTF-8 are a response that cannot be decoded
+(``501 5.5.2``), never guessed at.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import base64
 import binascii
 from dataclasses import dataclass
 
+from smtpkit.addresses import normalize_address
+from smtpkit.errors import UserError
 from smtpkit.protocol import replies
 from smtpkit.protocol.replies import Reply
 
@@ -94,7 +100,18 @@ class Exchange:
         if len(parts) != 3 or not parts[1]:
             raise SaslError(replies.AUTH_BAD_RESPONSE)
         authzid, user = _text(parts[0]) if parts[0] else "", _text(parts[1])
-        if authzid and authzid != user:
+        if authzid and not _same_user(authzid, user):
             # Acting as another user (a proxy login) is not offered.
             raise SaslError(replies.AUTH_FAILED)
         return Credentials(user, _text(parts[2]))
+
+
+def _same_user(authzid: str, user: str) -> bool:
+    """True when the authzid names the user logging in: the same string, or another spelling
+    of the same address (NFC and NFD, case, U-label and A-label domain)."""
+    if authzid == user:
+        return True
+    try:
+        return normalize_address(authzid, utf8=True) == normalize_address(user, utf8=True)
+    except UserError:
+        return False

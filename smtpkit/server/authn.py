@@ -104,8 +104,12 @@ class PasswordChecker:
         self._call_soon(lambda: done(answer))
 
     def _canonical(self, user: str) -> str | None:
+        """The user's canonical address: an international one too (RFC 4954: the SASL
+        authcid is UTF-8), in any spelling that names the same mailbox (NFC or NFD, any
+        case, a U-label or A-label domain); None for a look-alike (U+212A KELVIN SIGN,
+        fullwidth letters), which is refused, never mapped onto the user it resembles."""
         try:
-            return normalize_address(user, self.domains)
+            return normalize_address(user, self.domains, utf8=True)
         except UserError:
             return None
 
@@ -122,11 +126,17 @@ class PasswordChecker:
         metrics.record.auth_failed()
         now = time.monotonic()
         _count(self._by_address, address_key(peer), now, self.limits.auth_window)
-        _count(self._by_user, user.lower(), now, self.limits.auth_window)
+        _count(self._by_user, self._user_key(user), now, self.limits.auth_window)
 
     def user_failures(self, user: str) -> int:
-        seen = self._by_user.get(user.lower())
+        seen = self._by_user.get(self._user_key(user))
         return 0 if seen is None else seen.count
+
+    def _user_key(self, user: str) -> str:
+        """Whose failures a user name counts to: every spelling of one address counts to
+        that address, so that none buys more attempts (NFD, upper case, the A-label); any
+        other name counts lower-cased, as it always did."""
+        return self._canonical(user) or user.lower()
 
     # --- the sending limit -------------------------------------------------------------------
     def sent(self, user: str) -> None:
