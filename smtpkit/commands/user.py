@@ -367,9 +367,9 @@ def remove(app: App, address: str, force: bool) -> None:
 
 
 def _remove_password(cfg: Config, address: str) -> bool:
-    """Remove the password of ``address``; False when it had none. The password file and
-    logins take ASCII addresses only, so an international address has none to remove."""
-    return address.isascii() and _passwords(cfg).remove(address)
+    """Remove the password of ``address`` (an international address too, its line in any
+    spelling); False when it had none."""
+    return _passwords(cfg).remove(address)
 
 
 def _stdin_is_terminal() -> bool:
@@ -415,19 +415,15 @@ def passwd(app: App, address: str, from_stdin: bool) -> None:
     for it twice on the terminal, or reads one line from standard input with --stdin.
     It is stored as an Argon2id hash in the data folder's passwd file, which Dovecot reads
     too (examples/dovecot-smtpkit.conf); a running server uses it from the next login on.
-    An international ADDRESS cannot have one: the file and logins take ASCII addresses only.
+    An international ADDRESS (müller@bücher.example) is stored under its canonical name, as
+    its mailbox is (müller@xn--bcher-kva.example); it logs in to submission in any spelling
+    of that name.
     """
     cfg = app.config
     canonical = _address(_store(cfg), address)
     with _as_owner(cfg) as store:
         if not store.exists(canonical):
             raise UserError(f"no such user: {canonical} (add it first with smtpkit user add)")
-    if not canonical.isascii():
-        # Before asking for it: the password file, and AUTH, name ASCII addresses only.
-        raise UserError(
-            f"cannot set a password for {canonical}: logins and the password file take ASCII "
-            "addresses only"
-        )
     password = _read_password(canonical, from_stdin)
     try:
         check_password(password)

@@ -1,6 +1,6 @@
-"""``smtpkit user`` with international addresses: one mailbox under the canonical name (NFC,
-lower case, the domain's A-label) whichever spelling is given, found again by any spelling;
-no password and no alias for one, since the password file and [aliases] take ASCII only."""
+"""``smtpkit user`` with international addresses: one mailbox, and one password line, under
+the canonical name (NFC, lower case, the domain's A-label) whichever spelling is given, found
+again by any spelling; no alias for one, since [aliases] take ASCII only."""
 
 from __future__ import annotations
 
@@ -116,21 +116,30 @@ def test_remove_finds_them_by_any_spelling(runner: CliRunner, config: Path, spel
     assert folders(config) == ["alice@example.org"]
 
 
-def test_passwd_finds_them_but_sets_no_password(runner: CliRunner, config: Path) -> None:
+def test_passwd_sets_the_password_under_the_canonical_name(runner: CliRunner, config: Path) -> None:
     run(runner, config, "user", "add", "alice@example.org", "müller@bücher.example")
+    passwd = config.parent / "passwd"
     for spelling in (nfd("müller@bücher.example"), "Müller@xn--bcher-kva.example"):
         assert run(runner, config, "user", "passwd", spelling, "--stdin", input="pw\n") == (
-            1,
-            [
-                f"Error: cannot set a password for {MÜLLER}: logins and the password file take "
-                "ASCII addresses only"
-            ],
+            0,
+            [f"Password set for {MÜLLER}"],
         )
-    assert not (config.parent / "passwd").exists()
+        # One line, replaced in place: NFC bytes, lower case, the A-label.
+        (line,) = passwd.read_bytes().splitlines()
+        assert line.startswith(MÜLLER.encode() + b":{ARGON2ID}$argon2id$")
+    assert run(runner, config, "user", "list")[1][1:] == [
+        "alice@example.org                 0      0  no",
+        "müller@xn--bcher-kva.example      0      0  yes",
+    ]
     assert run(runner, config, "user", "passwd", "jörg@bücher.example", "--stdin", input="x\n") == (
         1,
         ["Error: no such user: jörg@xn--bcher-kva.example (add it first with smtpkit user add)"],
     )
+    assert run(runner, config, "user", "remove", nfd("MÜLLER@bücher.example")) == (
+        0,
+        [f"Removed {MÜLLER}", f"Removed the password of {MÜLLER}"],
+    )
+    assert passwd.read_bytes() == b""
 
 
 @pytest.mark.parametrize(
