@@ -391,6 +391,7 @@ class Session:
         self.targets: dict[Target, None] = {}  # ordered, each once
         self._mail_dsn: MailDsn | None = None  # RFC 3461 parameters, when given
         self._smtputf8 = False  # the MAIL said SMTPUTF8: UTF-8 addresses (RFC 6531 3.4)
+        self._body: str | None = None  # the MAIL's BODY= value (RFC 6152, RFC 3030)
         self._rcpt_dsn: dict[str, RcptDsn] = {}
         self._delivered_here: list[str] = []
         self._headers: bytearray | None = None
@@ -481,6 +482,7 @@ class Session:
         self.sender = event.address
         self._mail_dsn = event.dsn
         self._smtputf8 = event.smtputf8
+        self._body = event.body
         self._journal("mail", sender=event.address, size=event.size, code=250)
         self._reply(replies.OK_SENDER)
 
@@ -752,6 +754,8 @@ class Session:
             sender=self.sender or "",
             message_id=self._queue_id(),
             dsn=dsn,
+            smtputf8=self._smtputf8,
+            body=self._body,
         )
         self.ctx.submit(delivery, self._delivered)
 

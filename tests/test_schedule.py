@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from smtpkit.config import QueueConfig
-from smtpkit.delivery.queue import QueuedRecipient, QueueEntry
+from smtpkit.delivery.queue import QueuedRecipient, QueueEntry, read_envelope
 from smtpkit.outbound.schedule import (
     Notice,
     Outcome,
@@ -91,3 +92,20 @@ def test_no_delay_notice_when_turned_off() -> None:
     r = QueuedRecipient("bob@example.net", state="deferred", attempts=3)
     off = QueueConfig(delay_warning=0)
     assert delay_notice(entry(r), ARRIVED + 10**6, off) == []
+
+
+def test_an_envelope_keeps_smtputf8_and_body_and_old_ones_read_as_before(tmp_path: Path) -> None:
+    entry = QueueEntry(
+        "id-2", "jörg@example.org", ARRIVED, 10, [QueuedRecipient("bob@remote.example")],
+        tmp_path / "id-2", smtputf8=True, body="BINARYMIME",
+    )  # fmt: skip
+    entry.save()
+    data = json.loads(entry.envelope_path.read_text())
+    assert (data["smtputf8"], data["body"]) == (True, "BINARYMIME")
+    again = read_envelope(entry.envelope_path)
+    assert (again.sender, again.smtputf8, again.body) == ("jörg@example.org", True, "BINARYMIME")
+    # An envelope written without them (as before they existed) reads as plain mail.
+    del data["smtputf8"], data["body"]
+    entry.envelope_path.write_text(json.dumps(data))
+    old = read_envelope(entry.envelope_path)
+    assert (old.smtputf8, old.body) == (False, None)

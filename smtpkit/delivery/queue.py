@@ -120,6 +120,8 @@ class QueueStore:
                 ],
                 path=queue_dir / name,
                 dsn=dsn.mail if dsn else MailDsn(),
+                smtputf8=delivery.smtputf8,
+                body=delivery.body,
             )
             write_envelope(folder, name + ENVELOPE_SUFFIX, entry.to_json())
             delivery.placed.append((folder, name + ENVELOPE_SUFFIX))
@@ -243,6 +245,11 @@ class QueueEntry:
     dsn: MailDsn = field(default_factory=MailDsn)
     #: True once the sender was told that delivery is delayed (one notice per message).
     warned: bool = False
+    #: The transaction said SMTPUTF8 (RFC 6531): UTF-8 addresses or header fields may need
+    #: a next hop that offers it.
+    smtputf8: bool = False
+    #: The BODY= value it came with ("8BITMIME", "BINARYMIME"; None: not given).
+    body: str | None = None
 
     @property
     def age(self) -> float:
@@ -271,6 +278,9 @@ class QueueEntry:
             "size": self.size,
             **self.dsn.to_dict(),
             "warned": self.warned,
+            # Written only when set: envelopes without them read as before.
+            **({"smtputf8": True} if self.smtputf8 else {}),
+            **({"body": self.body} if self.body else {}),
             "recipients": [r.to_json() for r in self.recipients],
         }
 
@@ -320,6 +330,8 @@ def read_envelope(path: Path) -> QueueEntry:
             path=path.with_name(path.name[: -len(ENVELOPE_SUFFIX)]),
             dsn=MailDsn.from_dict({k: data.get(k) for k in ("ret", "envid")}),
             warned=bool(data.get("warned", False)),
+            smtputf8=data.get("smtputf8", False) is True,
+            body=_optional(data.get("body")),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise QueueError(f"{path}: a field is missing or wrong: {exc}") from None

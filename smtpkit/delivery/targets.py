@@ -102,6 +102,10 @@ class Delivery:
     message_id: str = ""
     #: The sender's DSN parameters, when any were given.
     dsn: DsnRequest | None = None
+    #: The transaction said SMTPUTF8 (RFC 6531), and its BODY= value (RFC 6152, RFC 3030):
+    #: what a next hop must offer to take the message as it is.
+    smtputf8: bool = False
+    body: str | None = None
     #: The error of each target that failed (the message then failed as a whole).
     errors: dict[Target, DeliveryError] = field(default_factory=dict)
     #: Where each copy went, as the journal shows it (``a@example.org/new/NAME``).

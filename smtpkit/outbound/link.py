@@ -117,6 +117,12 @@ class Job:
     rcpt_params: dict[str, dict[str, str | None]] = field(default_factory=dict)
     #: The next hop is the final delivery (an LMTP server): its 250 means "in the mailbox".
     final: bool = False
+    #: The message came with SMTPUTF8 (RFC 6531), and as binary (BODY=BINARYMIME, RFC 3030).
+    smtputf8: bool = False
+    binary: bool = False
+    #: Recipients the link failed before sending, for a reason of its own ("5.6.7 ..."):
+    #: reported with the transaction's results.
+    refused: dict[str, str] = field(default_factory=dict)
     #: Filled in by the link: whether the next hop offered DSN (success notices then are
     #: its business), and the TLS version used (None: in the clear).
     dsn_offered: bool = False
@@ -613,15 +619,27 @@ class Link:
             )
             self._take_job()
             return
+        content = _scan(job.path, binary=job.binary)
+        unsendable = _unsendable(job, content, engine.extensions.smtputf8, self.remote)
+        if unsendable:
+            job.refused = unsendable
+            job.recipients = tuple(a for a in job.recipients if a not in unsendable)
+            if not job.recipients:
+                self._job_result([])
+                self._take_job()
+                return
         mail_params = job.mail_params if job.dsn_offered else {}
         rcpt_params = job.rcpt_params if job.dsn_offered else {}
         engine.send_envelope(
             job.sender,
             job.recipients,
             size=job.size,
-            eight_bit=_eight_bit(job.path),
+            eight_bit=content.eight_bit,
+            # RFC 6531 3.4: passed on whenever the next hop offers it; without it the
+            # message goes only when nothing in it needs it (_unsendable).
+            smtputf8=job.smtputf8 and engine.extensions.smtputf8,
             mail_params=mail_params,
-            rcpt_params={a: p for a, p in rcpt_params.items() if p},
+            rcpt_params={a: p for a, p in rcpt_params.items() if p and a in job.recipients},
         )
 
     def _job_refused(self, reason: str) -> None:
@@ -680,7 +698,10 @@ class Link:
     def _job_result(self, results: list[tuple[str, Reply | None, str]]) -> None:
         job, self.job = self.job, None
         if job is not None:
-            self.owner.finished(self, job, results)
+            refused: list[tuple[str, Reply | None, str]] = [
+                (a, None, why) for a, why in job.refused.items()
+            ]
+            self.owner.finished(self, job, results + refused)
 
     # --- the end ----------------------------------------------------------------------------
     def _close_socket(self) -> None:
@@ -717,13 +738,79 @@ def _said(reply: Reply) -> str:
     return str(reply).strip()
 
 
-def _eight_bit(path: str) -> bool:
-    """Whether the message holds octets over 127 (then BODY=8BITMIME, RFC 6152)."""
+@dataclass(frozen=True, slots=True)
+class _Content:
+    """What a queued message holds, as far as a next hop's extensions matter."""
+
+    #: Octets over 127 anywhere (then BODY=8BITMIME, RFC 6152).
+    eight_bit: bool = False
+    #: Octets over 127 in the header section: UTF-8 header fields (RFC 6532).
+    utf8_headers: bool = False
+    #: For a binary message: what SMTP DATA cannot carry, in words (None: nothing).
+    not_text: str | None = None
+
+
+def _scan(path: str, *, binary: bool) -> _Content:
+    """Read the message once; an unreadable file is found again when it is streamed."""
+    eight_bit = False
+    head = bytearray()
+    in_head = True
+    whole = bytearray() if binary else None
     try:
         with open(path, "rb") as fh:
             while chunk := fh.read(1 << 20):
-                if not chunk.isascii():
-                    return True
+                eight_bit = eight_bit or not chunk.isascii()
+                if in_head:
+                    head += chunk
+                    end = head.find(b"\r\n\r\n")
+                    if end >= 0:
+                        del head[end:]
+                        in_head = False
+                if whole is not None:
+                    whole += chunk
+                elif eight_bit and not in_head:
+                    break
     except OSError:
-        return False
-    return False
+        return _Content()
+    return _Content(
+        eight_bit, not bytes(head).isascii(), _not_text(bytes(whole)) if whole else None
+    )
+
+
+def _not_text(data: bytes) -> str | None:
+    """Why a message sent as BODY=BINARYMIME cannot go as SMTP DATA text (RFC 5321 2.3.8,
+    4.5.3.1.6; RFC 6152 3: no NUL, CRLF line ends only, lines of at most 998 octets)."""
+    if b"\0" in data:
+        return "a NUL octet"
+    lines = data.split(b"\r\n")
+    if any(b"\r" in line or b"\n" in line for line in lines):
+        return "a CR or LF outside a CRLF line end"
+    if any(len(line) > 998 for line in lines):
+        return "a line longer than 998 octets"
+    return None
+
+
+def _unsendable(job: Job, content: _Content, smtputf8: bool, remote: str) -> dict[str, str]:
+    """The recipients of ``job`` that ``remote`` cannot be sent, with the reason (a
+    permanent one, "5.6.x ..."): what the next hop lacks stays lacking on a retry."""
+    if content.not_text is not None:
+        # smtpkit sends with DATA only: a binary message goes on when it is text after all.
+        why = (
+            f"5.6.3 the message was sent as binary (BODY=BINARYMIME) and holds "
+            f"{content.not_text}, which {remote} cannot be sent without conversion"
+        )
+        return dict.fromkeys(job.recipients, why)
+    if smtputf8:
+        return {}
+    # RFC 6531 3.2 (and its status codes X.6.7, X.6.9): without SMTPUTF8 at the next hop,
+    # no UTF-8 address and no UTF-8 header field may go there; smtpkit does not downgrade.
+    lacks = f"{remote} does not offer SMTPUTF8"
+    if not job.sender.isascii():
+        return dict.fromkeys(job.recipients, f"5.6.7 {lacks}, needed for the sender {job.sender}")
+    if job.smtputf8 and content.utf8_headers:
+        return dict.fromkeys(
+            job.recipients, f"5.6.9 {lacks}, needed for the message's UTF-8 header fields"
+        )
+    # The report names the address (Final-Recipient); its diagnostic stays ASCII.
+    return {a: f"5.6.7 {lacks}, needed for this UTF-8 address" for a in job.recipients
+            if not a.isascii()}  # fmt: skip

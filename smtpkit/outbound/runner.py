@@ -338,6 +338,8 @@ class QueueRunner:
             mail_params=_params(mail_params(entry.dsn)),
             rcpt_params={r.address: _params(rcpt_params(r.dsn)) for r in recipients},
             final=final,
+            smtputf8=entry.smtputf8,
+            binary=entry.body == "BINARYMIME",
         )
 
     # --- destinations -----------------------------------------------------------------------
