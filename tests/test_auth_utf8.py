@@ -21,6 +21,7 @@ from smtpkit.errors import UserError
 from smtpkit.limits import Limits
 from smtpkit.protocol import replies
 from smtpkit.sasl import Credentials, Exchange, SaslError
+from smtpkit.server import authn
 from smtpkit.server.authn import PasswordChecker
 
 DOMAINS = ("example.org", "xn--bcher-kva.example")
@@ -277,3 +278,18 @@ def test_failures_count_once_per_user_whatever_the_spelling(checker: PasswordChe
     # mimics: it counts to kühn (str.lower() makes the Kelvin sign a "k").
     assert checker.user_failures(KUEHN) == 1
     assert checker.user_failures("\u212a\u00fchn@xn--bcher-kva.example") == 1
+
+
+def test_counting_a_failure_never_raises(
+    checker: PasswordChecker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It runs on the event loop: a name that cannot even be checked (here, a table that
+    cannot be loaded) still counts, lower-cased, instead of ending the worker."""
+
+    def broken(*args: object, **kwargs: object) -> str:
+        raise ModuleNotFoundError("No module named 'idna.uts46data'")
+
+    monkeypatch.setattr(authn, "normalize_address", broken)
+    checker.failed("192.0.2.1", "M\u00fcller@b\u00fccher.example")
+    assert checker.user_failures("m\u00fcller@b\u00fccher.example") == 1
+    assert check(checker, MUELLER, "m-pass") is None  # the login fails, nothing more

@@ -136,7 +136,11 @@ class PasswordChecker:
         """Whose failures a user name counts to: every spelling of one address counts to
         that address, so that none buys more attempts (NFD, upper case, the A-label); any
         other name counts lower-cased, as it always did."""
-        return self._canonical(user) or user.lower()
+        try:
+            canonical = self._canonical(user)
+        except Exception:  # noqa: BLE001 - counting runs on the event loop: it must not fail
+            canonical = None
+        return canonical or user.lower()
 
     # --- the sending limit -------------------------------------------------------------------
     def sent(self, user: str) -> None:
