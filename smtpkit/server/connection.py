@@ -56,6 +56,7 @@ class Connection:
         "_gone",
         "_handshaking",
         "_implicit",
+        "_message_timed",
         "_on_closed",
         "_out",
         "_peer_closed",
@@ -98,6 +99,8 @@ class Connection:
         self._first: bytes | None = b""
         now = time.monotonic()
         self.deadline = now + ctx.limits.command_timeout
+        #: The deadline is the data timeout's: set while the session was in a message.
+        self._message_timed = False
         # The whole session's limit: no stream of cheap commands keeps a connection forever.
         self._expires = now + ctx.limits.max_session_time
         sock.setblocking(False)
@@ -130,10 +133,22 @@ class Connection:
         if not self._closing:
             # A reply means the client may go on: its next command gets a fresh deadline.
             limits = self.session.ctx.limits
+            self._message_timed = self.session.in_data
             self.deadline = time.monotonic() + (
-                limits.data_timeout if self.session.in_data else limits.command_timeout
+                limits.data_timeout if self._message_timed else limits.command_timeout
             )
         self._schedule_flush()
+
+    def _time_message(self) -> None:
+        """If the session began a message with no reply to time it, its content gets the
+        data timeout from now. A BDAT command is answered only at its chunk's end (RFC 3030
+        2), so the first chunk of a transaction would otherwise be read under the command
+        deadline of the reply before it; DATA has its 354. Called after the session takes
+        input (a read, a resume) and on every sweep, since it also reads on by itself when
+        a recipient check or a message's commit ends."""
+        if self.session.in_data and not self._message_timed and not self._closing:
+            self._message_timed = True
+            self.deadline = time.monotonic() + self.session.ctx.limits.data_timeout
 
     @property
     def congested(self) -> bool:
@@ -196,6 +211,7 @@ class Connection:
                 self._lost(f"read error: {exc}")
                 return
             self.session.receive(data)
+        self._time_message()
         if not data and not self._gone:
             # The peer closed its side: answer what it sent, then close.
             self._peer_closed = True
@@ -251,6 +267,7 @@ class Connection:
             self._set_events(_WRITE if full else self._read_interest() | _WRITE)
             if not full and self.session.stalled:
                 self.session.resume()
+                self._time_message()
             return
         if self._closing:
             self._close_notify()
@@ -263,6 +280,7 @@ class Connection:
         self._set_events(self._read_interest())
         if self.session.stalled:
             self.session.resume()
+            self._time_message()
 
     def _set_events(self, events: int) -> None:
         if events == self._events:
@@ -377,8 +395,10 @@ class Connection:
             return
         elif now >= self._expires:
             self.session.expire()
-        elif now >= self.deadline:
-            self.session.timeout()
+        else:
+            self._time_message()
+            if now >= self.deadline:
+                self.session.timeout()
 
     def shutdown(self) -> None:
         if self._handshaking:

@@ -8,6 +8,7 @@ big pipelined message refused for its size. What is stored is compared byte for 
 from __future__ import annotations
 
 import json
+import selectors
 import socket
 import time
 from collections.abc import Iterator
@@ -247,4 +248,56 @@ def test_a_chunk_in_flight_when_the_client_vanishes_leaves_nothing(server: MailS
         c.close()
     journal(server, "close")
     assert server.new_files("alice@example.org") == []
+    assert list((server.maildir("alice@example.org") / "tmp").iterdir()) == []
+
+
+def said_before(sock: socket.socket, until: float) -> bytes | None:
+    """What the server sent (b"" for its close) before ``until``, or None: it was silent."""
+    with selectors.DefaultSelector() as sel:
+        sel.register(sock, selectors.EVENT_READ)
+        while (left := until - time.monotonic()) > 0:
+            if sel.select(timeout=left):
+                return sock.recv(4096, socket.MSG_PEEK)
+    return None
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("first_message", [False, True], ids=["after-rcpt", "after-a-message"])
+def test_the_first_chunk_is_read_under_the_data_timeout(
+    tmp_path: Path, first_message: bool
+) -> None:
+    """BDAT is answered only at its chunk's end (RFC 3030 2): no reply starts the content's
+    clock, as 354 does for DATA. The first chunk of a transaction still gets data_timeout,
+    not what is left of the command_timeout of the reply before it. After a message, the
+    next transaction's chunk is taken up when that message's commit ends."""
+    server = make_server(
+        tmp_path, extra_config="\n[limits]\ncommand_timeout = 2\ndata_timeout = 5\n"
+    )
+    server.start()
+    transaction = b"MAIL FROM:<a@remote.example>\r\nRCPT TO:<alice@example.org>\r\n"
+    session = b"EHLO slow.test\r\n"
+    if first_message:
+        session += transaction + bdat(b"Subject: first\r\n\r\nstored\r\n", True)
+    session += transaction + b"BDAT 100 LAST\r\nonly part of it"
+    c = Client(server)
+    try:
+        t0 = time.monotonic()
+        c.sock.sendall(session)
+        replies = 6 if first_message else 3
+        assert [code for code, _ in c.replies(replies)] == [250] * replies
+        assert not c.buf
+        # Past the command timeout (and the 1 s sweep, with a margin) the chunk is still
+        # being waited for: the connection is open and nothing was said.
+        assert said_before(c.sock, t0 + 2 + 2) is None
+        code, text = c.reply()
+        took = time.monotonic() - t0
+        assert (code, text) == (421, b"4.4.2 Timeout exceeded, closing connection")
+        assert 5 <= took <= 15, took
+        assert c.at_eof()
+    finally:
+        c.close()
+    (timeout,) = journal(server, "timeout")
+    assert timeout["state"] == "CHUNK"
+    stored = server.new_files("alice@example.org")
+    assert len(stored) == (1 if first_message else 0)
     assert list((server.maildir("alice@example.org") / "tmp").iterdir()) == []
