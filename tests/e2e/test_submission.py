@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from smtpkit.config import update_config
+from smtpkit.limits import BareNewline
 from tests.conftest import MailServer, free_port, make_server, need_program, smtpkit
 from tests.e2e.test_outbound import wait_until
 
@@ -53,8 +55,16 @@ class Submission:
         return [json.loads(line) for line in out.splitlines()]
 
 
-def start_submission(root: Path, extra: str = "") -> Submission:
+def start_submission(
+    root: Path, extra: str = "", *, bare_newline: BareNewline | None = None
+) -> Submission:
     server = make_server(root)
+    if bare_newline is not None:
+
+        def change(data: dict[str, Any]) -> None:
+            data["server"]["bare_newline"] = str(bare_newline)
+
+        assert update_config(server.config, change)
     smtpkit("tls", "self-signed", config=server.config)
     starttls, implicit = free_port(), free_port()
     with server.config.open("a") as fh:
@@ -319,22 +329,52 @@ def authenticated(sub: Submission, implicit: bool) -> tuple[ssl.SSLSocket, Any]:
     return sock, reader
 
 
-@pytest.mark.parametrize("implicit", [False, True], ids=["starttls", "implicit-tls"])
-def test_smuggling_and_limits_hold_on_submission(sub: Submission, implicit: bool) -> None:
-    """Every bare-newline end-of-data variant, a 1 MB command line and a message over the
-    size limit, after AUTH: refused exactly as on port 25, nothing stored or queued."""
-    from tests.e2e.test_smuggling import BARE_VARIANTS, REFUSED, SMUGGLED
+@pytest.fixture(params=list(BareNewline), ids=str)
+def bare_newline(request: pytest.FixtureRequest) -> BareNewline:
+    return BareNewline(request.param)
 
+
+@pytest.fixture
+def sub_bare(tmp_path: Path, bare_newline: BareNewline) -> Iterator[Submission]:
+    """The submission listeners under ``[server] bare_newline`` set to ``bare_newline``."""
+    made = start_submission(tmp_path, bare_newline=bare_newline)
+    yield made
+    if made.server.process is not None:
+        made.server.stop()
+
+
+@pytest.mark.parametrize("implicit", [False, True], ids=["starttls", "implicit-tls"])
+def test_smuggling_and_limits_hold_on_submission(
+    sub_bare: Submission, bare_newline: BareNewline, implicit: bool
+) -> None:
+    """Every bare-newline end-of-data variant, a 1 MB command line and a message over the
+    size limit, after AUTH, under both settings of ``[server] bare_newline``: answered
+    exactly as on port 25. Never a second message: a refused one leaves nothing, and under
+    "normalize" a variant of bare LFs only is the one message, queued with every bare LF
+    as CRLF and the smuggled transaction as text lines inside it."""
+    from tests.e2e.test_smuggling import BARE_VARIANTS, REFUSED, SMUGGLED, normalized
+
+    sub = sub_bare
+    accepted: list[bytes] = []  # the bodies sent of the messages stored
     for variant in BARE_VARIANTS.values():  # a session each: every 550 spends the budget
+        body = b"hi" + variant + SMUGGLED + b"\r\n"  # with the CRLF of the real end
+        stored = bare_newline is BareNewline.NORMALIZE and b"\r" not in variant.replace(
+            b"\r\n", b""
+        )
         sock, reader = authenticated(sub, implicit)
         with sock:
             sock.sendall(
                 b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<friend@remote.example>\r\nDATA\r\n"
-                b"Subject: smuggle\r\n\r\nhi" + variant + SMUGGLED + b"\r\n.\r\n"
+                b"Subject: smuggle\r\n\r\n" + body + b".\r\n"
             )
+            # Exactly one reply to the one real final dot.
             replies = [reader.readline() for _ in range(4)]
-            assert [line[:3] for line in replies] == [b"250", b"250", b"354", b"550"]
-            assert replies[-1] == b"%d %s\r\n" % REFUSED
+            assert [line[:3] for line in replies[:3]] == [b"250", b"250", b"354"]
+            if stored:
+                assert replies[-1].startswith(b"250 2.0.0 OK"), replies[-1]
+                accepted.append(body)
+            else:
+                assert replies[-1] == b"%d %s\r\n" % REFUSED
             sock.sendall(b"NOOP\r\n")  # what was smuggled was never run as commands
             assert reader.readline() == b"250 2.0.0 OK\r\n"
     sock, reader = authenticated(sub, implicit)
@@ -343,7 +383,18 @@ def test_smuggling_and_limits_hold_on_submission(sub: Submission, implicit: bool
         assert reader.readline() == b"500 5.5.6 Command line too long\r\n"
         sock.sendall(b"MAIL FROM:<alice@example.org> SIZE=99999999\r\n")
         assert reader.readline() == b"552 5.3.4 Message size exceeds fixed maximum message size\r\n"
-    assert sub.queue() == []
+    # One queued message per variant stored: the eight of bare LFs only under "normalize",
+    # none under "reject"; each for the one recipient given, never the smuggled one.
+    assert len(accepted) == (8 if bare_newline is BareNewline.NORMALIZE else 0)
+    queued = sub.queue()
+    assert [(q["sender"], [r["address"] for r in q["recipients"]]) for q in queued] == [
+        ("alice@example.org", ["friend@remote.example"])
+    ] * len(accepted)
+    bodies = [
+        (sub.server.directory / "queue" / q["id"]).read_bytes().split(b"\r\n\r\n", 1)[1]
+        for q in queued
+    ]
+    assert sorted(bodies) == sorted(normalized(body) for body in accepted)
     assert sub.server.new_files("bob@example.org") == []
 
 
