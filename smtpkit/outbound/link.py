@@ -807,7 +807,9 @@ def _unsendable(job: Job, content: _Content, smtputf8: bool, remote: str) -> dic
     lacks = f"{remote} does not offer SMTPUTF8"
     if not job.sender.isascii():
         return dict.fromkeys(job.recipients, f"5.6.7 {lacks}, needed for the sender {job.sender}")
-    if job.smtputf8 and content.utf8_headers:
+    # UTF-8 header fields are for the next hop to pass on; an LMTP server is the mail store
+    # itself (final delivery), which keeps them as the octets they are (8BITMIME).
+    if job.smtputf8 and content.utf8_headers and not job.final:
         return dict.fromkeys(
             job.recipients, f"5.6.9 {lacks}, needed for the message's UTF-8 header fields"
         )

@@ -526,3 +526,41 @@ def run_cluster(root: Path, dovecot: Dovecot, dns: DnsServer) -> None:
     # the sender's sessions to node 1 (max_per_domain) and node 1's LMTP connections.
     assert sum(duplicates.values()) - len(duplicates) <= 10 + 10
     assert set(found) <= set(ids)
+
+
+def test_utf8_mail_into_a_dovecot_lmtp_without_smtputf8(
+    dovecot_program: str, open_tmp_path: Path
+) -> None:
+    # Dovecot 2.3's LMTP does not offer SMTPUTF8. UTF-8 header fields still reach the store
+    # (final delivery, 8BITMIME); a UTF-8 address cannot be named to it, and fails with 5.6.7
+    # and a report, while the other recipients of the message are delivered.
+    muller = "müller@example.org"
+    dovecot = Dovecot(open_tmp_path / "dovecot", ("alice@example.org", "bob@example.org"),
+                      dovecot_program)  # fmt: skip
+    dovecot.root.mkdir()
+    dovecot.start()
+    try:
+        server = lmtp_node(open_tmp_path / "node", f"unix:{dovecot.socket}", users=(muller,))
+        server.start()
+        text = (
+            "From: alice@example.org\r\nTo: undisclosed-recipients:;\r\nSubject: Grüße\r\n"
+            "Message-ID: <utf8@lmtp.test>\r\nMIME-Version: 1.0\r\n"
+            "Content-Type: text/plain; charset=utf-8\r\n\r\nÄpfel.\r\n"
+        ).encode()
+        with smtplib.SMTP(server.host, server.port, timeout=30) as client:
+            client.ehlo("client.test")
+            client.sendmail("alice@example.org", [muller, "bob@example.org"], text,
+                            mail_options=["SMTPUTF8"])  # fmt: skip
+        (got,) = wait_until("bob's copy in Dovecot", lambda: dovecot.messages("bob@example.org"))
+        assert got.endswith(text.split(b"\r\n", 2)[2])  # UTF-8 Subject and body intact
+        (bounced,) = wait_journal(server, "bounced")
+        assert (bounced["to"], bounced["status"]) == (muller, "5.6.7")
+        assert bounced["reason"] == (
+            f"unix:{dovecot.socket} does not offer SMTPUTF8, needed for this UTF-8 address"
+        )
+        (report,) = wait_until("alice's report", lambda: dovecot.messages("alice@example.org"))
+        assert b"Final-Recipient: utf-8; m\\x{FC}ller@example.org" in report
+        assert b"Status: 5.6.7" in report
+        wait_until("an empty queue", lambda: not queue_entries(server))
+    finally:
+        dovecot.stop()
