@@ -27,11 +27,16 @@ commands. Every function keeps its ASCII rules as its default. What a UTF-8 addr
 
 from __future__ import annotations
 
+# idna imports its mapping table, and the punycode codec, on first use; by then serve and
+# smtpkit check may run as the service user, who cannot always read the install (and a
+# codec that failed to load once is never looked for again): imported here, at start.
+import encodings.punycode  # noqa: F401
 import re
 import unicodedata
 from dataclasses import dataclass
 
 import idna
+import idna.uts46data  # noqa: F401
 from precis_i18n import get_profile
 
 from smtpkit.errors import UserError

@@ -538,7 +538,7 @@ class _FolderCheck:
                 )
         domains = self.domains
         try:
-            reached = normalize_address(name, domains) == name
+            reached = normalize_address(name, domains, utf8=True) == name
         except UserError:
             reached = False
         if not reached:
@@ -894,7 +894,9 @@ def _alias_problems(config: Config, mailboxes: set[str]) -> list[Problem]:
         postmaster = f"postmaster@{domain}"
         if postmaster in aliases or postmaster in mailboxes:
             continue  # an alias with no mailbox behind it is reported above
-        mine = sorted(m for m in mailboxes if m.endswith(f"@{domain}")) or sorted(mailboxes)
+        # [aliases] name ASCII addresses only: an international mailbox is no target.
+        named = sorted(m for m in mailboxes if m.isascii())
+        mine = [m for m in named if m.endswith(f"@{domain}")] or named
         fix = (
             f'add "{postmaster}" = "{mine[0]}" to [aliases]'
             if mine

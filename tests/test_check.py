@@ -415,12 +415,19 @@ def test_folders_in_users_no_address_reaches(site: Site) -> None:
     site.mailbox("Carol@example.org")
     site.mailbox("dave@elsewhere.example")
     site.file("users/notes")
+    # An international mailbox under its canonical name is reached (smtpkit user add makes
+    # it so); its NFD spelling, or a U-label domain, is a folder no address reaches.
+    site.mailbox("müller@example.org")
+    site.mailbox("mu\u0308ller@example.org")
+    site.mailbox("jörg@bücher.example")
     reach = (
         "mailboxes are named by lower-case addresses in server.domains (example.org, example.net)"
     )
     assert site.check() == [
         error(f"users/Carol@example.org: no address reaches this folder: {reach}"),
         error(f"users/dave@elsewhere.example: no address reaches this folder: {reach}"),
+        error(f"users/jörg@bücher.example: no address reaches this folder: {reach}"),
+        error(f"users/mu\u0308ller@example.org: no address reaches this folder: {reach}"),
         error("users/notes: not a folder, so no mailbox (a mailbox is a Maildir)"),
     ]
 
@@ -524,6 +531,19 @@ def test_every_domain_needs_a_postmaster(site: Site) -> None:
     ]
     site.mailbox("postmaster@example.net")  # a mailbox of its own does as well
     assert site.check() == []
+
+
+def test_a_postmaster_alias_is_never_advised_to_an_international_mailbox(site: Site) -> None:
+    # [aliases] take ASCII addresses only: the advice names the first ASCII mailbox.
+    del site.settings["aliases"]["postmaster@example.net"]
+    site.mailbox("ärger@example.net")
+    assert site.check() == [
+        error(
+            "aliases: postmaster@example.net reaches no mailbox, and every domain must have "
+            'one (RFC 5321 4.5.1): add "postmaster@example.net" = "alice@example.org" to '
+            "[aliases]"
+        )
+    ]
 
 
 # --- TLS ----------------------------------------------------------------------------------------
