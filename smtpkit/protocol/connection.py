@@ -15,8 +15,8 @@ chunk is read as content (or dropped, when the command is refused), never as com
 
 Command lines are decoded as strict UTF-8; a line that is not UTF-8 is refused with ``501``.
 UTF-8 addresses are parsed whether or not the transaction's MAIL said SMTPUTF8 (RFC 6531): the
-session's policy refuses them without it (a sender with ``553 5.6.7``, clearer than a syntax
-error) and checks them against the mailbox rules with it.
+session's policy refuses them without it (a sender or recipient with ``553 5.6.7``, clearer
+than a syntax error) and checks them against the mailbox rules with it.
 """
 
 from __future__ import annotations
