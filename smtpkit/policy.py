@@ -95,9 +95,10 @@ class Policy(Protocol):
 
     def check_rcpt(self, facts: SessionFacts, event: RcptTo) -> Decision: ...
 
-    def sends_as(self, user: str, address: str) -> bool:
+    def sends_as(self, user: str, address: str, *, utf8: bool = False) -> bool:
         """Whether the authenticated ``user`` may use ``address`` as a sender (envelope or
-        From: header)."""
+        From: header); ``utf8``: the transaction said SMTPUTF8, so ``address`` may be a
+        UTF-8 one."""
 
 
 def _never_sent(user: str) -> int:
@@ -278,5 +279,5 @@ class LocalPolicy:
     def check_rcpt(self, facts: SessionFacts, event: RcptTo) -> Decision:
         return _decide(self.rules, RCPT_RULES, facts, event)
 
-    def sends_as(self, user: str, address: str) -> bool:
-        return self.rules.router.sends_as(user, address)
+    def sends_as(self, user: str, address: str, *, utf8: bool = False) -> bool:
+        return self.rules.router.sends_as(user, address, utf8=utf8)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email.parser import BytesHeaderParser
+from email.parser import BytesHeaderParser, HeaderParser
 from email.utils import format_datetime, getaddresses, make_msgid
 from typing import Any, Protocol
 
@@ -535,7 +535,7 @@ class Session:
         self._reply(replies.OK_RECIPIENT)
 
     def _owns(self, user: str, address: str) -> bool:
-        return bool(address) and self.ctx.policy.sends_as(user, address)
+        return bool(address) and self.ctx.policy.sends_as(user, address, utf8=self._smtputf8)
 
     def _journal_rcpt(self, event: ev.RcptTo, reply: Reply) -> None:
         """A refused recipient, with its sender and the reply: "which senders were refused
@@ -661,7 +661,12 @@ class Session:
         if held is None or self.spool is None:
             return
         end = _header_end(held)
-        headers = BytesHeaderParser().parsebytes(bytes(held[: end if end >= 0 else len(held)]))
+        section = bytes(held[: end if end >= 0 else len(held)])
+        if self._smtputf8:
+            # RFC 6532: header fields in UTF-8, so a From: may name a UTF-8 address.
+            headers = HeaderParser().parsestr(section.decode("utf-8", "surrogateescape"))
+        else:
+            headers = BytesHeaderParser().parsebytes(section)
         self._authors = [address for _, address in getaddresses(headers.get_all("From", []))]
         added = ""
         if headers.get("Date") is None:

@@ -202,12 +202,6 @@ def test_the_utf8_user_sends_as_itself_with_smtputf8(sub: Submission) -> None:
         assert data.endswith("Subject: Gr\u00fc\u00dfe\r\n\r\nHall\u00f6\r\n".encode())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the From: check (Session._owns -> Policy.sends_as) asks the router without utf8, "
-    "so a UTF-8 From: is never the user's own: Policy.sends_as needs the transaction's "
-    "SMTPUTF8 (policy.py, session.py)",
-)
 def test_the_utf8_user_may_name_itself_in_from(sub: Submission) -> None:
     with sub.smtp() as smtp:
         assert auth_plain(smtp, MUELLER, PASSWORDS[MUELLER]) == AUTH_OK
@@ -267,11 +261,6 @@ def imap_login(dovecot: Dovecot, user: str, password: str) -> imaplib.IMAP4 | No
     return client
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="examples/dovecot-smtpkit.conf keeps Dovecot's default auth_username_chars, which "
-    "refuses every non-ASCII user name: the example needs `auth_username_chars =`",
-)
 def test_dovecot_with_the_shipped_example_logs_the_utf8_user_in(
     dovecot_program: str,  # noqa: F811
     utf8_data: tuple[MailServer, bytes],
