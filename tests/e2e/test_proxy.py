@@ -26,7 +26,7 @@ import tomli_w
 from smtpkit.config import Config, load_config
 from smtpkit.errors import ConfigError
 from smtpkit.protocol.proxy import V2_SIGNATURE
-from tests.conftest import MailServer, free_port, make_server, smtpkit
+from tests.conftest import MailServer, free_port, make_server, need_program, smtpkit
 from tests.smtpreader import read_reply
 
 BALANCER = "127.0.0.1"
@@ -381,3 +381,128 @@ def test_proxy_protocol_from_in_the_config(tmp_path: Path) -> None:
     ]:
         with pytest.raises(ConfigError, match=says):
             load(server, limits)
+
+
+# --- behind a real HAProxy -------------------------------------------------------------------
+
+
+class HAProxy:
+    """HAProxy in TCP mode in front of ``server``: one frontend that sends a v1 header
+    (``send-proxy``), one a v2 header (``send-proxy-v2``), both on loopback."""
+
+    def __init__(self, folder: Path, server: MailServer) -> None:
+        program = need_program("haproxy", "haproxy")
+        self.v1_port, self.v2_port = free_port(), free_port()
+        config = folder / "haproxy.cfg"
+        config.write_text(
+            f"""\
+global
+    maxconn 200
+
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+
+listen smtp_v1
+    bind 127.0.0.1:{self.v1_port}
+    server smtpkit {server.host}:{server.port} send-proxy
+
+listen smtp_v2
+    bind 127.0.0.1:{self.v2_port}
+    server smtpkit {server.host}:{server.port} send-proxy-v2
+"""
+        )
+        self.log = folder / "haproxy.log"
+        with self.log.open("wb") as out:
+            self.process = subprocess.Popen(
+                [program, "-db", "-f", str(config)], stdout=out, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + 15
+        for port in (self.v1_port, self.v2_port):
+            while True:
+                assert self.process.poll() is None, self.log.read_text()
+                try:
+                    # From an address of its own: HAProxy passes even this probe on, and
+                    # smtpkit counts it under the address it came from.
+                    socket.create_connection((BALANCER, port), 2, ("127.0.0.10", 0)).close()
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline, "haproxy did not listen"
+                    time.sleep(0.05)
+
+    def smtp(self, port: int, source: str) -> smtplib.SMTP:
+        return smtplib.SMTP(BALANCER, port, timeout=10, source_address=(source, 0))
+
+    def close(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
+@pytest.fixture
+def haproxy(
+    tmp_path: Path, serve: Callable[..., MailServer]
+) -> Iterator[tuple[HAProxy, MailServer]]:
+    server = serve("max_connections_per_ip = 2")
+    balancer = HAProxy(tmp_path, server)
+    try:
+        yield balancer, server
+    finally:
+        balancer.close()
+
+
+def test_mail_through_haproxy_carries_the_client_s_address(
+    haproxy: tuple[HAProxy, MailServer],
+) -> None:
+    balancer, server = haproxy
+    for port, client, version in (
+        (balancer.v1_port, "127.0.0.7", 1),
+        (balancer.v2_port, "127.0.0.8", 2),
+    ):
+        with balancer.smtp(port, client) as smtp:
+            smtp.ehlo("client.example")
+            # The policy sees the client, not HAProxy (127.0.0.1, a trusted network).
+            assert smtp.docmd("MAIL FROM:<s@remote.example>")[0] == 250
+            assert smtp.docmd("RCPT TO:<x@elsewhere.example>") == (550, b"5.7.1 Relaying denied")
+            assert smtp.docmd("RSET")[0] == 250
+            smtp.sendmail("s@remote.example", ["alice@example.org"], "Subject: hi\r\n\r\nx\r\n")
+        records = journal(
+            server,
+            lambda r, c=client: any(e["peer"].startswith(f"{c}:") for e in events(r, "stored")),
+        )
+        (proxy,) = [e for e in events(records, "proxy") if e["peer"].startswith(f"{client}:")]
+        assert proxy["version"] == version
+        assert proxy["via"].startswith(f"{BALANCER}:")
+    received = sorted(
+        path.read_bytes().split(b"\r\n")[1] for path in server.new_files("alice@example.org")
+    )
+    assert received == [
+        b"Received: from client.example ([127.0.0.7])",
+        b"Received: from client.example ([127.0.0.8])",
+    ]
+
+
+def test_the_per_address_limit_holds_behind_haproxy(haproxy: tuple[HAProxy, MailServer]) -> None:
+    balancer, server = haproxy
+    held = [balancer.smtp(balancer.v2_port, "127.0.0.7") for _ in range(2)]
+    try:
+        for smtp in held:
+            assert smtp.noop()[0] == 250
+        # A third from the same client is refused; HAProxy passes the 421 on and closes.
+        with socket.create_connection(
+            (BALANCER, balancer.v1_port), 10, source_address=("127.0.0.7", 0)
+        ) as third:
+            assert third.recv(512) == b"421 4.7.0 Too many connections from your address\r\n"
+            assert third.recv(512) == b""
+        # Another client through the same HAProxy is served meanwhile.
+        with balancer.smtp(balancer.v1_port, "127.0.0.9") as other:
+            other.sendmail("s@remote.example", ["bob@example.org"], "Subject: x\r\n\r\nx\r\n")
+    finally:
+        for smtp in held:
+            smtp.close()
+    records = journal(server, lambda r: bool(events(r, "refused")))
+    assert [(r["peer"], r["reason"]) for r in events(records, "refused")] == [
+        ("127.0.0.7", "max_connections_per_ip")
+    ]
+    assert len(server.new_files("bob@example.org")) == 1
