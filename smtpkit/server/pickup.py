@@ -183,12 +183,18 @@ class Pickup:
                 return
             message_id = f"{session}.1"
             spool = Spool(self._trace(dropped.uid, sender, message_id), self.pool)
+            head = _HeaderScan()
             for chunk in _lines(dropped.chunks()):
+                head.feed(chunk)
                 spool.write(chunk)
             signed = ""
             if self.signer is not None and spool.error is None:
                 signed = sign_spool(self.signer, spool)
-            delivery = Delivery(spool, targets, sender=sender, message_id=message_id)
+            # A local program has no SMTPUTF8 to say: the message needs it when an address
+            # or a header field is UTF-8 (as Postfix's smtputf8_autodetect_classes does).
+            addresses = (sender, *accepted)
+            utf8 = head.utf8 or not all(a.isascii() for a in addresses)
+            delivery = Delivery(spool, targets, sender=sender, message_id=message_id, smtputf8=utf8)
             commit_batch([delivery], self.syncer)
         if delivery.error is not None:
             # Stays in the maildrop: tried again at the next look.
@@ -217,7 +223,11 @@ class Pickup:
         """Each recipient as a trusted local program's: local ones to their mailboxes,
         others to the queue. A bare name (cron's default ``MAILTO`` is the login) is a user
         of the first local domain."""
-        facts = SessionFacts(peer="127.0.0.1", role=ListenerRole.RECEIVE, user="local")
+        # UTF-8 addresses are taken (the message is then marked SMTPUTF8), under the rules
+        # they meet in SMTP: look-alikes of a local user are refused, never mapped.
+        facts = SessionFacts(
+            peer="127.0.0.1", role=ListenerRole.RECEIVE, user="local", smtputf8=True
+        )
         targets: dict[Target, None] = {}
         accepted: list[str] = []
         refused: list[tuple[str, tuple[int, str]]] = []
@@ -258,6 +268,25 @@ def _lines(chunks: Any) -> Any:
         for piece in _LINE_END.split(rest):
             if piece:
                 yield _broken(piece) + b"\r\n"
+
+
+class _HeaderScan:
+    """Whether the header section of a message, fed as chunks of whole CRLF lines, holds
+    octets over 127: UTF-8 header fields (RFC 6532)."""
+
+    def __init__(self) -> None:
+        self.utf8 = False
+        self._done = False
+
+    def feed(self, chunk: bytes) -> None:
+        if self._done:
+            return
+        for line in chunk.split(b"\r\n")[:-1]:
+            if not line:
+                self._done = True
+                return
+            if not line.isascii():
+                self.utf8 = True
 
 
 def _broken(line: bytes) -> bytes:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import MailServer, make_server, smtpkit, unavailable
+from tests.conftest import MailServer, free_port, make_server, smtpkit, unavailable
 
 NOBODY = pwd.getpwnam("nobody")
 
@@ -126,5 +126,40 @@ def test_unknown_local_recipients_are_journaled_and_the_rest_delivered(tmp_path:
 
         lines = wait_for("the refusals in the journal", lambda: len(refused()) == 2 and refused())
         assert [r["to"] for r in lines] == ["nobody-here@example.org", "root@example.org"]
+    finally:
+        assert server.stop() == 0
+
+
+def test_utf8_addresses_and_header_fields_from_a_local_program(tmp_path: Path) -> None:
+    # A local program says no SMTPUTF8: the message is marked as needing it when an address
+    # or a header field is UTF-8, so that the queue passes it on (or fails it) as for SMTP.
+    server = make_server(
+        tmp_path,
+        users=("alice@example.org", "m\u00fcller@example.org"),
+        # Mail for remote.example waits in the queue: its next hop does not answer.
+        extra_config=f'[routes]\n"remote.example" = "127.0.0.1:{free_port()}"\n',
+    )
+    subject = "Subject: Gr\u00fc\u00dfe\n\nfrom cron\n".encode()
+    for recipient in ("Mu\u0308ller@example.org", "j\u00f6rg@remote.example"):
+        done = sendmail(server, "-i", recipient, message=subject)
+        assert done.returncode == 0, done.stderr
+    # A look-alike of a local user (U+212A KELVIN SIGN for k) reaches nobody.
+    done = sendmail(server, "-i", "\u212aelvin@example.org", message=b"Subject: x\n\nx\n")
+    assert done.returncode == 0, done.stderr
+    server.start()
+    try:
+        (message,) = wait_for("delivery", lambda: stored_for(server, "m\u00fcller@example.org"))
+        head, body = message.split(b"\r\n\r\n", 1)
+        assert "\r\nSubject: Gr\u00fc\u00dfe\r\n".encode() in head and body == b"from cron\r\n"
+        queue = server.directory / "queue"
+        (envelope,) = wait_for("the queued copy", lambda: list(queue.glob("*.env")))
+        data = json.loads(envelope.read_text())
+        assert data["smtputf8"] is True
+        assert [r["address"] for r in data["recipients"]] == ["j\u00f6rg@remote.example"]
+        refused = wait_for(
+            "the look-alike's refusal",
+            lambda: [r for r in journal(server) if r["event"] == "rcpt" and r.get("code")],
+        )
+        assert [(r["to"], r["code"]) for r in refused] == [("\u212aelvin@example.org", 501)]
     finally:
         assert server.stop() == 0
