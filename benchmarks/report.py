@@ -193,6 +193,8 @@ def throughput_notes(report: dict[str, Any]) -> list[str]:
     ]
     for name, result in report["servers"].items():
         note = f"{name}: peak RSS {result['peak_rss_mb']} MB"
+        if result.get("peak_pss_mb"):
+            note += f" (PSS {result['peak_pss_mb']} MB at a round's end: shared pages once)"
         note += f" over {result['max_processes']} process(es)"
         lines.append(note)
         syncs = _syncs_line(name, result)

@@ -200,6 +200,7 @@ def measure_server(
                 os.sync()
         results["peak_rss_mb"] = mb(server.sampler.peak_kb)
         results["max_processes"] = server.sampler.max_processes
+        results["peak_pss_mb"] = mb(server.sampler.peak_pss_kb)
     finally:
         code = server.stop()
     results["exit_status"] = code

@@ -79,6 +79,8 @@ def test_quick_benchmark_counts_every_message_stored(tmp_path: Path) -> None:
     shapes = ("1x1KB", "20x1KB", "100x1KB", "20x1MB")
     for name, server in report["servers"].items():
         assert server["exit_status"] == 0 or name == "smtp-sink"
+        # Both memory figures: RSS (shared pages once per process) and PSS (shared once).
+        assert server["peak_rss_mb"] > 0 and server["peak_pss_mb"] > 0
         assert set(server["shapes"]) == set(shapes)
         for shape in server["shapes"].values():
             assert len(shape["rounds"]) == 1
