@@ -11,11 +11,12 @@ from __future__ import annotations
 import functools
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.parser import BytesHeaderParser, HeaderParser
 from email.utils import format_datetime, getaddresses, make_msgid
+from types import MappingProxyType
 from typing import Any, Protocol
 
 from smtpkit import metrics
@@ -47,6 +48,9 @@ __all__ = [
 # A refusal repeated this many times gets a ``repeated`` journal line with the count, so a
 # long session's journal stays bounded by what it did, not by how often it did it.
 REPEAT_LINE = 1000
+# What a message no inspector looked at adds to its journal line: nothing (one shared,
+# read-only mapping instead of an empty dict per session).
+_NOTHING_CHECKED: Mapping[str, Any] = MappingProxyType({})
 
 # The engine's states inside a message: its content is being read (DATA, a BDAT chunk), or
 # more chunks of it are to come; the data timeout applies.
@@ -177,6 +181,52 @@ def _address_literal(host: str) -> str:
 class Session:
     """Drives one connection from greeting to close."""
 
+    # Slots: a server holds thousands of idle sessions, and past 30 attributes an instance
+    # dict no longer shares its keys with the others (1.5 KB more per session).
+    __slots__ = (
+        "_authors",
+        "_body",
+        "_checked",
+        "_chunk_failure",
+        "_chunks",
+        "_delivered_here",
+        "_dot",
+        "_headers",
+        "_last_helo",
+        "_mail_dsn",
+        "_overshoot",
+        "_rcpt_dsn",
+        "_refused_chunks",
+        "_repeated_commands",
+        "_repeats",
+        "_sasl",
+        "_smtputf8",
+        "auth_failures",
+        "close_reason",
+        "closed",
+        "conn",
+        "ctx",
+        "draining",
+        "errors",
+        "helo_name",
+        "id",
+        "junk",
+        "messages",
+        "peer",
+        "peer_host",
+        "peer_port",
+        "recipients",
+        "role",
+        "sender",
+        "spool",
+        "stalled",
+        "targets",
+        "tls",
+        "transport",
+        "user",
+        "waiting",
+    )
+
     def __init__(
         self,
         ctx: ServerContext,
@@ -209,8 +259,10 @@ class Session:
         # (reply text -> repeats not yet journaled); junk commands and repeated greetings,
         # which get no line of their own, are counted per verb. Both are journaled as
         # ``repeated`` lines at the end.
-        self._repeats: dict[str, int] = {}
-        self._repeated_commands: dict[str, int] = {}
+        # Made at the first one: most sessions never repeat anything, and a server holds
+        # thousands of idle sessions (so are the per-transaction containers below).
+        self._repeats: dict[str, int] | None = None
+        self._repeated_commands: dict[str, int] | None = None
         self._last_helo: tuple[str, bool] | None = None
         # BDAT commands refused since the last refused chunk (None: no chunk refused yet):
         # RFC 3030 2 has a client's pipelined chunks read after a refusal; they are refused
@@ -306,10 +358,10 @@ class Session:
         self.closed = True
         if reason == "closed" and self.close_reason:
             reason = self.close_reason
-        for text, count in self._repeats.items():
+        for text, count in (self._repeats or {}).items():
             if count:
                 self._journal("repeated", reply=text, count=count)
-        for verb, count in self._repeated_commands.items():
+        for verb, count in (self._repeated_commands or {}).items():
             self._journal("repeated", command=verb, count=count)
         self._journal("close", reason=reason or "peer closed", messages=self.messages)
 
@@ -343,17 +395,25 @@ class Session:
     def _junk_command(self, event: ev.Event, reply: Reply, verb: str = "") -> None:
         """NOOP, RSET, VRFY, HELP: free up to ``limits.max_junk_commands`` since the last
         delivered message, then each counts as an error."""
-        verb = verb or type(event).__name__.upper()
-        self._repeated_commands[verb] = self._repeated_commands.get(verb, 0) + 1
+        self._count_command(verb or type(event).__name__.upper())
         self.junk += 1
         self._reply(reply)
         if self.junk > self.ctx.limits.max_junk_commands:
             self._count_error()
 
+    def _count_command(self, verb: str) -> None:
+        """One more of a command that gets no journal line of its own."""
+        counts = self._repeated_commands
+        if counts is None:
+            counts = self._repeated_commands = {}
+        counts[verb] = counts.get(verb, 0) + 1
+
     def _journal_reply(self, reply: Reply) -> None:
         """The first of each refusal gets its own line; identical ones after it are counted
         and journaled as one ``repeated`` line (at close, or every ``REPEAT_LINE`` of them)."""
         text = str(reply)
+        if self._repeats is None:
+            self._repeats = {}
         count = self._repeats.get(text)
         if count is None or reply.closes:
             self._repeats[text] = 0
@@ -392,11 +452,11 @@ class Session:
         self._mail_dsn: MailDsn | None = None  # RFC 3461 parameters, when given
         self._smtputf8 = False  # the MAIL said SMTPUTF8: UTF-8 addresses (RFC 6531 3.4)
         self._body: str | None = None  # the MAIL's BODY= value (RFC 6152, RFC 3030)
-        self._rcpt_dsn: dict[str, RcptDsn] = {}
-        self._delivered_here: list[str] = []
+        self._rcpt_dsn: dict[str, RcptDsn] | None = None
+        self._delivered_here: list[str] | None = None
         self._headers: bytearray | None = None
-        self._authors: list[str] = []
-        self._checked: dict[str, Any] = {}  # what the inspector found, for the journal
+        self._authors: Sequence[str] = ()
+        self._checked: Mapping[str, Any] = _NOTHING_CHECKED  # the inspector's, for the journal
         self._dot = 0.0  # when the final dot came (time.monotonic()), for the metrics
         self.spool: Spool | None = None
         self._chunks = 0  # BDAT chunks of this message (RFC 3030)
@@ -417,8 +477,7 @@ class Session:
             return
         if (event.name, event.extended) == self._last_helo:
             # The same greeting again only counts: a repeated EHLO is not worth a line each.
-            verb = "EHLO" if event.extended else "HELO"
-            self._repeated_commands[verb] = self._repeated_commands.get(verb, 0) + 1
+            self._count_command("EHLO" if event.extended else "HELO")
         else:
             self._last_helo = (event.name, event.extended)
             self._journal("helo", name=event.name, extended=event.extended)
@@ -526,8 +585,12 @@ class Session:
             return
         self.recipients.append(event.address)
         if event.dsn is not None:
+            if self._rcpt_dsn is None:
+                self._rcpt_dsn = {}
             self._rcpt_dsn[event.address] = event.dsn
             if event.dsn.wants("delivered") and any(isinstance(t, Mailbox) for t in targets):
+                if self._delivered_here is None:
+                    self._delivered_here = []
                 self._delivered_here.append(event.address)
         for target in targets:
             self.targets[target] = None
@@ -751,7 +814,9 @@ class Session:
         dsn = None
         if self._mail_dsn is not None or self._rcpt_dsn:
             dsn = DsnRequest(
-                self._mail_dsn or MailDsn(), dict(self._rcpt_dsn), tuple(self._delivered_here)
+                self._mail_dsn or MailDsn(),
+                dict(self._rcpt_dsn or {}),
+                tuple(self._delivered_here or ()),
             )
         delivery = Delivery(
             spool,
