@@ -77,6 +77,10 @@ __all__ = [
 ]
 
 
+# Before any BDAT: one value for every session (it is frozen).
+_NO_CHUNK: Final = Bdat(0)
+
+
 class LocalProtocolError(Exception):
     """The *caller* broke the engine's rules (a programming error, not a client error):
     ``send()`` with no event awaiting a reply, ``send()`` after the connection closed, or
@@ -139,7 +143,7 @@ class ServerConnection:
         self._mail_body: str | None = None
         self._binary = False
         self._content: ChunkScanner | None = None
-        self._next_chunk = Bdat(0)
+        self._next_chunk = _NO_CHUNK
 
     # --- properties ----------------------------------------------------------------------------
 
