@@ -120,6 +120,9 @@ class Job:
     #: The message came with SMTPUTF8 (RFC 6531), and as binary (BODY=BINARYMIME, RFC 3030).
     smtputf8: bool = False
     binary: bool = False
+    #: What the message holds (scan_message), when the caller read it already: one message
+    #: to several destinations is read once, not once per job.
+    content: Content | None = None
     #: Recipients the link failed before sending, for a reason of its own ("5.6.7 ..."):
     #: reported with the transaction's results.
     refused: dict[str, str] = field(default_factory=dict)
@@ -619,7 +622,7 @@ class Link:
             )
             self._take_job()
             return
-        content = _scan(job.path, binary=job.binary)
+        content = job.content or scan_message(job.path, binary=job.binary)
         unsendable = _unsendable(job, content, engine.extensions.smtputf8, self.remote)
         if unsendable:
             job.refused = unsendable
@@ -739,7 +742,7 @@ def _said(reply: Reply) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class _Content:
+class Content:
     """What a queued message holds, as far as a next hop's extensions matter."""
 
     #: Octets over 127 anywhere (then BODY=8BITMIME, RFC 6152).
@@ -750,8 +753,9 @@ class _Content:
     not_text: str | None = None
 
 
-def _scan(path: str, *, binary: bool) -> _Content:
-    """Read the message once; an unreadable file is found again when it is streamed."""
+def scan_message(path: str, *, binary: bool) -> Content:
+    """Read the message for what a next hop must offer to take it; an unreadable file is
+    found again when it is streamed."""
     eight_bit = False
     head = bytearray()
     in_head = True
@@ -771,10 +775,8 @@ def _scan(path: str, *, binary: bool) -> _Content:
                 elif eight_bit and not in_head:
                     break
     except OSError:
-        return _Content()
-    return _Content(
-        eight_bit, not bytes(head).isascii(), _not_text(bytes(whole)) if whole else None
-    )
+        return Content()
+    return Content(eight_bit, not bytes(head).isascii(), _not_text(bytes(whole)) if whole else None)
 
 
 def _not_text(data: bytes) -> str | None:
@@ -790,7 +792,7 @@ def _not_text(data: bytes) -> str | None:
     return None
 
 
-def _unsendable(job: Job, content: _Content, smtputf8: bool, remote: str) -> dict[str, str]:
+def _unsendable(job: Job, content: Content, smtputf8: bool, remote: str) -> dict[str, str]:
     """The recipients of ``job`` that ``remote`` cannot be sent, with the reason (a
     permanent one, "5.6.x ..."): what the next hop lacks stays lacking on a retry."""
     if content.not_text is not None:

@@ -56,7 +56,7 @@ from smtpkit.dns import MailHost, MailResolver, MailRoute, RouteKind, RouteOutco
 from smtpkit.outbound import control
 from smtpkit.outbound.admin import ADMIN_BOUNCE, fail_waiting, flush_entry, journal_report
 from smtpkit.outbound.inject import Sign, make_router
-from smtpkit.outbound.link import Candidate, Job, Link, Security
+from smtpkit.outbound.link import Candidate, Content, Job, Link, Security, scan_message
 from smtpkit.outbound.reports import Reported, send_report
 from smtpkit.outbound.schedule import (
     Notice,
@@ -151,6 +151,8 @@ class QueueRunner:
         self.entries: dict[str, QueueEntry] = {}
         #: Recipients of each entry in a job right now (by address).
         self.in_flight: dict[str, set[str]] = {}
+        # What each entry's message holds, read at its first job (outbound/link.py).
+        self._contents: dict[str, Content] = {}
         self.destinations: dict[str, _Destination] = {}
         self.links: set[Link] = set()
         self.active = False
@@ -329,6 +331,10 @@ class QueueRunner:
             self._schedule(entry)
 
     def _job(self, entry: QueueEntry, recipients: list[QueuedRecipient], *, final: bool) -> Job:
+        binary = entry.body == "BINARYMIME"
+        content = self._contents.get(entry.id)
+        if content is None:
+            content = self._contents[entry.id] = scan_message(str(entry.path), binary=binary)
         return Job(
             entry_id=entry.id,
             sender=entry.sender,
@@ -339,7 +345,8 @@ class QueueRunner:
             rcpt_params={r.address: _params(rcpt_params(r.dsn)) for r in recipients},
             final=final,
             smtputf8=entry.smtputf8,
-            binary=entry.body == "BINARYMIME",
+            binary=binary,
+            content=content,
         )
 
     # --- destinations -----------------------------------------------------------------------
@@ -656,6 +663,7 @@ class QueueRunner:
         inotify event still in flight for one of its saves must not bring it back."""
         self.entries.pop(entry.id, None)
         self.in_flight.pop(entry.id, None)
+        self._contents.pop(entry.id, None)
         self._removing.add(entry.id)
 
     def _released(self, entry: QueueEntry) -> None:
