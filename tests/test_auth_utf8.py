@@ -23,6 +23,7 @@ from smtpkit.protocol import replies
 from smtpkit.sasl import Credentials, Exchange, SaslError
 from smtpkit.server import authn
 from smtpkit.server.authn import PasswordChecker
+from tests.test_auth import count_verifications
 
 DOMAINS = ("example.org", "xn--bcher-kva.example")
 MUELLER = "m\u00fcller@xn--bcher-kva.example"  # the canonical form
@@ -47,18 +48,6 @@ LOOK_ALIKES = [
 @pytest.fixture
 def passwd(tmp_path: Path) -> PasswordFile:
     return PasswordFile(tmp_path / "passwd", DOMAINS)
-
-
-def count_verifications(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    seen: list[str] = []
-    real = auth._matches
-
-    def matches(encoded: str, secret: bytes) -> bool:
-        seen.append(encoded)
-        return real(encoded, secret)
-
-    monkeypatch.setattr(auth, "_matches", matches)
-    return seen
 
 
 # --- the password file --------------------------------------------------------------------

@@ -93,9 +93,13 @@ def sink() -> Iterator[Sink]:
         peer.close()
 
 
-def via_sink(server: MailServer, sink: Sink) -> None:
+def sending_via_sink(root: Path, dns: DnsServer, sink: Sink) -> MailServer:
+    """A started sending server whose mail for sink.example goes to ``sink``."""
+    server = sending_server(root, dns)
     with server.config.open("a") as fh:
         fh.write(f'\n[routes]\n"sink.example" = "127.0.0.1:{sink.port}"\n')
+    server.start()
+    return server
 
 
 def failed_block(server: MailServer) -> dict[str, str]:
@@ -132,9 +136,7 @@ def test_utf8_mail_goes_on_with_smtputf8_to_a_hop_that_offers_it(
 def test_a_utf8_recipient_fails_at_a_hop_without_smtputf8_and_the_others_go_on(
     tmp_path: Path, world_dns: DnsServer, sink: Sink
 ) -> None:
-    server = sending_server(tmp_path, world_dns)
-    via_sink(server, sink)
-    server.start()
+    server = sending_via_sink(tmp_path, world_dns, sink)
     # Header fields in ASCII: only the address needs SMTPUTF8.
     to = "undisclosed-recipients:;"
     send_utf8(server, ["jörg@sink.example", "bob@sink.example"], "ascii subject", to)
@@ -147,20 +149,19 @@ def test_a_utf8_recipient_fails_at_a_hop_without_smtputf8_and_the_others_go_on(
         f"X-smtpkit; 127.0.0.1[127.0.0.1]:{sink.port} does not offer SMTPUTF8, "
         "needed for this UTF-8 address"
     )
-    # bob's copy went, without SMTPUTF8 (nothing in the message needed it).
-    (dump,) = wait_until("bob's copy at the sink", sink.dumps)  # type: ignore[misc]
+    # bob's copy went, without SMTPUTF8 (nothing in the message needed it). The queue is
+    # empty once the sink answered the dot, which it does after writing its dump file.
+    wait_until("an empty queue", lambda: not queue_entries(server))
+    (dump,) = sink.dumps()
     assert b"\nX-Mail-Args: <alice@example.org> BODY=8BITMIME\n" in dump  # no SMTPUTF8
     assert b"\nX-Rcpt-Args: <bob@sink.example>\nReceived: " in dump  # and no jörg
     assert dump.endswith("\n\nGrüße.\n\n".encode())
-    wait_until("an empty queue", lambda: not queue_entries(server))
 
 
 def test_utf8_header_fields_fail_at_a_hop_without_smtputf8(
     tmp_path: Path, world_dns: DnsServer, sink: Sink
 ) -> None:
-    server = sending_server(tmp_path, world_dns)
-    via_sink(server, sink)
-    server.start()
+    server = sending_via_sink(tmp_path, world_dns, sink)
     send_utf8(server, ["bob@sink.example"], "Grüße")  # a UTF-8 Subject
     rcpt = failed_block(server)
     assert rcpt["Status"] == "5.6.9"
@@ -191,9 +192,7 @@ def send_binary(server: MailServer, recipient: bytes, content: bytes) -> None:
 def test_a_binary_message_that_is_not_text_fails_with_5_6_3(
     tmp_path: Path, world_dns: DnsServer, sink: Sink
 ) -> None:
-    server = sending_server(tmp_path, world_dns)
-    via_sink(server, sink)
-    server.start()
+    server = sending_via_sink(tmp_path, world_dns, sink)
     send_binary(server, b"bob@sink.example", b"Subject: bin\r\n\r\nbare\nline\r\n")
     rcpt = failed_block(server)
     assert rcpt["Status"] == "5.6.3"
@@ -208,14 +207,12 @@ def test_a_binary_message_that_is_not_text_fails_with_5_6_3(
 def test_a_binary_message_that_is_text_after_all_goes_as_8bitmime(
     tmp_path: Path, world_dns: DnsServer, sink: Sink
 ) -> None:
-    server = sending_server(tmp_path, world_dns)
-    via_sink(server, sink)
-    server.start()
+    server = sending_via_sink(tmp_path, world_dns, sink)
     body = b"Subject: bin\r\n\r\n\xc3\xa4 8-bit text in CRLF lines\r\n.leading dot\r\n"
     send_binary(server, b"bob@sink.example", body)
-    (dump,) = wait_until("the copy at the sink", sink.dumps)  # type: ignore[misc]
+    wait_until("an empty queue", lambda: not queue_entries(server))  # the sink said 250
+    (dump,) = sink.dumps()
     assert b"\nX-Mail-Args: <alice@example.org> BODY=8BITMIME\n" in dump
     # The sink's dump has LF line ends (and one more at the end); the dot-stuffed line
     # arrived unstuffed.
     assert dump.endswith(b"\nSubject: bin\n\n\xc3\xa4 8-bit text in CRLF lines\n.leading dot\n\n")
-    wait_until("an empty queue", lambda: not queue_entries(server))

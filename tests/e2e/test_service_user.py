@@ -41,7 +41,13 @@ def service_user() -> Iterator[pwd.struct_passwd]:
         subprocess.run(["userdel", name], check=False, capture_output=True)
 
 
-def owned_server(root: Path, user: pwd.struct_passwd) -> MailServer:
+def owned_server(
+    root: Path,
+    user: pwd.struct_passwd,
+    *,
+    domains: tuple[str, ...] = ("example.org",),
+    users: tuple[str, ...] = ("alice@example.org", "bob@example.org"),
+) -> MailServer:
     """The README's service layout: the config root's (outside the data folder), the data
     folder made by `init --owner` and filled by root's `user add`."""
     port = free_port()
@@ -49,11 +55,11 @@ def owned_server(root: Path, user: pwd.struct_passwd) -> MailServer:
     directory = root / "var" / "smtpkit"
     smtpkit(
         "-c", str(config), "init", str(directory), "--owner", user.pw_name,
-        "--domain", "example.org", "--hostname", "mx.test.example",
-        "--listen", f"127.0.0.1:{port}",
+        *(arg for domain in domains for arg in ("--domain", domain)),
+        "--hostname", "mx.test.example", "--listen", f"127.0.0.1:{port}",
     )  # fmt: skip
-    smtpkit("user", "add", "alice@example.org", "bob@example.org", config=config)
-    return MailServer(directory, config, "127.0.0.1", port, "example.org")
+    smtpkit("user", "add", *users, config=config)
+    return MailServer(directory, config, "127.0.0.1", port, domains[0])
 
 
 def process_uids(pid: int) -> tuple[int, ...]:

@@ -55,16 +55,9 @@ class Submission:
         return [json.loads(line) for line in out.splitlines()]
 
 
-def start_submission(
-    root: Path, extra: str = "", *, bare_newline: BareNewline | None = None
-) -> Submission:
-    server = make_server(root)
-    if bare_newline is not None:
-
-        def change(data: dict[str, Any]) -> None:
-            data["server"]["bare_newline"] = str(bare_newline)
-
-        assert update_config(server.config, change)
+def add_submission(server: MailServer, extra: str = "") -> tuple[int, int]:
+    """A self-signed certificate and the two submission listeners (STARTTLS, implicit TLS) on
+    free ports, added to ``server``'s config with ``extra`` lines; returns the two ports."""
     smtpkit("tls", "self-signed", config=server.config)
     starttls, implicit = free_port(), free_port()
     with server.config.open("a") as fh:
@@ -75,6 +68,20 @@ def start_submission(
             # tests of its own, in a DNS world of their own).
             "\n[queue]\nhold = true\n"
         )
+    return starttls, implicit
+
+
+def start_submission(
+    root: Path, extra: str = "", *, bare_newline: BareNewline | None = None
+) -> Submission:
+    server = make_server(root)
+    if bare_newline is not None:
+
+        def change(data: dict[str, Any]) -> None:
+            data["server"]["bare_newline"] = str(bare_newline)
+
+        assert update_config(server.config, change)
+    starttls, implicit = add_submission(server, extra)
     result = subprocess.run(
         ["python3", "-m", "smtpkit", "-c", str(server.config), "user", "passwd", "--stdin",
          "alice@example.org"],

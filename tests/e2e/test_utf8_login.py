@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import MailServer, free_port, make_server, smtpkit
+from tests.conftest import MailServer, make_server, smtpkit
 from tests.e2e import test_dovecot
 from tests.e2e.test_dovecot import (  # noqa: F401 - fixtures
     _SOURCES,
@@ -33,8 +33,8 @@ from tests.e2e.test_dovecot import (  # noqa: F401 - fixtures
     stop_dovecot,
 )
 from tests.e2e.test_outbound import wait_until
-from tests.e2e.test_service_user import service_user  # noqa: F401 - a fixture
-from tests.e2e.test_submission import Submission
+from tests.e2e.test_service_user import owned_server, service_user  # noqa: F401 - a fixture
+from tests.e2e.test_submission import Submission, add_submission
 
 MUELLER = "m\u00fcller@xn--bcher-kva.example"  # the canonical form, the mailbox's name
 KUEHN = "k\u00fchn@xn--bcher-kva.example"
@@ -99,14 +99,7 @@ def sub(tmp_path: Path) -> Iterator[Submission]:
         f"{KUEHN} yes",
         f"{MUELLER} yes",
     ]
-    smtpkit("tls", "self-signed", config=server.config)
-    starttls, implicit = free_port(), free_port()
-    with server.config.open("a") as fh:
-        fh.write(
-            f'\n[submission]\nlisten = ["127.0.0.1:{starttls}"]\n'
-            f'implicit_tls = ["127.0.0.1:{implicit}"]\n'
-            "\n[queue]\nhold = true\n"
-        )
+    starttls, implicit = add_submission(server)
     server.start("--workers", "2")
     made = Submission(server, starttls, implicit)
     yield made
@@ -223,16 +216,11 @@ ANY_USERNAME_CHARS = "auth_username_chars =\n"
 def utf8_data(root: Path, service_user: pwd.struct_passwd) -> tuple[MailServer, bytes]:  # noqa: F811
     """The README's service layout with müller@bücher.example, its password, and one message
     smtpkit delivered to it with SMTPUTF8."""
-    port = free_port()
-    config = root / "etc" / "smtpkit.toml"
-    directory = root / "var" / "smtpkit"
-    smtpkit(
-        "-c", str(config), "init", str(directory), "--owner", service_user.pw_name,
-        "--domain", "example.org", "--domain", "b\u00fccher.example",
-        "--hostname", "mx.test.example", "--listen", f"127.0.0.1:{port}",
+    server = owned_server(
+        root, service_user, domains=("example.org", "b\u00fccher.example"),
+        users=("alice@example.org", "M\u00fcller@b\u00fccher.example"),
     )  # fmt: skip
-    smtpkit("user", "add", "alice@example.org", "M\u00fcller@b\u00fccher.example", config=config)
-    server = MailServer(directory, config, "127.0.0.1", port, "example.org")
+    config = server.config
     server.start()
     with smtplib.SMTP(server.host, server.port, timeout=30) as client:
         client.sendmail(
