@@ -97,29 +97,27 @@ def process_tree(pid: int) -> list[int]:
     return seen
 
 
-def rss_kb(pid: int) -> int:
+def _proc_kb(path: str, field: str) -> int:
+    """The kB figure of the ``field:`` line of a /proc file; 0 when the process is gone."""
     try:
-        with open(f"/proc/{pid}/status") as fh:
+        with open(path) as fh:
             for line in fh:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field):
                     return int(line.split()[1])
     except (OSError, ValueError):
         pass
     return 0
+
+
+def rss_kb(pid: int) -> int:
+    return _proc_kb(f"/proc/{pid}/status", "VmRSS:")
 
 
 def pss_kb(pid: int) -> int:
     """A process's proportional set size (kB): each page it shares counted in part, so the
     figures of forked workers add up to what the server really costs (RSS counts the pages
     they share with the supervisor once in each)."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as fh:
-            for line in fh:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return 0
+    return _proc_kb(f"/proc/{pid}/smaps_rollup", "Pss:")
 
 
 def tree_pss_kb(pid: int) -> int:
