@@ -68,6 +68,7 @@ class Supervisor:
         self.retiring: dict[int, float] = {}  # pid -> when it must be gone
         self.restarts: list[float] = []
         self.stopping = False
+        self.reload_waiting = False  # a SIGHUP that came while a generation was draining
 
     def run(self) -> int:
         """Serve until stopped; returns the exit status for the command."""
@@ -92,6 +93,8 @@ class Supervisor:
                 self.stopping = True
                 deadline = min(deadline, time.monotonic() + self.drain_timeout)
                 self._signal_all(signal.SIGTERM)
+            if self.reload_waiting and not self.stopping and self._free_slots():
+                self._reload()
             now = time.monotonic()
             if self.stopping and now > deadline:
                 self._signal_all(signal.SIGKILL)
@@ -105,10 +108,14 @@ class Supervisor:
             self._signal_all(signal.SIGHUP)
             return
         current = [pid for pid in self.children if pid not in self.retiring]
-        free = sorted(set(range(self.slots)) - set(self.children.values()))
-        if len(free) < self.count:
-            self.log("reload skipped: the previous one is still draining; try again shortly")
+        free = self._free_slots()
+        if not free:
+            # Not lost: it is carried out as soon as the draining generation is gone.
+            if not self.reload_waiting:
+                self.log("reload waits: the previous generation is still draining")
+            self.reload_waiting = True
             return
+        self.reload_waiting = False
         decision = self.on_reload()
         if decision == self.FORWARD:
             for pid in current:
@@ -122,6 +129,11 @@ class Supervisor:
         for pid in current:
             self.retiring[pid] = gone_by
             _kill(pid, signal.SIGTERM)
+
+    def _free_slots(self) -> list[int]:
+        """Slots enough for a whole new generation, or none."""
+        free = sorted(set(range(self.slots)) - set(self.children.values()))
+        return free if len(free) >= self.count else []
 
     def _spawn(self, slot: int, restarted: bool = False) -> None:
         master = os.getpid()

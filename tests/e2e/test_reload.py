@@ -40,6 +40,16 @@ def hup(server: MailServer) -> None:
     server.process.send_signal(signal.SIGHUP)
 
 
+def closed(host: str, port: int) -> bool:
+    """Nobody greets there any more (a connection caught in a closing listener's backlog is
+    reset)."""
+    try:
+        with socket.create_connection((host, port), timeout=5) as sock:
+            return sock.recv(512) == b""
+    except (ConnectionRefusedError, ConnectionResetError):
+        return True
+
+
 class Raw:
     """A client that sends what it is told, when it is told (a DATA left open)."""
 
@@ -144,16 +154,42 @@ def test_listeners_are_opened_and_closed(tmp_path: Path, workers: str) -> None:
     edit(server, listen([f"127.0.0.1:{extra}"]))
     hup(server)
 
-    def closed() -> bool:
-        """Nobody greets there any more (a connection caught in a closing listener's
-        backlog is reset)."""
-        try:
-            with socket.create_connection((server.host, server.port), timeout=5) as sock:
-                return sock.recv(512) == b""
-        except (ConnectionRefusedError, ConnectionResetError):
-            return True
-
-    wait_until("the old port closed", closed)
+    wait_until("the old port closed", lambda: closed(server.host, server.port))
     with smtplib.SMTP(server.host, extra, timeout=30) as client:
         assert client.sendmail("s@remote.test", ["bob@example.org"], "Subject: x\r\n\r\nx") == {}
+    assert server.stop() == 0
+
+
+def test_a_reload_while_the_last_generation_drains_waits_for_it(tmp_path: Path) -> None:
+    """A SIGHUP that comes while the old workers still finish a message is not lost: it is
+    carried out once they are gone."""
+    server = make_server(tmp_path)
+    server.start("--workers", "2")
+    assert server.process is not None
+    wait_until("both workers", lambda: sum(r["event"] == "start" for r in journal(server)) == 2)
+    old, extra = f"127.0.0.1:{server.port}", f"127.0.0.1:{free_port()}"
+    inflight = Raw(server.host, server.port)
+    try:
+        assert inflight.say(b"EHLO slow.test").startswith(b"250 ")
+        assert inflight.say(b"MAIL FROM:<s@remote.test>").startswith(b"250 ")
+        assert inflight.say(b"RCPT TO:<alice@example.org>").startswith(b"250 ")
+        assert inflight.say(b"DATA").startswith(b"354 ")
+        # A new listener: a new generation, while the old one finishes this message.
+        edit(server, lambda data: data["server"].__setitem__("listen", [old, extra]))
+        hup(server)
+        host, port = extra.rsplit(":", 1)
+        wait_for_banner(host, int(port), server.process)
+        edit(server, lambda data: data["server"].__setitem__("listen", [extra]))
+        hup(server)
+        wait_until("the reload waiting", lambda: "reload waits" in server.stderr())
+        assert not closed(server.host, server.port)
+        inflight.sock.sendall(b"Subject: slow\r\n\r\nbegun before both reloads\r\n.\r\n")
+        assert inflight.reader.readline().startswith(b"250 2.0.0 ")
+    finally:
+        inflight.close()
+    wait_until("the old port closed", lambda: closed(server.host, server.port))
+    wait_for_banner(host, int(port), server.process)
+    assert reloads(server, True) == 2
+    (stored,) = server.new_files("alice@example.org")
+    assert stored.read_bytes().endswith(b"begun before both reloads\r\n")
     assert server.stop() == 0
