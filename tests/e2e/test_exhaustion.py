@@ -407,24 +407,26 @@ def test_10000_recipients_end_the_session_past_the_overshoot(
 
 
 @pytest.mark.timeout(60)
-def test_1_mb_command_lines_are_refused_without_buffering(serve: Callable[..., MailServer]) -> None:
+def test_4_mb_command_lines_are_refused_without_buffering(serve: Callable[..., MailServer]) -> None:
     server = serve()
     memory = Memory(server_pids(server))
     c = RawClient(server)
+    line = 4 * MB
     try:
         assert c.cmd(b"EHLO long.example")[0] == 250
         memory.start()
-        for filler in (b"MAIL FROM:<" + b"a" * MB + b"@x.example>", b"NOOP " + b"y" * MB):
+        for filler in (b"MAIL FROM:<" + b"a" * line + b"@x.example>", b"NOOP " + b"y" * line):
             assert c.cmd(filler) == (500, b"5.5.6 Command line too long")
-        # Six more, pipelined in one 6 MB write (8 errors: under max_errors = 10).
-        c.sock.sendall((b"RCPT TO:<" + b"b" * MB + b">\r\n") * 6)
+        # Six more, pipelined in one 24 MB write (8 errors: under max_errors = 10).
+        c.sock.sendall((b"RCPT TO:<" + b"b" * line + b">\r\n") * 6)
         assert [c.reply() for _ in range(6)] == [(500, b"5.5.6 Command line too long")] * 6
         growth = memory.peak_growth_kb()
-        print(f"\n8 command lines of 1 MB: server peak RSS growth {growth} kB")
+        print(f"\n8 command lines of 4 MB: server peak RSS growth {growth} kB")
         # Reads are 256 KB: a read and the buffer it lands in are the only transient copies
-        # (measured 450-870 kB). Holding one whole line until its LF would take over 2 MB:
-        # the line and the copy cut from the buffer.
-        assert growth < 1536
+        # (measured 450-1,700 kB, as the allocator keeps freed blocks or returns them).
+        # Holding one whole line until its LF would take over 8 MB: the line and the copy
+        # cut from the buffer.
+        assert growth < 3 * 1024
         # The session goes on: a message is still accepted and stored.
         assert c.cmd(b"NOOP") == (250, b"2.0.0 OK")
         c.start_message(b"a@remote.example", b"alice@example.org")
