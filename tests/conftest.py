@@ -49,11 +49,18 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def smtpkit(
-    *args: str, config: Path | None = None, check: bool = True
+    *args: str, config: Path | None = None, check: bool = True, input: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run the real ``smtpkit`` command line (as a user would) and return its result."""
+    """Run the real ``smtpkit`` command line (as a user would) and return its result; with
+    ``check``, a non-zero exit fails the test with what the command printed."""
     cmd = [sys.executable, "-m", "smtpkit", *(["-c", str(config)] if config else []), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, check=check, timeout=60)
+    result = subprocess.run(cmd, capture_output=True, text=True, input=input, timeout=60)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(args)} exited {result.returncode}\n"
+            f"stdout: {result.stdout}\nstderr: {result.stderr}"
+        )
+    return result
 
 
 @dataclass

@@ -82,10 +82,9 @@ def start_submission(
 
         assert update_config(server.config, change)
     starttls, implicit = add_submission(server, extra)
-    result = subprocess.run(
-        ["python3", "-m", "smtpkit", "-c", str(server.config), "user", "passwd", "--stdin",
-         "alice@example.org"],
-        input=PASSWORD + "\n", capture_output=True, text=True, check=True,
+    result = smtpkit(
+        "user", "passwd", "--stdin", "alice@example.org", config=server.config,
+        input=PASSWORD + "\n",
     )  # fmt: skip
     assert result.stdout.strip() == "Password set for alice@example.org"
     server.start("--workers", "2")
