@@ -166,7 +166,7 @@ def _plotter() -> Plotter:
         from matplotlib.ticker import MaxNLocator
     except ImportError:
         raise click.ClickException(
-            "--plot needs matplotlib: install it where smtpkit is (pip install matplotlib)"
+            "--plot needs matplotlib: install it where smtpkit is (pip install 'smtpkit[plot]')"
         ) from None
 
     def plot(stats: Stats, path: Path) -> None:
@@ -321,7 +321,7 @@ def _journal_dir(app: App) -> Path:
     metavar="FILE.png",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Also draw messages accepted and refused per hour (refused stacked by reason) into "
-    "a PNG file; needs matplotlib (pip install matplotlib).",
+    "a PNG file; needs matplotlib (pip install 'smtpkit[plot]').",
 )
 @pass_app
 @reports_errors

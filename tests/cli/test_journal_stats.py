@@ -209,7 +209,8 @@ def test_plot_without_matplotlib(
     assert stats(runner, journal, "--plot", str(chart)) == (
         1,
         "",
-        "Error: --plot needs matplotlib: install it where smtpkit is (pip install matplotlib)\n",
+        "Error: --plot needs matplotlib: install it where smtpkit is "
+        "(pip install 'smtpkit[plot]')\n",
     )
     assert not chart.exists()
 
