@@ -23,7 +23,7 @@ from smtpkit.delivery.queue import (
     read_queue,
     set_node,
 )
-from smtpkit.journal import Journal
+from smtpkit.journal import Journal, escape_unprintable
 from smtpkit.outbound.control import Request, queue_lock, send_request
 from smtpkit.owner import as_owner
 
@@ -46,6 +46,15 @@ def _age(seconds: float) -> str:
 
 def _folder(app: App) -> Path:
     return app.config.server.directory / QUEUE_FOLDER
+
+
+# What an envelope holds came in part from elsewhere: a remote server's reply (last_error,
+# decoded with "replace", so any control character survives), the host that gave it, a
+# client's addresses (an ENVID is printable ASCII, checked when read). The readable output
+# shows them through the journal's escaping (ARCHITECTURE.md, "Invariants": everything a
+# client says is data), so that no escape sequence reaches the admin's terminal; --json
+# escapes them as JSON does.
+_shown = escape_unprintable
 
 
 def _as_json(entry: QueueEntry) -> dict[str, Any]:
@@ -79,10 +88,10 @@ def list_(app: App, as_json: bool) -> None:
         click.echo("The queue is empty.")
         return
     for e in entries:
-        click.echo(f"{e.id}  {_age(e.age):>6}  {e.size:>8}  <{e.sender}>")
+        click.echo(f"{_shown(e.id)}  {_age(e.age):>6}  {e.size:>8}  <{_shown(e.sender)}>")
         for r in e.recipients:
-            error = f"  ({r.last_error})" if r.last_error else ""
-            click.echo(f"    {r.state:<9} {r.address}{error}")
+            error = f"  ({_shown(r.last_error)})" if r.last_error else ""
+            click.echo(f"    {_shown(r.state):<9} {_shown(r.address)}{error}")
     total = len(entries)
     click.echo(f"{total} message{'s' if total != 1 else ''} in the queue.")
 
@@ -99,22 +108,22 @@ def show(app: App, entry_id: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(_as_json(e), ensure_ascii=True))
         return
-    click.echo(f"id:        {e.id}")
-    click.echo(f"sender:    <{e.sender}>")
+    click.echo(f"id:        {_shown(e.id)}")
+    click.echo(f"sender:    <{_shown(e.sender)}>")
     click.echo(f"arrived:   {format_time(e.arrived)} ({_age(e.age)} ago)")
     click.echo(f"size:      {e.size}")
     if e.dsn.ret or e.dsn.envid:
         click.echo(f"dsn:       RET={e.dsn.ret or '-'} ENVID={e.dsn.envid or '-'}")
     for r in e.recipients:
-        click.echo(f"recipient: <{r.address}>")
-        click.echo(f"  state:        {r.state}")
+        click.echo(f"recipient: <{_shown(r.address)}>")
+        click.echo(f"  state:        {_shown(r.state)}")
         click.echo(f"  attempts:     {r.attempts}")
         if r.waiting:
             click.echo(f"  next attempt: {format_time(r.next_attempt)}")
         if r.remote:
-            click.echo(f"  remote:       {r.remote}")
+            click.echo(f"  remote:       {_shown(r.remote)}")
         if r.last_error:
-            click.echo(f"  last error:   {r.last_error}")
+            click.echo(f"  last error:   {_shown(r.last_error)}")
         notify = r.dsn.to_dict()["notify"]
         if notify is not None:
             click.echo(f"  notify:       {','.join(notify)}")
