@@ -2,9 +2,14 @@
 
 A message is signed as the domain of its From: header, because that is the domain DMARC
 (RFC 7489 3.1.1) compares a signature's ``d=`` with: a signature for any other domain does
-nothing for the author's domain. Every key of that domain signs, so a domain holding an RSA
-and an Ed25519 key sends both signatures, as RFC 8463 suggests while Ed25519 is not verified
-everywhere. The cryptography is dkimpy's; this module only chooses what it signs and how.
+nothing for the author's domain. When that domain has no key of its own, the keys of its
+closest parent domain that has some sign instead, as long as the parent is within the same
+organizational domain: DMARC's relaxed alignment (RFC 7489 3.1.1) accepts such a ``d=``.
+That is what signs the reports this server writes, whose From: is MAILER-DAEMON at
+``server.hostname`` (mx.example.org), with the key of the mail domain (example.org). Every key
+of the chosen domain signs, so a domain holding an RSA and an Ed25519 key sends both
+signatures, as RFC 8463 suggests while Ed25519 is not verified everywhere. The cryptography is
+dkimpy's; this module only chooses what it signs and how.
 
 Deciding who may send with which From: is the caller's policy; the signer signs whatever it
 is given for a domain it holds a key of.
@@ -22,6 +27,7 @@ import dkim
 
 from smtpkit.addresses import normalize_domain
 from smtpkit.errors import SmtpkitError, UserError
+from smtpkit.mailauth.dmarc import organizational_domain
 from smtpkit.mailauth.keys import DkimKey, load_keys
 
 __all__ = ["SIGNED_HEADERS", "SigningError", "Signer", "from_domain"]
@@ -163,12 +169,15 @@ def _one_line(text: str) -> str:
 
 
 class Signer:
-    """Signs messages with every key of their From: domain.
+    """Signs messages with every key of their From: domain, or of its closest parent domain
+    that has keys, within the same organizational domain.
 
-    A key signs for its own domain only: mail from ``news.example.org`` is not signed with a
-    key of ``example.org``. DMARC's relaxed alignment would accept that signature, but a
-    subdomain that sends mail should have keys (and records) of its own, and not signing is
-    the outcome that can be seen and corrected.
+    Mail from ``news.example.org`` (and the reports of ``mx.example.org``) without keys of
+    their own are signed with the keys of ``example.org``: the signature aligns under DMARC's
+    relaxed mode, the default (RFC 7489 6.3, ``adkim``), which is all DMARC asks of it. A
+    parent beyond the organizational domain never signs: ``example.org`` is not signed by a
+    key of ``org``, nor ``ann.github.io`` by one of ``github.io``, a public suffix of its own
+    (the organizational domain is the Public Suffix List's, as in ``mailauth/dmarc``).
     """
 
     def __init__(self, keys: Mapping[str, Sequence[DkimKey]]) -> None:
@@ -177,6 +186,10 @@ class Signer:
             for domain, found in keys.items()
             if found
         }
+        if self._keys:
+            # The Public Suffix List is read on first use: read it now, while the files of
+            # the library can still be read (see server/checks.load_mailauth).
+            organizational_domain("example.org")
 
     @classmethod
     def from_directory(cls, directory: Path) -> Signer:
@@ -188,10 +201,36 @@ class Signer:
         """Whether any key exists: with none, the caller need not even read the message."""
         return bool(self._keys)
 
+    def keys_for(self, domain: str) -> str | None:
+        """The domain whose keys sign mail from ``domain`` (lower case, ASCII): itself when
+        it has keys, else its closest parent domain with keys that is within its
+        organizational domain; None when there is none."""
+        name = domain.lower().rstrip(".")
+        if name in self._keys:
+            return name
+        if not self._keys:
+            return None
+        organizational = organizational_domain(name)
+        if name == organizational or not name.endswith("." + organizational):
+            return None  # an organizational domain (or a public suffix) has no parent to use
+        labels = name.split(".")
+        for start in range(1, len(labels)):
+            parent = ".".join(labels[start:])
+            if parent in self._keys:
+                return parent
+            if parent == organizational:
+                break
+        return None
+
+    def _keys_for(self, domain: str) -> tuple[_Key, ...]:
+        found = self.keys_for(domain)
+        return self._keys[found] if found is not None else ()
+
     def sign(self, message: bytes) -> bytes:
         """The DKIM-Signature header fields to put in front of ``message`` (a whole message,
         header section and body, CRLF line ends), ending in CRLF; ``b""`` when there is no
-        key for the domain of its From: address (see ``from_domain``).
+        key for the domain of its From: address (see ``from_domain``) or a parent of it
+        (``keys_for``).
 
         One signature per key of the domain, RSA first. Each covers the fields of
         ``SIGNED_HEADERS`` that are present, with From: listed once more than it appears
@@ -199,7 +238,7 @@ class Signer:
         being shown to the reader as the author. ``SigningError`` when dkimpy fails.
         """
         domain = from_domain(message)
-        keys = self._keys.get(domain) if domain is not None else None
+        keys = self._keys_for(domain) if domain is not None else ()
         if not keys:
             return b""
         try:
