@@ -4,8 +4,8 @@ It sends SIGHUP, and only to a process verified as ``smtpkit serve`` of this dat
 holder of the pid file's lock, with that command line (``smtpkit.pidfile.signal_server``).
 The pid file belongs to the service user while ``reload`` may run as root, so a number
 written in it is never enough. What the server does on SIGHUP is the server's business
-(ARCHITECTURE.md, "Reload"); this command returns once the signal is sent, and the journal
-says how the reload went.
+(ARCHITECTURE.md, "Processes", its Reload item); this command returns once the signal is
+sent, and the journal says how the reload went.
 
 Under systemd, ``systemctl reload smtpkit`` does the same with ``kill -HUP $MAINPID``:
 systemd knows the server's pid without a pid file.

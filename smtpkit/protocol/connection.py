@@ -371,8 +371,10 @@ class ServerConnection:
             # further: real clients send bare host names; the session may judge it.
             if not argument or " " in argument:
                 return SYNTAX_ERROR_ARGS
-            # RFC 5321 4.1.2 Domain is ASCII; U-labels need SMTPUTF8 (RFC 6531 3.3), which is
-            # not offered. The name goes into Received: headers and the journal.
+            # RFC 5321 4.1.2 Domain is ASCII, and SMTPUTF8 does not change that here: the
+            # client sends EHLO before it knows the extension is offered, so RFC 6531 3.7.1
+            # has it name itself in LDH labels or A-labels only. The name goes into
+            # Received: headers and the journal.
             if not argument.isascii():
                 return NON_ASCII_HELO
             return Hello(argument, verb is Verb.EHLO)
