@@ -5,16 +5,25 @@ Like Postfix's postdrop, sendmail never talks to the network: it writes the mess
 is stopped; the running server picks each file up, reads it with ``read`` as untrusted input,
 takes the sender from the file's owner (never from its content), delivers it and removes it.
 
-The file format (version 1)::
+The file format (version 2)::
 
-    smtpkit-maildrop 1\\n
+    smtpkit-maildrop 2\\n
     sender <JSON>\\n          null (no -f), or the -f address as given ("" for -f '<>')
     full-name <JSON>\\n       null (no -F), or the -F name
     recipients <JSON>\\n      a non-empty array of non-empty strings
     flags <JSON>\\n           an array of distinct names: "extract-recipients" (-t),
                              "ignore-dots" (-i, -oi)
+    dsn <JSON>\\n             {"notify": ..., "ret": ..., "envid": ...}: the DSN requests
+                             (RFC 3461) of -N, -R and -V, each null when not given; NOTIFY
+                             as the queue envelope keeps it (an array of "NEVER", or of
+                             "SUCCESS", "FAILURE", "DELAY" in that order), RET "FULL" or
+                             "HDRS", the ENVID decoded (printable ASCII)
     \\n
     <the message: every line ending in CRLF>
+
+Version 1 is the same without the ``dsn`` line. ``drop`` writes version 1 whenever no DSN
+option was given, so that a server of an older release (still running while the package is
+upgraded) reads what most programs drop; ``read`` takes both.
 
 The envelope lines end in a bare LF and are printable ASCII: each value is JSON written with
 ``ensure_ascii``, so no recipient, sender or name can contain a line break, a NUL or a second
@@ -53,6 +62,7 @@ from typing import Any, BinaryIO
 
 from smtpkit.errors import SmtpkitError
 from smtpkit.fsutil import unique_name, write_all
+from smtpkit.protocol.dsn import MailDsn, RcptDsn, Ret
 
 __all__ = [
     "FLAG_EXTRACT_RECIPIENTS",
@@ -61,6 +71,7 @@ __all__ = [
     "MAILDROP",
     "MAX_ENVELOPE",
     "VERSION",
+    "VERSIONS",
     "DropEnvelope",
     "DropFailed",
     "Dropped",
@@ -80,7 +91,9 @@ __all__ = [
 #: The folder's name in the data folder.
 MAILDROP = "maildrop"
 MAGIC = b"smtpkit-maildrop"
-VERSION = 1
+#: The newest format; ``VERSIONS`` are those ``read`` takes.
+VERSION = 2
+VERSIONS = (1, 2)
 #: The most the envelope (from the first line to the blank line) may take: room for
 #: thousands of recipients, while a hostile file cannot make the server hold much.
 MAX_ENVELOPE = 1024 * 1024
@@ -128,6 +141,9 @@ class DropEnvelope:
     ``sender`` is the -f address as given (``""`` for the null sender ``<>``), None without
     -f; the server honours it only for some owners. ``full_name`` is -F, None without it.
     The two flags say how the message was read; the message is already processed by them.
+    ``notify`` (-N, for every recipient), ``ret`` (-R) and ``envid`` (-V) are the DSN
+    requests, with the values and rules of SMTP's NOTIFY, RET and ENVID
+    (``smtpkit.protocol.dsn``); None when not given.
     """
 
     recipients: tuple[str, ...]
@@ -135,6 +151,21 @@ class DropEnvelope:
     full_name: str | None = None
     extract_recipients: bool = False
     ignore_dots: bool = False
+    notify: frozenset[str] | None = None
+    ret: Ret | None = None
+    envid: str | None = None
+
+    @property
+    def has_dsn(self) -> bool:
+        return self.notify is not None or self.ret is not None or self.envid is not None
+
+    def mail_dsn(self) -> MailDsn:
+        """RET and ENVID, as SMTP's MAIL would have given them."""
+        return MailDsn(ret=self.ret, envid=self.envid)
+
+    def rcpt_dsn(self) -> RcptDsn:
+        """NOTIFY, as SMTP's RCPT would have given it for each recipient."""
+        return RcptDsn(notify=self.notify)
 
 
 def maildrop_path(directory: Path) -> Path:
@@ -228,6 +259,16 @@ def _check_envelope(envelope: DropEnvelope) -> None:
         _check_text("the sender", envelope.sender)
     if envelope.full_name is not None:
         _check_text("the full name", envelope.full_name)
+    try:
+        envelope.mail_dsn()
+        envelope.rcpt_dsn()
+    except ValueError as exc:
+        raise MaildropError(str(exc)) from None
+
+
+def _dsn_json(envelope: DropEnvelope) -> dict[str, Any]:
+    # The queue envelope's JSON forms (MailDsn.to_dict, RcptDsn.to_dict), not another one.
+    return {"notify": envelope.rcpt_dsn().to_dict()["notify"], **envelope.mail_dsn().to_dict()}
 
 
 def _json(value: Any) -> bytes:
@@ -246,16 +287,16 @@ def encode_envelope(envelope: DropEnvelope) -> bytes:
         )
         if on
     ]
-    data = b"".join(
-        [
-            MAGIC + b" %d\n" % VERSION,
-            b"sender " + _json(envelope.sender) + b"\n",
-            b"full-name " + _json(envelope.full_name) + b"\n",
-            b"recipients " + _json(list(envelope.recipients)) + b"\n",
-            b"flags " + _json(flags) + b"\n",
-            b"\n",
-        ]
-    )
+    lines = [
+        MAGIC + b" %d\n" % (VERSION if envelope.has_dsn else 1),
+        b"sender " + _json(envelope.sender) + b"\n",
+        b"full-name " + _json(envelope.full_name) + b"\n",
+        b"recipients " + _json(list(envelope.recipients)) + b"\n",
+        b"flags " + _json(flags) + b"\n",
+    ]
+    if envelope.has_dsn:
+        lines.append(b"dsn " + _json(_dsn_json(envelope)) + b"\n")
+    data = b"".join([*lines, b"\n"])
     if len(data) > MAX_ENVELOPE:
         raise MaildropError(f"envelope too big: over {MAX_ENVELOPE} bytes")
     return data
@@ -432,7 +473,7 @@ class Dropped:
 def read(path: Path, *, max_size: int) -> Dropped:
     """Open and check the maildrop file ``path``: untrusted input, written by any local
     user. Raises ``MaildropError`` with a one-line reason for anything but a regular file
-    with one link, a version 1 envelope in the exact format, and a message of at most
+    with one link, a version 1 or 2 envelope in the exact format, and a message of at most
     ``max_size`` bytes (``MessageTooBig``)."""
     name = path.name
     try:
@@ -512,6 +553,18 @@ class _Envelope:
         value = self.field(key)
         return None if value is None else self.text(key, value)
 
+    def dsn(self) -> tuple[MailDsn, RcptDsn]:
+        """The ``dsn`` line, read back by the queue envelope's own checks."""
+        value = self.field(b"dsn")
+        if not isinstance(value, dict) or set(value) != {"notify", "ret", "envid"}:
+            raise self.error("dsn: not an object of notify, ret and envid")
+        try:
+            rcpt = RcptDsn.from_dict({"notify": value["notify"]})
+            mail = MailDsn.from_dict({"ret": value["ret"], "envid": value["envid"]})
+        except ValueError as exc:
+            raise self.error(f"dsn: {exc}") from None
+        return mail, rcpt
+
     def texts(self, key: bytes) -> list[str]:
         value = self.field(key)
         if not isinstance(value, list):
@@ -526,7 +579,7 @@ def _parse_envelope(stream: io.BufferedReader, name: str) -> DropEnvelope:
     magic, _, version = first.rstrip(b"\n").partition(b" ")
     if magic != MAGIC or not first.endswith(b"\n"):
         raise reader.error("not a maildrop file")
-    if version != b"%d" % VERSION:
+    if version not in [b"%d" % v for v in VERSIONS]:
         shown = version.decode("ascii", "replace")[:20]
         raise reader.error(f"unsupported maildrop version {shown!r}")
     sender = reader.optional_text(b"sender")
@@ -542,6 +595,9 @@ def _parse_envelope(stream: io.BufferedReader, name: str) -> DropEnvelope:
         raise reader.error(f"unknown flag {unknown[0][:40]!r}")
     if len(set(flags)) != len(flags):
         raise reader.error("a flag given twice")
+    mail_dsn, rcpt_dsn = MailDsn(), RcptDsn()
+    if version != b"1":
+        mail_dsn, rcpt_dsn = reader.dsn()
     if reader.line() != b"":
         raise reader.error("no blank line after the envelope")
     return DropEnvelope(
@@ -550,6 +606,9 @@ def _parse_envelope(stream: io.BufferedReader, name: str) -> DropEnvelope:
         full_name=full_name,
         extract_recipients=FLAG_EXTRACT_RECIPIENTS in flags,
         ignore_dots=FLAG_IGNORE_DOTS in flags,
+        notify=rcpt_dsn.notify,
+        ret=mail_dsn.ret,
+        envid=mail_dsn.envid,
     )
 
 

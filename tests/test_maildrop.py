@@ -144,6 +144,93 @@ def test_format_is_exact() -> None:
     )
 
 
+def test_format_with_dsn_requests_is_version_2() -> None:
+    envelope = DropEnvelope(
+        recipients=("alice@example.org",),
+        notify=frozenset({"DELAY", "SUCCESS"}),
+        ret="HDRS",
+        envid="cron+job=1 \\x",
+    )
+    assert encode_envelope(envelope) == (
+        b"smtpkit-maildrop 2\n"
+        b"sender null\n"
+        b"full-name null\n"
+        b'recipients ["alice@example.org"]\n'
+        b"flags []\n"
+        b'dsn {"notify": ["SUCCESS", "DELAY"], "ret": "HDRS", "envid": "cron+job=1 \\\\x"}\n'
+        b"\n"
+    )
+    # Only -V: the rest stays null (not given), as SMTP without NOTIFY and RET.
+    assert encode_envelope(DropEnvelope(recipients=("a",), envid="e")).splitlines()[5] == (
+        b'dsn {"notify": null, "ret": null, "envid": "e"}'
+    )
+
+
+@pytest.mark.parametrize(
+    "envelope",
+    [
+        DropEnvelope(recipients=("a@example.org",), notify=frozenset({"NEVER"})),
+        DropEnvelope(recipients=("a@example.org",), ret="FULL"),
+        DropEnvelope(recipients=("a@example.org",), envid="x" * 100),
+        DropEnvelope(
+            recipients=("a@example.org", "root"),
+            sender="",
+            notify=frozenset({"SUCCESS", "FAILURE", "DELAY"}),
+            ret="HDRS",
+            envid="+=" * 16,
+            ignore_dots=True,
+        ),
+    ],
+)
+def test_dsn_requests_round_trip(box: Path, envelope: DropEnvelope) -> None:
+    path = drop(box, envelope, io.BytesIO(b"Subject: x\n\nhi\n"), max_size=LIMIT)
+    assert dropped_message(path) == (envelope, b"Subject: x\r\n\r\nhi\r\n")
+
+
+def test_a_version_1_file_still_reads_as_before(tmp_path: Path) -> None:
+    # What smtpkit-sendmail of the last release left behind, still there after an upgrade.
+    path = tmp_path / "old"
+    path.write_bytes(
+        b'smtpkit-maildrop 1\nsender "root@example.org"\nfull-name "Cron Daemon"\n'
+        b'recipients ["alice@example.org", "root"]\nflags ["extract-recipients", "ignore-dots"]'
+        b"\n\nSubject: old\r\n\r\nhi\r\n"
+    )
+    assert dropped_message(path) == (
+        DropEnvelope(
+            recipients=("alice@example.org", "root"),
+            sender="root@example.org",
+            full_name="Cron Daemon",
+            extract_recipients=True,
+            ignore_dots=True,
+        ),
+        b"Subject: old\r\n\r\nhi\r\n",
+    )
+
+
+@pytest.mark.parametrize(
+    ("envelope", "reason"),
+    [
+        (DropEnvelope(recipients=("a",), notify=frozenset()), "NOTIFY: must be NEVER or"),
+        (DropEnvelope(recipients=("a",), notify=frozenset({"success"})), "NOTIFY: must be"),
+        (
+            DropEnvelope(recipients=("a",), notify=frozenset({"NEVER", "DELAY"})),
+            "NOTIFY: NEVER cannot be combined",
+        ),
+        (DropEnvelope(recipients=("a",), ret="hdrs"), "RET: must be FULL or HDRS"),  # type: ignore[arg-type]
+        (DropEnvelope(recipients=("a",), envid=""), "ENVID: a value is required"),
+        (DropEnvelope(recipients=("a",), envid="a\nb"), "ENVID: must be printable US-ASCII"),
+        (DropEnvelope(recipients=("a",), envid="\u00e9"), "ENVID: must be printable US-ASCII"),
+        (DropEnvelope(recipients=("a",), envid="+" * 34), "ENVID: longer than 100"),
+    ],
+)
+def test_dsn_requests_smtp_would_refuse_are_not_written(
+    box: Path, envelope: DropEnvelope, reason: str
+) -> None:
+    with pytest.raises(MaildropError, match=reason):
+        drop(box, envelope, io.BytesIO(b"x"), max_size=LIMIT)
+    assert everything_in(box) == []
+
+
 def test_hostile_envelope_round_trips_without_injecting_fields(box: Path) -> None:
     path = drop(box, HOSTILE, io.BytesIO(b"Subject: x\n\nhi\n"), max_size=LIMIT)
     lines = path.read_bytes().split(b"\n")
@@ -305,7 +392,8 @@ GOOD_ENVELOPE = (
     [
         (b"", "not a maildrop file"),
         (b"From alice Mon Nov 30\n", "not a maildrop file"),
-        (b"smtpkit-maildrop 2\n", "unsupported maildrop version '2'"),
+        (b"smtpkit-maildrop 3\n", "unsupported maildrop version '3'"),
+        (b"smtpkit-maildrop 02\n", "unsupported maildrop version '02'"),
         (b"smtpkit-maildrop 1", "not a maildrop file"),
         (b"smtpkit-maildrop 1\n", "envelope ends too early"),
         (b"smtpkit-maildrop 1\nfull-name null\n", "expected 'sender', found 'full-name'"),
@@ -353,6 +441,56 @@ GOOD_ENVELOPE = (
             b'smtpkit-maildrop 1\nsender null\nfull-name null\nrecipients ["a"]\n'
             b"flags []\nsender null\n\n",
             "no blank line after the envelope",
+        ),
+        (
+            # Version 1 has no dsn line: one is not taken for it.
+            b'smtpkit-maildrop 1\nsender null\nfull-name null\nrecipients ["a"]\n'
+            b'flags []\ndsn {"notify": ["NEVER"], "ret": null, "envid": null}\n\n',
+            "no blank line after the envelope",
+        ),
+        (
+            b'smtpkit-maildrop 2\nsender null\nfull-name null\nrecipients ["a"]\nflags []\n\n',
+            "expected 'dsn', found ''",
+        ),
+        (
+            b'smtpkit-maildrop 2\nsender null\nfull-name null\nrecipients ["a"]\nflags []\n'
+            b'dsn {"notify": null, "ret": null}\n\n',
+            "dsn: not an object of notify, ret and envid",
+        ),
+        (
+            b'smtpkit-maildrop 2\nsender null\nfull-name null\nrecipients ["a"]\nflags []\n'
+            b'dsn {"notify": null, "ret": null, "envid": null, "orcpt": "x"}\n\n',
+            "dsn: not an object of notify, ret and envid",
+        ),
+        (
+            b'smtpkit-maildrop 2\nsender null\nfull-name null\nrecipients ["a"]\nflags []\n'
+            b'dsn ["SUCCESS"]\n\n',
+            "dsn: not an object of notify, ret and envid",
+        ),
+        (
+            b'smtpkit-maildrop 2\nsender null\nfull-name null\nrecipients ["a"]\nflags []\n'
+            b'dsn {"notify": ["NEVER", "SUCCESS"], "ret": null, "envid": null}\n\n',
+            "dsn: NOTIFY: NEVER cannot be combined with other values",
+        ),
+        (
+            b'smtpkit-maildrop 2\nsender null\nfull-name null\nrecipients ["a"]\nflags []\n'
+            b'dsn {"notify": "SUCCESS", "ret": null, "envid": null}\n\n',
+            "dsn: NOTIFY: must be NEVER or a comma list",
+        ),
+        (
+            b'smtpkit-maildrop 2\nsender null\nfull-name null\nrecipients ["a"]\nflags []\n'
+            b'dsn {"notify": null, "ret": "ALL", "envid": null}\n\n',
+            "dsn: RET: must be FULL or HDRS",
+        ),
+        (
+            b'smtpkit-maildrop 2\nsender null\nfull-name null\nrecipients ["a"]\nflags []\n'
+            b'dsn {"notify": null, "ret": null, "envid": "a\\r\\nX-Evil: 1"}\n\n',
+            "dsn: ENVID: must be printable US-ASCII",
+        ),
+        (
+            b'smtpkit-maildrop 2\nsender null\nfull-name null\nrecipients ["a"]\nflags []\n'
+            b'dsn {"notify": null, "ret": null, "envid": "' + b"x" * 101 + b'"}\n\n',
+            "dsn: ENVID: longer than 100 characters",
         ),
         (
             b'smtpkit-maildrop 1\nsender null\nfull-name null\nrecipients ["'
