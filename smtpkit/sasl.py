@@ -17,6 +17,7 @@ import binascii
 from dataclasses import dataclass
 
 from smtpkit.addresses import normalize_address
+from smtpkit.auth import MAX_PASSWORD_BYTES
 from smtpkit.errors import UserError
 from smtpkit.protocol import replies
 from smtpkit.protocol.replies import Reply
@@ -26,8 +27,10 @@ __all__ = ["MECHANISMS", "Credentials", "Exchange", "SaslError"]
 #: What smtpkit offers, in the order EHLO lists them.
 MECHANISMS = ("PLAIN", "LOGIN")
 
-# RFC 4616 2: authcid and passwd are at most 255 octets of UTF-8 each.
+# RFC 4616 2: a server must accept an authcid and a passwd of 255 octets of UTF-8 each; a
+# password may be as long as `smtpkit user passwd` lets one be set.
 _MAX_FIELD = 255
+_MAX_PASSWORD = max(_MAX_FIELD, MAX_PASSWORD_BYTES)
 _USERNAME = base64.b64encode(b"Username:").decode()
 _PASSWORD = base64.b64encode(b"Password:").decode()
 
@@ -56,8 +59,8 @@ def _decode(text: str) -> bytes:
         raise SaslError(replies.AUTH_BAD_RESPONSE) from None
 
 
-def _text(data: bytes) -> str:
-    if len(data) > _MAX_FIELD or b"\0" in data:
+def _text(data: bytes, most: int = _MAX_FIELD) -> str:
+    if len(data) > most or b"\0" in data:
         raise SaslError(replies.AUTH_BAD_RESPONSE)
     try:
         return data.decode("utf-8")
@@ -91,7 +94,7 @@ class Exchange:
         if self._user is None:
             self._user = _text(_decode(response or "="))
             return _PASSWORD
-        return Credentials(self._user, _text(_decode(response or "=")))
+        return Credentials(self._user, _text(_decode(response or "="), _MAX_PASSWORD))
 
     @staticmethod
     def _plain(message: bytes) -> Credentials:
@@ -103,7 +106,7 @@ class Exchange:
         if authzid and not _same_user(authzid, user):
             # Acting as another user (a proxy login) is not offered.
             raise SaslError(replies.AUTH_FAILED)
-        return Credentials(user, _text(parts[2]))
+        return Credentials(user, _text(parts[2], _MAX_PASSWORD))
 
 
 def _same_user(authzid: str, user: str) -> bool:

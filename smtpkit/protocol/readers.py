@@ -12,6 +12,7 @@ see ARCHITECTURE.md, "Adding an SMTP extension".
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Final, Protocol
@@ -75,19 +76,39 @@ ParseLine = Callable[[bytes, LineError | None], Step]
 
 
 class CommandReader:
-    """Command lines, each at most ``limits.max_command_line`` octets (RFC 5321 4.5.3.1.4)."""
+    """Command lines, each at most ``limits.max_command_line`` octets (RFC 5321 4.5.3.1.4),
+    except an AUTH command, which may be ``limits.max_auth_line`` (RFC 4954 4: its initial
+    response is base64, and longer than a command line for a long password).
 
-    __slots__ = ("_max", "_parse")
+    The limit is chosen from the line's first octets, before it is complete: a line is an
+    AUTH command when its verb is, exactly as the engine reads verbs (``AUTH`` in any case,
+    then a space). Fewer octets than that tell nothing yet, and never get a line dropped:
+    the command limit is larger than them.
+    """
+
+    __slots__ = ("_auth_max", "_max", "_parse")
 
     def __init__(self, limits: Limits, parse: ParseLine) -> None:
         self._max = limits.max_command_line
+        self._auth_max = max(limits.max_auth_line, limits.max_command_line)
         self._parse = parse
 
     def read(self, buffer: ReceiveBuffer) -> Step | None:
-        got = buffer.next_line(self._max)
+        limit = self._auth_max if _auth_command(buffer) else self._max
+        got = buffer.next_line(limit)
         if got is None:
             return None
         return self._parse(got[0], got[1])
+
+
+#: ``AUTH `` in every mix of cases: the verb that may have a longer line.
+_AUTH_PREFIXES: Final = tuple(
+    bytes(spelling) + b" " for spelling in itertools.product(*((c, c + 32) for c in b"AUTH"))
+)
+
+
+def _auth_command(buffer: ReceiveBuffer) -> bool:
+    return any(buffer.startswith(prefix) for prefix in _AUTH_PREFIXES)
 
 
 class DataReader:
