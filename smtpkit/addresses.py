@@ -45,6 +45,7 @@ __all__ = [
     "Address",
     "NonAsciiAddress",
     "host_port",
+    "is_host_name",
     "is_valid_domain",
     "normalize_address",
     "normalize_domain",
@@ -59,10 +60,11 @@ __all__ = [
 # like a route would invite relay confusion). RFC 5321 4.5.3.1.1 caps the local part at 64.
 _ATOM = r"[A-Za-z0-9#$&'*+=?^_~-]+"
 _LOCAL_RE = re.compile(rf"{_ATOM}(?:\.{_ATOM})*\Z")
-# RFC 1035 2.3.1 / RFC 5321 4.1.2 Domain: LDH labels, each 1-63 octets, no leading or
-# trailing hyphen.
 _CONTROL_OR_SPACE = re.compile(r"[\x00-\x20\x7f]")
-_LABEL_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
+# RFC 1035 2.3.1 / RFC 1123 2.1 / RFC 5321 4.1.2 Domain: LDH labels, each 1-63 octets, no
+# leading or trailing hyphen. The one label rule of smtpkit (is_host_name). ASCII letters
+# spelled out: with re.IGNORECASE, [a-z] would also match U+212A KELVIN SIGN and U+017F.
+_LABEL_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
 # RFC 6531 3.3 widens atext with any non-ASCII character; which ones may stay is PRECIS's call
 # below. The ASCII characters left out of _ATOM stay out.
 _UTF8_ATOM = r"[A-Za-z0-9#$&'*+=?^_~\u0080-\U0010ffff-]+"
@@ -121,12 +123,17 @@ class Address:
         return not self.local.isascii()
 
 
+def is_host_name(name: str) -> bool:
+    """True for a host name in LDH labels (RFC 1123 2.1): dot-separated labels of 1-63
+    letters, digits and hyphens, no hyphen at either end, at most 253 octets in all, one
+    label allowed, no final dot; either case. The label rule every name smtpkit checks
+    keeps to: domains, host names, report hosts, DKIM selectors."""
+    return 0 < len(name) <= 253 and all(_LABEL_RE.match(label) for label in name.split("."))
+
+
 def is_valid_domain(domain: str) -> bool:
     """True for a lower-case LDH domain name of at least two labels, at most 253 octets."""
-    if not domain or len(domain) > 253 or not domain.isascii():
-        return False
-    labels = domain.split(".")
-    return len(labels) >= 2 and all(_LABEL_RE.match(label) for label in labels)
+    return "." in domain and domain == domain.lower() and is_host_name(domain)
 
 
 def normalize_domain(domain: str) -> str:
@@ -167,7 +174,7 @@ def normalize_hostname(name: str) -> str:
             text = idna.encode(text, uts46=True, transitional=False).decode("ascii")
         except UnicodeError:  # idna.IDNAError is one
             raise UserError(f"{name!r} is not a valid host name") from None
-    if not text or len(text) > 253 or not all(_LABEL_RE.match(part) for part in text.split(".")):
+    if not is_host_name(text):
         raise UserError(f"{name!r} is not a valid host name")
     return text
 

@@ -50,6 +50,7 @@ from email.utils import format_datetime, make_msgid
 from io import BytesIO
 from typing import BinaryIO, Final, Literal
 
+from smtpkit.addresses import is_host_name
 from smtpkit.protocol.dsn import MailDsn, RcptDsn, Ret, utf8_addr_xtext_encode
 
 __all__ = [
@@ -103,8 +104,6 @@ _REPLY: Final = re.compile(r"([245])[0-9]{2}(?:[ -]|$)")
 _ENHANCED: Final = re.compile(r"([245])\.[0-9]{1,3}\.[0-9]{1,3}(?=\s|$)")
 # RFC 3464 2.3.5 mta-name for the "dns" type: a host name, or an address literal.
 _MTA_NAME: Final = re.compile(r"[A-Za-z0-9.:\[\]-]{1,255}")
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_HOST: Final = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*")
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
 # RFC 5321 4.5.3.1.3: a path is at most 256 octets, so every address field fits its line.
 _MAX_ADDRESS: Final = 256
@@ -514,7 +513,7 @@ def build_report(
         raise ValueError("the null sender never gets a delivery report (RFC 5321 6.1)")
     if not recipients:
         raise ValueError("a delivery report needs at least one recipient")
-    if not _HOST.fullmatch(reporting_host):
+    if not is_host_name(reporting_host):
         raise ValueError("reporting host: must be a host name")
     if return_limit < 0 or full_limit < 0:
         raise ValueError("return limits: must not be negative")

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import base64
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
+from smtpkit.addresses import is_host_name
 from smtpkit.errors import ConfigError
 from smtpkit.fsutil import atomic_write, make_dirs
 
@@ -32,16 +32,13 @@ ALGORITHMS = ("rsa", "ed25519")
 RSA_BITS = 2048
 SUFFIX = ".key"
 
-# RFC 6376 3.1: a selector is one or more sub-domain labels; kept to letters, digits and
-# hyphens so that it is also a safe file name.
-_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
-
 
 def parse_selector(selector: str) -> str:
     """The selector, lower-cased; ValueError when it is not a dot-separated run of DNS
     labels (it names a file and a DNS name both)."""
-    labels = selector.split(".")
-    if not selector or len(selector) > 253 or not all(_LABEL.match(x) for x in labels):
+    # RFC 6376 3.1: one or more sub-domain labels; LDH ones only (addresses.is_host_name),
+    # so that the selector is also a safe file name.
+    if not is_host_name(selector):
         raise ValueError(f"invalid DKIM selector {selector!r}: letters, digits, '-' and '.'")
     return selector.lower()
 
