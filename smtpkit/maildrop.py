@@ -58,11 +58,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from smtpkit.errors import SmtpkitError
 from smtpkit.fsutil import unique_name, write_all
-from smtpkit.protocol.dsn import MailDsn, RcptDsn, Ret
+
+if TYPE_CHECKING:
+    from smtpkit.protocol.dsn import MailDsn, RcptDsn, Ret
+
+# smtpkit.protocol.dsn is imported where a DSN request is handled: the package brings the
+# whole SMTP engine with it, which sendmail (run by cron for every message) need not load
+# for the common drop without one.
 
 __all__ = [
     "FLAG_EXTRACT_RECIPIENTS",
@@ -160,11 +166,17 @@ class DropEnvelope:
         return self.notify is not None or self.ret is not None or self.envid is not None
 
     def mail_dsn(self) -> MailDsn:
-        """RET and ENVID, as SMTP's MAIL would have given them."""
+        """RET and ENVID, as SMTP's MAIL would have given them; ``ValueError`` for values
+        SMTP would refuse."""
+        from smtpkit.protocol.dsn import MailDsn
+
         return MailDsn(ret=self.ret, envid=self.envid)
 
     def rcpt_dsn(self) -> RcptDsn:
-        """NOTIFY, as SMTP's RCPT would have given it for each recipient."""
+        """NOTIFY, as SMTP's RCPT would have given it for each recipient; ``ValueError``
+        for values SMTP would refuse."""
+        from smtpkit.protocol.dsn import RcptDsn
+
         return RcptDsn(notify=self.notify)
 
 
@@ -259,11 +271,12 @@ def _check_envelope(envelope: DropEnvelope) -> None:
         _check_text("the sender", envelope.sender)
     if envelope.full_name is not None:
         _check_text("the full name", envelope.full_name)
-    try:
-        envelope.mail_dsn()
-        envelope.rcpt_dsn()
-    except ValueError as exc:
-        raise MaildropError(str(exc)) from None
+    if envelope.has_dsn:
+        try:
+            envelope.mail_dsn()
+            envelope.rcpt_dsn()
+        except ValueError as exc:
+            raise MaildropError(str(exc)) from None
 
 
 def _dsn_json(envelope: DropEnvelope) -> dict[str, Any]:
@@ -555,6 +568,8 @@ class _Envelope:
 
     def dsn(self) -> tuple[MailDsn, RcptDsn]:
         """The ``dsn`` line, read back by the queue envelope's own checks."""
+        from smtpkit.protocol.dsn import MailDsn, RcptDsn
+
         value = self.field(b"dsn")
         if not isinstance(value, dict) or set(value) != {"notify", "ret", "envid"}:
             raise self.error("dsn: not an object of notify, ret and envid")
@@ -595,9 +610,12 @@ def _parse_envelope(stream: io.BufferedReader, name: str) -> DropEnvelope:
         raise reader.error(f"unknown flag {unknown[0][:40]!r}")
     if len(set(flags)) != len(flags):
         raise reader.error("a flag given twice")
-    mail_dsn, rcpt_dsn = MailDsn(), RcptDsn()
+    notify: frozenset[str] | None = None
+    ret: Ret | None = None
+    envid: str | None = None
     if version != b"1":
         mail_dsn, rcpt_dsn = reader.dsn()
+        notify, ret, envid = rcpt_dsn.notify, mail_dsn.ret, mail_dsn.envid
     if reader.line() != b"":
         raise reader.error("no blank line after the envelope")
     return DropEnvelope(
@@ -606,9 +624,9 @@ def _parse_envelope(stream: io.BufferedReader, name: str) -> DropEnvelope:
         full_name=full_name,
         extract_recipients=FLAG_EXTRACT_RECIPIENTS in flags,
         ignore_dots=FLAG_IGNORE_DOTS in flags,
-        notify=rcpt_dsn.notify,
-        ret=mail_dsn.ret,
-        envid=mail_dsn.envid,
+        notify=notify,
+        ret=ret,
+        envid=envid,
     )
 
 
