@@ -44,6 +44,8 @@ from smtpkit.maildrop import (
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
 
+    from smtpkit.protocol.dsn import Ret
+
 __all__ = [
     "DEFAULT_CONFIG",
     "BadMessage",
@@ -70,6 +72,9 @@ EX_CONFIG = 78
 
 #: The longest -F name: a name, not a paragraph (and a From: line stays well under 998).
 MAX_FULL_NAME = 256
+#: The longest -V envelope ID, as xtext (RFC 3461 4.4; ``smtpkit.protocol.dsn.MAX_ENVID``,
+#: which checks it: that package is only imported when -V is given).
+MAX_ENVID = 100
 
 
 class UsageError(SmtpkitError):
@@ -91,6 +96,11 @@ class Invocation:
     full_name: str | None = None
     config: Path | None = None
     help: bool = False
+    #: The DSN requests (RFC 3461) of -N, -R and -V: NOTIFY for every recipient (upper
+    #: case, as SMTP writes it), RET, and the ENVID as given.
+    notify: frozenset[str] | None = None
+    ret: Ret | None = None
+    envid: str | None = None
 
 
 # --- the command line ---------------------------------------------------------------------
@@ -100,8 +110,12 @@ class Invocation:
 _FLAGS = frozenset("tivmnUG")
 _WITH_VALUE = frozenset("frFoBbCceNRVLhO")
 #: Accepted and ignored, as other sendmail programs do: options that change nothing here
-#: (verbosity, aliasing, error and delivery modes, DSN requests, body type, labels).
-_IGNORED = frozenset("vmnUGBeNRVLhO")
+#: (verbosity, aliasing, error and delivery modes, body type, labels).
+_IGNORED = frozenset("vmnUGBeLhO")
+#: -N: NOTIFY's words as Postfix's sendmail takes them (any case, commas or white space
+#: between them).
+_NOTIFY_SEPARATORS = re.compile(r"[,\s]+")
+_NOTIFY_WORDS = frozenset({"NEVER", "SUCCESS", "FAILURE", "DELAY"})
 
 
 def _no_controls(text: str) -> bool:
@@ -189,8 +203,47 @@ def _option(letter: str, value: str, values: dict[str, Any]) -> None:
             )
     elif letter in ("C", "c"):
         values["config"] = Path(value)
+    elif letter == "N":
+        values["notify"] = _notify(value)
+    elif letter == "R":
+        ret = value.upper()
+        if ret not in ("FULL", "HDRS"):
+            raise UsageError(f"-R {value!r}: the return type must be full or hdrs")
+        values["ret"] = ret
+    elif letter == "V":
+        values["envid"] = _envid(value)
     elif letter not in _IGNORED:  # pragma: no cover - every letter with a value is handled
         raise UsageError(f"unknown option -{letter}")
+
+
+def _notify(value: str) -> frozenset[str]:
+    """-N: ``never``, or some of ``success``, ``failure`` and ``delay``."""
+    words = frozenset(w.upper() for w in _NOTIFY_SEPARATORS.split(value) if w)
+    if not words or not words <= _NOTIFY_WORDS or ("NEVER" in words and len(words) > 1):
+        raise UsageError(
+            f"-N {value!r}: notify must be never, or a comma-separated list of success, "
+            "failure and delay"
+        )
+    return words
+
+
+def _envid(value: str) -> str:
+    """-V: the envelope ID, under the rules of SMTP's ENVID (RFC 3461 4.4)."""
+    from smtpkit.protocol.dsn import MailDsn
+
+    try:
+        MailDsn(envid=value)
+    except ValueError:
+        if not value:
+            raise UsageError("-V: the envelope ID is empty") from None
+        if not _no_controls(value) or not value.isascii():
+            raise UsageError(
+                "-V: the envelope ID must be printable ASCII (no control characters)"
+            ) from None
+        raise UsageError(
+            f"-V: the envelope ID is longer than {MAX_ENVID} characters as xtext"
+        ) from None
+    return value
 
 
 # --- addresses ----------------------------------------------------------------------------
@@ -395,7 +448,10 @@ def _added_fields(head: Head, invocation: Invocation, config: Config) -> list[by
 
 
 def _usage(prog: str) -> str:
-    return f"{prog} [-t] [-i] [-f SENDER] [-F NAME] [-C CONFIG] [--] [RECIPIENT...]"
+    return (
+        f"{prog} [-t] [-i] [-f SENDER] [-F NAME] [-N DSN] [-R RET] [-V ENVID] [-C CONFIG] "
+        "[--] [RECIPIENT...]"
+    )
 
 
 def _help(prog: str, config_default: str) -> str:
@@ -410,12 +466,18 @@ server is stopped. A message without From:, Date: or Message-ID: gets them.
   -f SENDER   the envelope sender (taken from root and the data folder's owner only:
               everyone else sends as their own user)
   -F NAME     the full name in the From: header added to a message without one
+  -N DSN      delivery status notifications (RFC 3461 NOTIFY) for every recipient:
+              never, or a comma-separated list of success, failure and delay
+              [default: failure and delay]
+  -R RET      what a failure notice returns of the message: full (all of it) or hdrs
+              (its headers) [default: all of a small message]
+  -V ENVID    an envelope ID that notifications quote (printable ASCII, at most
+              {MAX_ENVID} characters as xtext)
   -C CONFIG   the smtpkit config [default: {config_default}]
   --help      this text
 
 A Bcc: header is never sent on. Accepted and ignored, as other sendmail programs do:
--oOPTION, -B TYPE, -bm, -eMODE, -v, -m, -n, -U, -G, -N DSN, -R RET, -V ENVID,
--L LABEL, -h HOPS, -O OPTION=VALUE.
+-oOPTION, -B TYPE, -bm, -eMODE, -v, -m, -n, -U, -G, -L LABEL, -h HOPS, -O OPTION=VALUE.
 
 Exit status (sysexits.h): 0 the message is in the maildrop, 64 usage error, 65 a
 message that cannot be sent (too big, unreadable headers with -t), 73 the maildrop
@@ -477,6 +539,9 @@ def run(
             full_name=invocation.full_name,
             extract_recipients=invocation.extract_recipients,
             ignore_dots=invocation.ignore_dots,
+            notify=invocation.notify,
+            ret=invocation.ret,
+            envid=invocation.envid,
         )
         first = head.render(_added_fields(head, invocation, config))
         with io.BufferedReader(_Joined(first, source)) as message:

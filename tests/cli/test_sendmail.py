@@ -230,6 +230,78 @@ def test_options_after_recipients_and_both_forms_of_f(site: Site) -> None:
     assert senders == [("", ""), ("bounces@example.org", ""), ("root@example.org", "Admin")]
 
 
+# --- DSN requests (-N, -R, -V) -------------------------------------------------------------------
+
+
+def test_dsn_options_are_dropped_with_the_message(site: Site) -> None:
+    done = script(
+        site.config, "-i", "-N", "success,failure", "-R", "hdrs", "-V", "nightly+42=ok",
+        "alice@example.org", "root", stdin=b"Subject: report\n\ndone\n",
+    )  # fmt: skip
+    assert (done.returncode, done.stdout, done.stderr) == (0, b"", b"")
+    [path] = pending(site.maildrop)
+    lines = path.read_bytes().split(b"\n")
+    assert lines[0] == b"smtpkit-maildrop 2"
+    assert lines[5] == (
+        b'dsn {"notify": ["SUCCESS", "FAILURE"], "ret": "HDRS", "envid": "nightly+42=ok"}'
+    )
+    envelope, message = site.one()
+    assert envelope == DropEnvelope(
+        recipients=("alice@example.org", "root"),
+        ignore_dots=True,
+        notify=frozenset({"SUCCESS", "FAILURE"}),
+        ret="HDRS",
+        envid="nightly+42=ok",
+    )
+    assert body(message) == b"done\r\n"
+
+
+def test_dsn_options_of_the_subcommand_and_with_t(site: Site) -> None:
+    done = subcommand(
+        site.config, "-t", "-Nnever", stdin=b"To: alice@example.org\nCc: x@example.net\n\nhi\n"
+    )
+    assert (done.exit_code, done.output) == (0, "")
+    envelope, _ = site.one()
+    # -N is every recipient's, whether named or taken from the headers.
+    assert envelope.recipients == ("alice@example.org", "x@example.net")
+    assert (envelope.notify, envelope.ret, envelope.envid) == (frozenset({"NEVER"}), None, None)
+
+
+def test_without_dsn_options_the_drop_is_version_1(site: Site) -> None:
+    assert script(site.config, "alice@example.org", stdin=b"hi\n").returncode == 0
+    [path] = pending(site.maildrop)
+    assert path.read_bytes().startswith(b"smtpkit-maildrop 1\nsender null\n")
+    assert b"\ndsn " not in path.read_bytes()
+
+
+def test_a_drop_without_dsn_options_does_not_load_the_smtp_engine() -> None:
+    # Cron runs sendmail for every message: smtpkit.protocol (the whole engine, through
+    # its package) is loaded only for -N, -R or -V.
+    probe = (
+        "import sys, smtpkit.sendmail_main as m\n"
+        "print(sorted(n for n in sys.modules if n.startswith('smtpkit.protocol')))\n"
+        "m.parse_arguments(['-V', 'x', 'a@x'])\n"
+        "print('smtpkit.protocol.dsn' in sys.modules)\n"
+        "from smtpkit.protocol.dsn import MAX_ENVID\n"
+        "print(m.MAX_ENVID == MAX_ENVID)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout == "[]\nTrue\nTrue\n"
+
+
+def test_help_names_the_dsn_options(site: Site) -> None:
+    done = script(site.config, "--help")
+    assert done.returncode == 0
+    text = done.stdout.decode()
+    assert "  -N DSN      delivery status notifications (RFC 3461 NOTIFY)" in text
+    assert "  -R RET      " in text and "  -V ENVID    " in text
+    # No longer among the options accepted and ignored.
+    ignored = text.split("Accepted and ignored", 1)[1].split("Exit status", 1)[0]
+    assert "-N" not in ignored and "-R" not in ignored and "-V" not in ignored
+
+
 # --- -t, and the headers added ----------------------------------------------------------------
 
 
@@ -327,6 +399,21 @@ def test_line_ends_become_crlf_and_a_lone_cr_stays(site: Site) -> None:
         (("alice\n@example.org",), b"", "bad recipient 'alice\\n@example.org'"),
         (("a@example.org c@example.org",), b"", "bad recipient"),
         (("-F", "Evil\nBcc: x@example.net", "a@example.org"), b"", "-F: the name holds"),
+        (
+            ("-N", "sucess", "a@example.org"),
+            b"hi\n",
+            "-N 'sucess': notify must be never, or a comma-separated list of success, "
+            "failure and delay (usage: smtpkit-sendmail [-t]",
+        ),
+        (("-N", "never,delay", "a@example.org"), b"hi\n", "-N 'never,delay': notify must"),
+        (("-N", ",", "a@example.org"), b"hi\n", "-N ',': notify must be never"),
+        (("-R", "headers", "a@example.org"), b"hi\n", "-R 'headers': the return type must"),
+        (("-V", "", "a@example.org"), b"hi\n", "-V: the envelope ID is empty"),
+        (("-V", "id\r\nX: y", "a@example.org"), b"hi\n", "-V: the envelope ID must be printable"),
+        (("-V", "caf\u00e9", "a@example.org"), b"hi\n", "-V: the envelope ID must be printable"),
+        # RFC 3461 4.4's 100 characters, counted as the xtext a next hop gets ("+" is "+2B").
+        (("-V", "+" * 34, "a@example.org"), b"hi\n", "-V: the envelope ID is longer than 100"),
+        (("a@example.org", "-N"), b"hi\n", "option -N needs a value"),
     ],
 )
 def test_usage_errors_exit_64(site: Site, args: tuple[str, ...], stdin: bytes, error: str) -> None:
@@ -434,10 +521,35 @@ def test_c_names_the_config_after_the_subcommand(tmp_path: Path) -> None:
         (["-o", "i", "a@x"], Invocation(recipients=("a@x",), ignore_dots=True)),
         (["-B", "8BITMIME", "-B7BIT", "-bm", "a@x"], Invocation(recipients=("a@x",))),
         (["-v", "-U", "-n", "-m", "-G", "-em", "a@x"], Invocation(recipients=("a@x",))),
+        (["-L", "label", "-h", "3", "-O", "x=y", "a@x"], Invocation(recipients=("a@x",))),
         (
-            ["-N", "never", "-R", "hdrs", "-V", "envid", "-h", "3", "a@x"],
-            Invocation(recipients=("a@x",)),
+            ["-N", "never", "-R", "hdrs", "-V", "envid", "a@x"],
+            Invocation(recipients=("a@x",), notify=frozenset({"NEVER"}), ret="HDRS", envid="envid"),
         ),
+        (
+            ["-NSuccess,DELAY", "-Rfull", "-Vq+r=s t", "a@x"],
+            Invocation(
+                recipients=("a@x",),
+                notify=frozenset({"SUCCESS", "DELAY"}),
+                ret="FULL",
+                envid="q+r=s t",
+            ),
+        ),
+        # Postfix's separators: commas or white space.
+        (
+            ["-N", "failure, delay", "a@x"],
+            Invocation(recipients=("a@x",), notify=frozenset({"FAILURE", "DELAY"})),
+        ),
+        # The last one counts, as with every sendmail option.
+        (
+            ["-N", "success", "a@x", "-N", "never"],
+            Invocation(recipients=("a@x",), notify=frozenset({"NEVER"})),
+        ),
+        (
+            ["-ti", "-Nnever"],
+            Invocation(extract_recipients=True, ignore_dots=True, notify=frozenset({"NEVER"})),
+        ),  # fmt: skip
+        (["-V", "x" * 100, "a@x"], Invocation(recipients=("a@x",), envid="x" * 100)),
         (["-r", "x@y", "a@x"], Invocation(recipients=("a@x",), sender="x@y")),
         (["-tfx@y", "a@x"], Invocation(recipients=("a@x",), sender="x@y", extract_recipients=True)),
         (["-F", "", "a@x"], Invocation(recipients=("a@x",), full_name="")),
@@ -458,8 +570,13 @@ def test_parser(argv: list[str], expected: Invocation) -> None:
 
 
 @pytest.mark.parametrize(
-    "argv", [["-z"], ["-bi"], ["-t", "-X", "/tmp/log"], ["-F"], ["--bogus"], ["a@x", "<<<"]]
-)
+    "argv",
+    [
+        ["-z"], ["-bi"], ["-t", "-X", "/tmp/log"], ["-F"], ["--bogus"], ["a@x", "<<<"],
+        ["-N"], ["-N", ""], ["-N", "always", "a@x"], ["-N", "never,success", "a@x"],
+        ["-R", "body", "a@x"], ["-V", "", "a@x"], ["-V", "x" * 101, "a@x"],
+    ],
+)  # fmt: skip
 def test_parser_refuses(argv: list[str]) -> None:
     with pytest.raises(UsageError):
         parse_arguments(argv)
