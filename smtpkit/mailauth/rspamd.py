@@ -19,6 +19,7 @@ import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from smtpkit.addresses import host_port
 from smtpkit.errors import SmtpkitError
 
 __all__ = ["ScanAction", "ScanFailed", "ScanVerdict", "parse_url", "scan"]
@@ -93,6 +94,7 @@ def scan(
 ) -> ScanVerdict:
     """Send the message in ``message_path`` to rspamd at ``url`` and read its verdict."""
     host, port, path = parse_url(url)
+    where = host_port(host, port)  # [::1]:11333 for an IPv6 address
     headers = {"IP": ip, "From": sender or "<>", "Content-Type": "application/octet-stream"}
     if helo:
         headers["Helo"] = helo
@@ -117,12 +119,12 @@ def scan(
         finally:
             connection.close()
     except (OSError, http.client.HTTPException) as exc:
-        raise ScanFailed(f"rspamd at {host}:{port}: {exc or type(exc).__name__}") from None
+        raise ScanFailed(f"rspamd at {where}: {exc or type(exc).__name__}") from None
     if response.status != 200:
-        raise ScanFailed(f"rspamd at {host}:{port}: HTTP {response.status} {response.reason}")
+        raise ScanFailed(f"rspamd at {where}: HTTP {response.status} {response.reason}")
     if len(data) > _MAX_ANSWER:
-        raise ScanFailed(f"rspamd at {host}:{port}: answer over {_MAX_ANSWER} bytes")
-    return _verdict(data, f"{host}:{port}")
+        raise ScanFailed(f"rspamd at {where}: answer over {_MAX_ANSWER} bytes")
+    return _verdict(data, where)
 
 
 def _verdict(data: bytes, where: str) -> ScanVerdict:

@@ -85,10 +85,12 @@ class Candidate:
     unix: bool = False
 
     def __str__(self) -> str:
+        """``name[address]:port``, as Postfix writes a relay: the brackets always hold the
+        address, an IPv6 one too (``mx.example[2001:db8::1]:25``), so it needs no second
+        pair (``addresses.host_port`` is for an address alone)."""
         if self.unix:
             return f"unix:{self.address}"
-        address = f"[{self.address}]" if ":" in self.address else self.address
-        return f"{self.host}[{address}]:{self.port}"
+        return f"{self.host}[{self.address}]:{self.port}"
 
 
 @dataclass(frozen=True, slots=True)
