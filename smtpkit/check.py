@@ -28,9 +28,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 from smtpkit.addresses import normalize_address, normalize_hostname
-from smtpkit.config import Config, ListenAddress, TlsConfig
+from smtpkit.config import Config, TlsConfig
 from smtpkit.errors import UserError
-from smtpkit.owner import Owner, as_owner, owner_of
+from smtpkit.owner import Owner, as_owner, group_name, owner_of
+from smtpkit.pidfile import PID_FILE
 from smtpkit.users import MAILDIR_SUBDIRS
 
 __all__ = ["EXPIRY_WARNING", "Problem", "check_config", "count_mailboxes"]
@@ -47,6 +48,9 @@ _R, _W, _X = os.R_OK, os.W_OK, os.X_OK
 # The spool pool serve keeps under users/ (one folder per worker): the delivery code's
 # SPOOL_FOLDER, named here so that checking does not depend on how delivery is laid out.
 _SPOOL_FOLDER = ".spool"
+# The outbound queue, delivery/queue.py's QUEUE_FOLDER: serve makes it, as the owner, when
+# it is missing.
+_QUEUE_FOLDER = "queue"
 
 # The folder fsck keeps at the top of every ext2/3/4 filesystem: root's, and no mailbox,
 # when users/ or the data folder is a filesystem of its own.
@@ -61,8 +65,9 @@ class Problem:
     """One finding, as one line of text naming the file, key, folder or address.
 
     ``fatal``: ``smtpkit serve`` cannot write where mail goes (a Maildir, the spool pool
-    ``users/.spool``, the journal, the data folder itself) and must not start. ``note``: worth
-    knowing but not wrong (``smtpkit check`` still exits 0); never fatal.
+    ``users/.spool``, the journal, the queue, the maildrop, the data folder itself) or its pid
+    file, and must not start: it would stop there itself. ``note``: worth knowing but not
+    wrong (``smtpkit check`` still exits 0); never fatal.
     """
 
     fatal: bool
@@ -142,12 +147,13 @@ def _hostname_problems(hostname: str) -> list[Problem]:
 
 
 def _listen_problems(config: Config) -> list[Problem]:
+    """Names where addresses belong, and no port 25. An address that cannot be bound next
+    to another (twice, or beside the wildcard) is the config loader's error."""
     where = "server -> listen"
     problems: list[Problem] = []
-    bound: list[tuple[ListenAddress, ipaddress.IPv4Address | ipaddress.IPv6Address]] = []
     for address in config.server.listen:
         try:
-            ip = ipaddress.ip_address(address.host)
+            ipaddress.ip_address(address.host)
         except ValueError:
             problems.append(
                 Problem(
@@ -157,32 +163,6 @@ def _listen_problems(config: Config) -> list[Problem]:
                     "not depend on name lookups",
                 )
             )
-            continue
-        for other, other_ip in bound:
-            if other.port != address.port or other_ip.version != ip.version:
-                continue
-            if other_ip == ip:
-                twice = (
-                    f"{address} is listed twice"
-                    if str(other) == str(address)
-                    else f"{other} and {address} are the same address"
-                )
-                problems.append(Problem(False, f"{where}: {twice}"))
-            elif other_ip.is_unspecified or ip.is_unspecified:
-                wildcard, single = (other, address) if other_ip.is_unspecified else (address, other)
-                problems.append(
-                    Problem(
-                        False,
-                        f"{where}: {other} and {address} cannot both be bound: {wildcard} "
-                        f"already takes port {address.port} on every address, {single.host} "
-                        "included (keep one)",
-                    )
-                )
-            else:
-                continue
-            break
-        else:
-            bound.append((address, ip))
     if all(address.port != 25 for address in config.server.listen):
         problems.append(
             Problem(
@@ -358,8 +338,9 @@ def _owner_problems(directory: Path, owner: Owner, who: Owner) -> list[Problem]:
         return [
             Problem(
                 False,
-                f"{directory}: owned by root, so smtpkit serve runs as root: give the data "
-                f"folder a user of its own (useradd --system smtpkit; chown -R smtpkit: "
+                f"{directory}: owned by root, so smtpkit serve runs as root: production "
+                "should give the data folder a user of its own (smtpkit init --owner USER "
+                f"for a new one; for this one: useradd --system smtpkit; chown -R smtpkit: "
                 f"{directory})",
             )
         ]
@@ -397,8 +378,9 @@ def _is_maildir(parts: tuple[str, ...]) -> bool:
 
 
 def _where_mail_goes(parts: tuple[str, ...]) -> bool:
-    """The folders serve writes mail through: it cannot work when one of them fails."""
-    if parts in ((), ("users",), ("journal",)):
+    """The folders serve writes mail through: it cannot work when one of them fails. The
+    queue holds mail for other domains (and the reports owed to local senders)."""
+    if parts in ((), ("users",), ("journal",), (_QUEUE_FOLDER,)):
         return True
     if not _in_users(parts):
         return False
@@ -444,6 +426,8 @@ class _FolderCheck:
             if parts[:1] == ("maildrop",):
                 self._maildrop(entry)
                 continue
+            if parts == (PID_FILE,):
+                self._pid_file(entry)
             if entry.is_link:
                 self._link(entry)
                 continue
@@ -469,18 +453,50 @@ class _FolderCheck:
     def _maildrop(self, entry: _Entry) -> None:
         """``maildrop/`` is meant to be written by everyone (mode 1733, sticky, not listable:
         smtpkit-sendmail drops files there) and its files are the dropping users'."""
-        if len(entry.parts) > 1:
+        if len(entry.parts) > 1 or self._below_blocked(entry.parts):
             return
         st = entry.st
         mode = stat.S_IMODE(st.st_mode)
+        owner = self.owner
         if entry.is_link or not entry.is_dir:
             self.add(True, "maildrop: not a folder (smtpkit serve makes it, mode 1733)")
-        elif mode != 0o1733 or st.st_uid != self.owner.uid:
+        elif st.st_uid != owner.uid:
+            # serve opens it as the owner and takes over only a folder it has just made:
+            # root never changes the owner of what it finds in a folder the owner controls
             self.add(
-                False,
-                f"maildrop: mode {mode:04o}, owned by {_user(st.st_uid)}; it must be mode 1733 "
-                f"and {self.owner.name}'s (smtpkit serve sets it right)",
+                True,
+                f"maildrop: owned by {_user(st.st_uid)}, not by {owner.name}, so smtpkit "
+                f"serve cannot take it over (chown {owner.name}:{group_name(owner.gid)} "
+                f"{entry.path}; serve then sets its mode, 1733)",
             )
+        elif not self.may(entry.path, st, _R | _X):
+            self.add(True, self._denial("read", entry.rel, st))
+        elif mode != 0o1733:
+            who = self.who
+            fixed = who.is_root or who.uid == st.st_uid
+            how = "smtpkit serve sets it right" if fixed else f"smtpkit runs as {who.name}"
+            self.add(not fixed, f"maildrop: mode {mode:04o}; it must be mode 1733 ({how})")
+
+    def _pid_file(self, entry: _Entry) -> None:
+        """``smtpkit.pid``, which serve locks and then replaces at every start, as the
+        owner: a file root left there (a server run as root, then the folder given away)
+        stops it."""
+        if self._below_blocked(entry.parts):
+            return
+        st = entry.st
+        if entry.is_link or not stat.S_ISREG(st.st_mode):
+            self.add(
+                True, f"{PID_FILE}: not a regular file, where serve writes its pid (remove it)"
+            )
+        elif not self.may(entry.path, st, _W):
+            self.add(
+                True,
+                f"{self._denial('write', entry.rel, st)} (once no server runs for this "
+                "folder, remove it)",
+            )
+        else:
+            return
+        self.denied.add(entry.rel)
 
     def _below_blocked(self, parts: tuple[str, ...]) -> bool:
         """True when ``parts`` or a folder above it is one the server cannot pass."""
@@ -555,9 +571,9 @@ class _FolderCheck:
         if not entry.is_dir:
             return 0
         if not parts:
-            # serve makes journal/ when it is missing
-            missing = "journal" not in self.scan.entries and "" not in self.scan.unlisted
-            return _R | _X | (_W if missing else 0)
+            # serve writes its pid file here at every start (a new file renamed over the old
+            # one), and makes journal/, queue/ and maildrop/ when they are missing
+            return _R | _W | _X
         if not _where_mail_goes(parts) or _is_maildir(parts):
             return _R | _X
         return _R | _W | _X

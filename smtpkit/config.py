@@ -10,7 +10,7 @@ import ipaddress
 import os
 import socket
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
@@ -539,7 +539,8 @@ def parse_config(data: Mapping[str, Any], path: Path) -> Config:
                 certificate=base / cert if not Path(cert).is_absolute() else Path(cert),
                 key=base / key if not Path(key).is_absolute() else Path(key),
             )
-    submission, extra_listen = _parse_submission(data, path, server)
+    submission, extra_listen = _parse_submission(data, path)
+    _bound_once([*server.listen, *extra_listen], path)
     if extra_listen:
         if tls is None:
             key = (
@@ -813,8 +814,61 @@ def _parse_metrics(data: Mapping[str, Any], path: Path, server: ServerConfig) ->
     return MetricsConfig(address)
 
 
+_LISTEN_KEYS = {
+    ListenerRole.RECEIVE: "server -> listen",
+    ListenerRole.SUBMISSION: "submission -> listen",
+    ListenerRole.SUBMISSIONS: "submission -> implicit_tls",
+}
+
+
+def _bound_once(addresses: Sequence[ListenAddress], path: Path) -> None:
+    """Every listen address, of every role, can be bound next to the others: none twice
+    (also spelt another way, or under another key: a listener has one role), and no
+    address next to the wildcard of its family on the same port. Either would fail at
+    bind time with "address already in use", which reads as another server's fault.
+    Addresses given as names are compared as written (``smtpkit check`` warns of them)."""
+    seen: list[tuple[ListenAddress, ipaddress.IPv4Address | ipaddress.IPv6Address | None]] = []
+    for address in addresses:
+        ip = _ip_or_none(address.host)
+        for other, other_ip in seen:
+            if other.port != address.port:
+                continue
+            also = "" if other.role is address.role else f" in {_LISTEN_KEYS[other.role]}"
+            one_role = " (a listener has one role)" if also else ""
+            if ip is None or other_ip is None:
+                if ip is not None or other_ip is not None:
+                    continue
+                if address.host.lower() != other.host.lower():
+                    continue
+                why = f"is listed twice{also}{one_role}"
+            elif ip == other_ip:
+                twice = (
+                    "is listed twice"
+                    if str(address) == str(other)
+                    else f"is the same address as {other}"
+                )
+                why = f"{twice}{also}{one_role}"
+            elif ip.version == other_ip.version and (ip.is_unspecified or other_ip.is_unspecified):
+                wildcard = ip if ip.is_unspecified else other_ip
+                why = (
+                    f"cannot be bound next to {other}{also}: {wildcard} takes port "
+                    f"{address.port} on every IPv{ip.version} address (keep one)"
+                )
+            else:
+                continue
+            raise ConfigError(f"{address} {why}", path=path, key=_LISTEN_KEYS[address.role])
+        seen.append((address, ip))
+
+
+def _ip_or_none(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
 def _parse_submission(
-    data: Mapping[str, Any], path: Path, server: ServerConfig
+    data: Mapping[str, Any], path: Path
 ) -> tuple[SubmissionConfig, list[ListenAddress]]:
     sec = _Section(_table(data, "submission", path), "submission", path)
     none: list[str] = []
@@ -829,14 +883,6 @@ def _parse_submission(
             except ValueError as exc:
                 raise sec.error(key, str(exc)) from None
             listen.append(replace(address, role=role))
-    taken = {(a.host, a.port) for a in server.listen}
-    for address in listen:
-        if (address.host, address.port) in taken:
-            raise sec.error(
-                "listen" if address.role is ListenerRole.SUBMISSION else "implicit_tls",
-                f"{address} is listed twice (a listener has one role)",
-            )
-        taken.add((address.host, address.port))
     networks = []
     for text in sec.get("trusted_networks", _string_list, "a list of networks (CIDR)", none):
         try:

@@ -7,6 +7,7 @@ root, as CI does: the checks are made as ``nobody``, not as root.
 
 from __future__ import annotations
 
+import grp
 import os
 import pwd
 import stat
@@ -23,6 +24,7 @@ from cryptography.x509.oid import NameOID
 
 from smtpkit.check import Problem, check_config, count_mailboxes
 from smtpkit.config import load_config
+from smtpkit.errors import ConfigError
 from smtpkit.owner import Owner, as_owner
 from tests.conftest import unavailable
 
@@ -189,8 +191,9 @@ def test_a_data_folder_owned_by_root_runs_the_server_as_root(site: Site) -> None
     chown_tree(site.directory, 0, 0)
     assert site.check() == [
         error(
-            f"{site.directory}: owned by root, so smtpkit serve runs as root: give the data "
-            f"folder a user of its own (useradd --system smtpkit; chown -R smtpkit: "
+            f"{site.directory}: owned by root, so smtpkit serve runs as root: production "
+            "should give the data folder a user of its own (smtpkit init --owner USER for a "
+            f"new one; for this one: useradd --system smtpkit; chown -R smtpkit: "
             f"{site.directory})"
         )
     ]
@@ -204,7 +207,7 @@ def test_a_server_running_as_another_user_is_judged_by_the_mode_bits(site: Site)
             "creates would not belong to nobody"
         ),
         fatal(
-            f"cannot read {site.directory}: owned by nobody, mode 0750; smtpkit runs as {STRANGER}"
+            f"cannot write {site.directory}: owned by nobody, mode 0750; smtpkit runs as {STRANGER}"
         ),
     ]
 
@@ -228,9 +231,11 @@ def test_a_data_folder_the_owner_cannot_read(site: Site) -> None:
     ]
 
 
-def test_without_a_journal_the_data_folder_must_be_writable(site: Site) -> None:
-    (site.directory / "journal").rmdir()
-    assert site.check() == []
+def test_the_data_folder_must_be_writable(site: Site) -> None:
+    """serve writes its pid file there at every start (and makes journal/, queue/ and
+    maildrop/ there when they are missing), so even a complete folder must be writable."""
+    site.folder("queue")
+    site.folder("maildrop", 0o1733)
     os.chmod(site.directory, 0o550)
     assert site.check() == [
         fatal(f"cannot write {site.directory}: owned by nobody, mode 0550; {RUNS_AS}")
@@ -454,6 +459,64 @@ def test_the_journal_must_be_a_writable_folder(site: Site) -> None:
     (site.directory / "journal").rmdir()
     site.file("journal")
     assert site.check() == [fatal("journal: not a folder, where serve needs one")]
+
+
+def test_the_queue_must_be_a_writable_folder(site: Site) -> None:
+    """Mail for other domains (and reports owed to local senders) is written there: serve
+    cannot start without it."""
+    queue = site.folder("queue")
+    site.file("queue/.lock")
+    assert site.check() == []
+    os.chown(queue, 0, 0)  # a root `mkdir` or `cp -r`: the owner cannot even list it
+    assert site.check() == [fatal(f"cannot write queue: owned by root, mode 0700; {RUNS_AS}")]
+    os.chown(queue, NOBODY.pw_uid, NOBODY.pw_gid)
+    os.chmod(queue, 0o500)
+    assert site.check() == [fatal(f"cannot write queue: owned by nobody, mode 0500; {RUNS_AS}")]
+    queue.chmod(0o700)
+    (queue / ".lock").unlink()
+    queue.rmdir()
+    site.file("queue")
+    assert site.check() == [fatal("queue: not a folder, where serve needs one")]
+
+
+def test_a_pid_file_root_left_stops_serve(site: Site) -> None:
+    """serve locks the pid file and replaces it as the owner: one of root's stops it."""
+    pid = site.file("smtpkit.pid", b"4242\n", mode=0o644)
+    assert site.check() == []
+    os.chown(pid, 0, 0)
+    assert site.check() == [
+        fatal(
+            f"cannot write smtpkit.pid: owned by root, mode 0644; {RUNS_AS} (once no server "
+            "runs for this folder, remove it)"
+        )
+    ]
+    pid.unlink()
+    site.folder("smtpkit.pid")
+    assert site.check() == [
+        fatal("smtpkit.pid: not a regular file, where serve writes its pid (remove it)")
+    ]
+
+
+def test_a_maildrop_of_another_user_stops_serve_a_wrong_mode_does_not(site: Site) -> None:
+    maildrop = site.folder("maildrop", 0o1733)
+    assert site.check() == []
+    maildrop.chmod(0o755)
+    assert site.check() == [
+        error("maildrop: mode 0755; it must be mode 1733 (smtpkit serve sets it right)")
+    ]
+    # serve, as the owner, neither opens nor takes over a folder of root's.
+    os.chown(maildrop, 0, 0)
+    maildrop.chmod(0o1733)
+    group = grp.getgrgid(NOBODY.pw_gid).gr_name
+    assert site.check() == [
+        fatal(
+            f"maildrop: owned by root, not by nobody, so smtpkit serve cannot take it over "
+            f"(chown nobody:{group} {maildrop}; serve then sets its mode, 1733)"
+        )
+    ]
+    os.chown(maildrop, NOBODY.pw_uid, NOBODY.pw_gid)
+    maildrop.chmod(0o333)
+    assert site.check() == [fatal(f"cannot read maildrop: owned by nobody, mode 0333; {RUNS_AS}")]
 
 
 def test_no_users_folder_and_no_mailbox(site: Site) -> None:
@@ -769,28 +832,23 @@ def test_the_configs_own_notes_come_first(site: Site) -> None:
                 "name lookups",
             ],
         ),
-        (["127.0.0.1:25", "127.0.0.1:25"], ["127.0.0.1:25 is listed twice"]),
-        (["[::1]:25", "[0:0::1]:25"], ["[::1]:25 and [0:0::1]:25 are the same address"]),
-        (
-            ["0.0.0.0:25", "192.0.2.1:25"],
-            [
-                "0.0.0.0:25 and 192.0.2.1:25 cannot both be bound: 0.0.0.0:25 already takes port "
-                "25 on every address, 192.0.2.1 included (keep one)",
-            ],
-        ),
-        (
-            ["[2001:db8::1]:25", "[::]:25"],
-            [
-                "[2001:db8::1]:25 and [::]:25 cannot both be bound: [::]:25 already takes port 25 "
-                "on every address, 2001:db8::1 included (keep one)",
-            ],
-        ),
         (["0.0.0.0:25", "[::1]:25", "192.0.2.1:2525"], []),
     ],
 )
 def test_listen_addresses(site: Site, listen: list[str], texts: list[str]) -> None:
     site.settings["server"]["listen"] = listen
     assert site.check() == [error(f"server -> listen: {text}") for text in texts]
+
+
+def test_a_listen_address_that_cannot_be_bound_is_the_configs_error(site: Site) -> None:
+    """The loader refuses it (tests/test_config.py), so check, serve and every other
+    command say the same line."""
+    site.settings["server"]["listen"] = ["127.0.0.1:25", "127.0.0.1:25"]
+    with pytest.raises(ConfigError) as caught:
+        site.check()
+    assert str(caught.value) == (
+        f"server -> listen: 127.0.0.1:25 is listed twice ({site.config_path})"
+    )
 
 
 def test_no_port_25_is_a_note(site: Site) -> None:

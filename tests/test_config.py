@@ -252,3 +252,76 @@ def test_bare_newline_errors_name_the_key(tmp_path: Path, value: object) -> None
     assert str(caught.value).startswith(
         f'server -> bare_newline: must be "reject" or "normalize", got {value!r}'
     )
+
+
+@pytest.mark.parametrize(
+    ("sections", "message"),
+    [
+        (
+            {"server": {"listen": ["127.0.0.1:25", "127.0.0.1:25"]}},
+            "server -> listen: 127.0.0.1:25 is listed twice",
+        ),
+        (
+            {"server": {"listen": ["[::1]:25", "[0:0::1]:25"]}},
+            "server -> listen: [0:0::1]:25 is the same address as [::1]:25",
+        ),
+        (
+            {"server": {"listen": ["localhost:25", "LOCALHOST:25"]}},
+            "server -> listen: LOCALHOST:25 is listed twice",
+        ),
+        (
+            {"server": {"listen": ["0.0.0.0:25", "192.0.2.1:25"]}},
+            "server -> listen: 192.0.2.1:25 cannot be bound next to 0.0.0.0:25: 0.0.0.0 takes "
+            "port 25 on every IPv4 address (keep one)",
+        ),
+        (
+            {"server": {"listen": ["[2001:db8::1]:25", "[::]:25"]}},
+            "server -> listen: [::]:25 cannot be bound next to [2001:db8::1]:25: :: takes port "
+            "25 on every IPv6 address (keep one)",
+        ),
+        (
+            {
+                "server": {"listen": ["127.0.0.1:25"]},
+                "submission": {"listen": ["127.0.0.1:587", "127.0.0.1:587"]},
+            },
+            "submission -> listen: 127.0.0.1:587 is listed twice",
+        ),
+        (
+            {
+                "server": {"listen": ["127.0.0.1:25"]},
+                "submission": {"implicit_tls": ["127.0.0.1:465", "127.0.0.1:465"]},
+            },
+            "submission -> implicit_tls: 127.0.0.1:465 is listed twice",
+        ),
+        (
+            {
+                "server": {"listen": ["127.0.0.1:587"]},
+                "submission": {"listen": ["127.0.0.1:587"]},
+            },
+            "submission -> listen: 127.0.0.1:587 is listed twice in server -> listen (a "
+            "listener has one role)",
+        ),
+        (
+            {
+                "server": {"listen": ["127.0.0.1:25"]},
+                "submission": {"listen": ["0.0.0.0:465"], "implicit_tls": ["127.0.0.1:465"]},
+            },
+            "submission -> implicit_tls: 127.0.0.1:465 cannot be bound next to 0.0.0.0:465 in "
+            "submission -> listen: 0.0.0.0 takes port 465 on every IPv4 address (keep one)",
+        ),
+    ],
+)
+def test_a_listen_address_that_cannot_be_bound_twice_is_refused(
+    tmp_path: Path, sections: dict[str, dict[str, object]], message: str
+) -> None:
+    """Caught when the config loads, so every command says it, before serve binds and
+    reads "address already in use (is another mail server running?)"."""
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, **sections)
+    assert str(caught.value) == f"{message} ({tmp_path / 'smtpkit.toml'})"
+
+
+def test_both_wildcards_and_distinct_addresses_load(tmp_path: Path) -> None:
+    listen = ["0.0.0.0:25", "[::]:25", "127.0.0.1:2525", "192.0.2.1:2525", "localhost:26"]
+    config = load(tmp_path, server={"listen": listen})
+    assert [str(a) for a in config.server.listen] == listen
