@@ -62,12 +62,16 @@ Submit = Callable[[Delivery, Callable[[Delivery], None]], None]
 class Authenticator(Protocol):
     """Checks passwords for AUTH, off the event loop, and keeps the brute-force counts."""
 
-    def blocked(self, peer: str) -> bool:
-        """Too many recent failures from this address: AUTH gets 454 for now."""
+    def blocked(self, peer: str, user: str | None = None) -> bool:
+        """Too many recent failures from this address, or for this user name (unless the
+        user logged in from this address before): AUTH gets 454 for now."""
 
-    def check(self, user: str, password: str, done: Callable[[str | None], None]) -> None:
+    def check(
+        self, user: str, password: str, done: Callable[[str | None], None], peer: str = ""
+    ) -> None:
         """Check a password in the background; ``done`` gets the user's canonical address,
-        None for a wrong one, or "" when it could not check (try later), on the loop."""
+        None for a wrong one, or "" when it could not check (try later), on the loop.
+        ``peer`` is the client's address."""
 
     def failed(self, peer: str, user: str) -> None:
         """Count a failure against the address and the user name."""
@@ -934,12 +938,20 @@ class Session:
         if isinstance(got, str):
             self._reply(replies.challenge(got))
             return
-        assert self.ctx.auth is not None
+        auth = self.ctx.auth
+        assert auth is not None
+        if auth.blocked(self.peer_host, got.user):
+            # Too many failures for this user name: no password is checked for now.
+            mechanism = self._sasl.mechanism if self._sasl is not None else "?"
+            self._sasl = None
+            self._journal("auth", mechanism=mechanism, user=got.user, result="throttled")
+            self._refuse(replies.AUTH_THROTTLED, journaled=True)
+            return
         # The password check is slow by design: it runs in the background, and the engine
         # reads nothing more until it is answered.
         self.waiting = True
         done = functools.partial(self._auth_checked, got.user)
-        self.ctx.auth.check(got.user, got.password, done)
+        auth.check(got.user, got.password, done, self.peer_host)
 
     def _auth_checked(self, claimed: str, user: str | None) -> None:
         self.waiting = False

@@ -304,10 +304,12 @@ class FakeAuth:
         self.sent_by: list[str] = []
         self.block = False
 
-    def blocked(self, peer: str) -> bool:
+    def blocked(self, peer: str, user: str | None = None) -> bool:
         return self.block
 
-    def check(self, user: str, password: str, done: Callable[[str | None], None]) -> None:
+    def check(
+        self, user: str, password: str, done: Callable[[str | None], None], peer: str = ""
+    ) -> None:
         if user == "unreadable@example.org":
             done("")  # the password file could not be read
             return

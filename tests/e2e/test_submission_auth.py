@@ -3,6 +3,7 @@ passwords set with `smtpkit user passwd --stdin`, Python's smtplib as the client
 
 from __future__ import annotations
 
+import base64
 import smtplib
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import make_server, smtpkit
+from tests.e2e.test_outbound import wait_until
 from tests.e2e.test_submission import PASSWORD, Submission, add_submission, start_submission
 
 #: The longest password `smtpkit user passwd` accepts is 1024 bytes; this one is 1000, so
@@ -111,5 +113,51 @@ def test_the_sending_limit_defers_the_next_message_of_that_user(tmp_path: Path) 
         assert len(sub.server.new_files("bob@example.org")) == 2
         assert len(sub.queue()) == 1
         assert len(sub.server.new_files("alice@example.org")) == 1
+    finally:
+        sub.server.stop()
+
+
+def smtp_from(sub: Submission, source: str) -> smtplib.SMTP:
+    """A STARTTLS session from the loopback address ``source`` (any 127.0.0.0/8 address is
+    this host's), as if from a client of its own."""
+    smtp = smtplib.SMTP(sub.server.host, sub.starttls, timeout=30, source_address=(source, 0))
+    smtp.starttls(context=sub.context())
+    smtp.ehlo()
+    return smtp
+
+
+def plain_auth(smtp: smtplib.SMTP, user: str, password: str) -> tuple[int, bytes]:
+    token = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+    return smtp.docmd("AUTH", f"PLAIN {token}")
+
+
+@pytest.mark.timeout(120)
+def test_failures_for_one_user_from_many_addresses_throttle_that_user(tmp_path: Path) -> None:
+    """A guesser spread over addresses (one failure each, never enough to block an address)
+    still gets the user name blocked; the user's own address, where it logged in before,
+    and other users are not."""
+    sub = one_worker_submission(tmp_path, "")
+    try:
+        with smtp_from(sub, "127.0.0.1") as smtp:
+            assert plain_auth(smtp, "alice@example.org", PASSWORD)[0] == 235
+        for i in range(5):
+            with smtp_from(sub, f"127.0.0.{11 + i}") as smtp:
+                assert plain_auth(smtp, "alice@example.org", "guess")[0] == 535
+        with smtp_from(sub, "127.0.0.20") as smtp:
+            # Even the right password: no password is checked for that name for now.
+            assert plain_auth(smtp, "Alice@example.org", PASSWORD) == (
+                454,
+                b"4.7.0 Too many authentication failures, try again later",
+            )
+            assert plain_auth(smtp, "bob@example.org", PASSWORD)[0] == 235
+        with smtp_from(sub, "127.0.0.1") as smtp:
+            assert plain_auth(smtp, "alice@example.org", PASSWORD)[0] == 235
+        throttled = wait_until(
+            "the throttled login in the journal",
+            lambda: [
+                r for r in sub.journal() if r["event"] == "auth" and r["result"] == "throttled"
+            ],
+        )
+        assert [(r["user"], r["mechanism"]) for r in throttled] == [("Alice@example.org", "PLAIN")]
     finally:
         sub.server.stop()
