@@ -58,8 +58,11 @@ class Limits:
     # initial response is longer than a command line).
     max_auth_line: int = 12288
     # Brute force: a session closes with 421 after this many failed AUTH; an address (IPv6:
-    # its /64) with this many failures in auth_window seconds gets 454 4.7.0 for AUTH, for
-    # a minute, doubling with each further failure, at most an hour.
+    # its /64) with this many failures in auth_window seconds gets 454 4.7.0 for AUTH, and so
+    # does a user name with this many from any addresses (except from an address the user
+    # logged in from): for a minute after the last failure, doubling with each further one,
+    # at most an hour; the count is forgotten after an hour with no failure once its block
+    # ended (server/authn.py).
     max_auth_failures_per_session: int = 3
     max_auth_failures: int = 5
     auth_window: float = 600.0
