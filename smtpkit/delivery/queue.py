@@ -368,11 +368,14 @@ def read_queue(queue_dir: Path) -> list[QueueEntry]:
 
 def clean_queue(queue_dir: Path) -> int:
     """Remove what was never acknowledged: temporary envelopes, and data files without an
-    envelope. Returns how many files went. Run at start-up, before any worker starts."""
+    envelope. Returns how many files went. Run at start-up, before any worker starts.
+    Raises ``QueueError`` when the folder cannot be read (a root-owned ``queue/``)."""
     try:
         names = set(os.listdir(queue_dir))
     except FileNotFoundError:
         return 0
+    except OSError as exc:
+        raise QueueError(f"cannot read {queue_dir}: {exc.strerror or exc}") from None
     doomed = [n for n in names if n.startswith(TMP_PREFIX)]
     doomed += [
         n

@@ -30,7 +30,7 @@ from smtpkit.delivery.queue import QUEUE_FOLDER, clean_queue, set_node
 from smtpkit.delivery.router import Router
 from smtpkit.delivery.spool import SPOOL_FOLDER, Spool, SpoolPool, clean_spools
 from smtpkit.delivery.syncer import SharedSyncer
-from smtpkit.errors import ConfigError
+from smtpkit.errors import ConfigError, SmtpkitError
 from smtpkit.fsutil import make_dirs
 from smtpkit.journal import Journal
 from smtpkit.mailauth.signing import Signer
@@ -566,10 +566,17 @@ def serve(
     _raise_fd_limit(config.limits.max_connections)
     directory = config.server.directory
     with as_owner(directory):
-        cleaned = _clean_spools(config)
-        queue = queue_folder(config)
-        make_dirs(queue, 0o700)
-        cleaned += clean_queue(queue)
+        try:
+            cleaned = _clean_spools(config)
+            queue = queue_folder(config)
+            make_dirs(queue, 0o700)
+            cleaned += clean_queue(queue)
+        except OSError as exc:
+            # `smtpkit check` (run just before) names these; one line should the folder
+            # have changed since
+            raise SmtpkitError(
+                f"cannot set up {exc.filename or directory}: {exc.strerror}"
+            ) from None
         ensure_maildrop(directory)
     # With reloads that replace workers, old and new ones overlap for a while: each needs
     # a row of its own in the shared connection counts.

@@ -6,6 +6,8 @@ Runs as root (as CI does): the test creates a system user of its own and removes
 
 from __future__ import annotations
 
+import grp
+import json
 import os
 import pwd
 import signal
@@ -21,7 +23,17 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from tests.conftest import _RUNNING, MailServer, free_port, smtpkit, unavailable, wait_for_banner
+from smtpkit.delivery.queue import QueueError, clean_queue
+from smtpkit.owner import as_owner
+from tests.conftest import (
+    _RUNNING,
+    MailServer,
+    free_port,
+    make_server,
+    smtpkit,
+    unavailable,
+    wait_for_banner,
+)
 from tests.e2e.test_tls import SMTPTo, client_context, journal, served_certificate, wait_for
 
 
@@ -225,3 +237,105 @@ def test_a_root_owned_new_folder_is_one_line_at_start(
     os.chown(new, service_user.pw_uid, service_user.pw_gid)
     server.start()
     assert server.stop() == 0
+
+
+def refused_by_serve_and_check(server: MailServer, text: str) -> None:
+    """serve stops with ``text`` as its one line, before binding anything, and check names
+    the same problem as fatal: the two agree on what stops the server."""
+    result = smtpkit("serve", config=server.config, check=False)
+    assert (result.returncode, result.stderr.splitlines()) == (1, [f"Error: {text}"])
+    checked = smtpkit("check", "--json", config=server.config, check=False)
+    assert checked.returncode == 1
+    problems = [json.loads(line) for line in checked.stdout.splitlines()]
+    assert [p["text"] for p in problems if p["fatal"]] == [text]
+
+
+@pytest.mark.timeout(90)
+def test_a_queue_the_owner_cannot_write_stops_serve_and_check(
+    open_tmp_path: Path, service_user: pwd.struct_passwd
+) -> None:
+    """Mail for other domains is written to queue/: a root `mkdir` there (or a mode without
+    write) would cost that mail, or end serve's start in a traceback."""
+    server = owned_server(open_tmp_path, service_user)
+    name, uid, gid = service_user.pw_name, service_user.pw_uid, service_user.pw_gid
+    queue = server.directory / "queue"
+    queue.mkdir(mode=0o700)  # root's
+    refused_by_serve_and_check(
+        server, f"cannot write queue: owned by root, mode 0700; smtpkit runs as {name}"
+    )
+    os.chown(queue, uid, gid)
+    queue.chmod(0o500)
+    refused_by_serve_and_check(
+        server, f"cannot write queue: owned by {name}, mode 0500; smtpkit runs as {name}"
+    )
+    queue.chmod(0o700)
+    server.start()
+    assert server.stop() == 0
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("what", ["maildrop", "smtpkit.pid"])
+def test_a_maildrop_or_pid_file_of_roots_stops_serve_and_check(
+    open_tmp_path: Path, service_user: pwd.struct_passwd, what: str
+) -> None:
+    """Left by a root `mkdir`, or by a server run as root before the folder was given to
+    its user: serve, as the owner, cannot use them, and root does not take over a file in
+    a folder the owner controls (the owner could have put anything there)."""
+    server = owned_server(open_tmp_path, service_user)
+    name = service_user.pw_name
+    path = server.directory / what
+    if what == "maildrop":
+        os.chown(path, 0, 0)  # init made it the owner's, mode 1733
+        group = grp.getgrgid(service_user.pw_gid).gr_name
+        text = (
+            f"maildrop: owned by root, not by {name}, so smtpkit serve cannot take it over "
+            f"(chown {name}:{group} {path}; serve then sets its mode, 1733)"
+        )
+    else:
+        path.write_text("4242\n")
+        path.chmod(0o644)
+        text = (
+            f"cannot write smtpkit.pid: owned by root, mode 0644; smtpkit runs as {name} "
+            "(once no server runs for this folder, remove it)"
+        )
+    refused_by_serve_and_check(server, text)
+    if what == "maildrop":
+        os.chown(path, service_user.pw_uid, service_user.pw_gid)
+    else:
+        path.unlink()
+    server.start()
+    assert server.stop() == 0
+    assert not_owned_by(server.directory, service_user.pw_uid) == []
+
+
+@pytest.mark.timeout(60)
+def test_a_root_owned_data_folder_says_once_to_use_owner(tmp_path: Path) -> None:
+    """The Quick start's folder (or a container's) is root's: serve runs as root, and says
+    once how production avoids it."""
+    if os.geteuid() != 0:
+        unavailable("a data folder owned by root needs root (CI runs as root)")
+    server = make_server(tmp_path)
+    server.start()
+    assert server.stop() == 0
+    warnings = [line for line in server.stderr().splitlines() if "owned by root" in line]
+    assert warnings == [
+        f"smtpkit: warning: {server.directory}: owned by root, so smtpkit serve runs as root: "
+        "production should give the data folder a user of its own (smtpkit init --owner USER "
+        "for a new one; for this one: useradd --system smtpkit; chown -R smtpkit: "
+        f"{server.directory})"
+    ]
+
+
+def test_a_queue_unreadable_at_start_up_is_one_error(
+    open_tmp_path: Path, service_user: pwd.struct_passwd
+) -> None:
+    """Should queue/ change between serve's checks and its clean-up of the queue, that
+    clean-up raises the error serve prints as one line, not a PermissionError."""
+    data = open_tmp_path / "data"
+    data.mkdir()
+    os.chown(data, service_user.pw_uid, service_user.pw_gid)
+    queue = data / "queue"
+    queue.mkdir(mode=0o700)  # root's
+    with as_owner(data), pytest.raises(QueueError) as caught:
+        clean_queue(queue)
+    assert str(caught.value) == f"cannot read {queue}: Permission denied"
