@@ -1,5 +1,6 @@
 """The one SMTP reply reader of the tests' raw clients (``tests/e2e/rawclient.py``,
-``tests/e2e/faultclient.py``, the TLS tests' ``Peer``).
+``tests/e2e/faultclient.py``, the TLS and PROXY tests' peers, the relay tests' ``Client``, the
+load test's sessions, the LMTP client of the chunking tests).
 
 A reply is one or more lines ``code "-" text CRLF`` ending with ``code [" " text] CRLF``
 (RFC 5321 4.2). The reader reads from the socket it is given each time (a client may wrap

@@ -26,6 +26,7 @@ import pytest
 
 from tests.conftest import MailServer, free_port, make_server, need_program, unavailable
 from tests.postfix import start_postfix
+from tests.smtpreader import read_reply
 
 LMTP = Path("/usr/lib/dovecot/lmtp")  # Debian's dovecot-lmtpd
 
@@ -146,14 +147,13 @@ service lmtp {{
 def lmtp_send(port: int, sender: bytes, recipient: bytes, message: bytes) -> bytes:
     """One LMTP transaction (RFC 2033); returns the recipient's reply line."""
     with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
-        reader = s.makefile("rb")
+        pending = bytearray()
 
         def reply() -> bytes:
-            while True:
-                line = reader.readline()
-                assert line[:1] in b"2345" and len(line) > 4, line
-                if line[3:4] == b" ":
-                    return line
+            """The last line of the next reply (LMTP's replies are SMTP's, RFC 2033)."""
+            got = read_reply(s, pending)
+            assert 200 <= got.code < 600, got.raw
+            return got.lines[-1]
 
         assert reply().startswith(b"220 ")
         for command, code in (

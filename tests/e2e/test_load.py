@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import make_server
+from tests.smtpreader import read_reply
 
 SESSIONS = int(os.environ.get("SMTPKIT_LOAD_SESSIONS", "200"))
 SECONDS = float(os.environ.get("SMTPKIT_LOAD_SECONDS", "15"))
@@ -53,19 +54,11 @@ class Session:
 
     def __init__(self, host: str, port: int) -> None:
         self.sock = socket.create_connection((host, port), timeout=60)
-        self.buf = bytearray()
+        self.pending = bytearray()  # pipelined replies not read yet
 
     def reply(self) -> bytes:
-        while True:
-            while (end := self.buf.find(b"\r\n")) < 0:
-                data = self.sock.recv(65536)
-                if not data:
-                    raise EOFError("server closed the connection")
-                self.buf += data
-            line = bytes(self.buf[:end])
-            del self.buf[: end + 2]
-            if line[3:4] != b"-":
-                return line
+        """The last line of the next reply, without its CRLF."""
+        return read_reply(self.sock, self.pending).lines[-1][:-2]
 
 
 def run_session(index: int, host: str, port: int, ready: threading.Barrier, go: Go) -> Tally:

@@ -17,6 +17,7 @@ import pytest
 from smtpkit.config import load_config
 from smtpkit.delivery.spool import SPOOL_FOLDER
 from tests.conftest import MailServer, make_server
+from tests.smtpreader import read_reply
 
 USERS = ("alice@example.org", "bob@example.org", "kate@kit.example")
 DOMAINS = ("example.org", "kit.example")
@@ -108,16 +109,13 @@ class Client:
 
     def __init__(self, server: MailServer) -> None:
         self.sock = socket.create_connection((server.host, server.port), timeout=10)
-        self.file = self.sock.makefile("rb")
+        self.pending = bytearray()  # what arrived past the last reply read
         self.greeting = self.reply()
 
     def reply(self) -> tuple[int, str]:
         """(code, last line's text); the text starts with the enhanced code if any."""
-        while True:
-            line = self.file.readline()
-            assert line.endswith(b"\r\n"), line
-            if line[3:4] != b"-":
-                return int(line[:3]), line[4:-2].decode()
+        got = read_reply(self.sock, self.pending)
+        return got.code, got.text.decode()
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
@@ -127,7 +125,6 @@ class Client:
         return self.reply()
 
     def close(self) -> None:
-        self.file.close()
         self.sock.close()
 
 
