@@ -10,6 +10,11 @@ SMTP applied (a bare CR or LF ends a line, a line over 998 octets is broken, as 
 cleanup does), then committed like any message: local recipients to their Maildirs, others
 to the queue. The file is removed once the message is durable, or when it is refused.
 
+sendmail's -N, -R and -V become the ``DsnRequest`` a session builds from SMTP's NOTIFY, RET
+and ENVID (the same NOTIFY on every recipient), so the queue keeps them in its envelope as it
+does for SMTP, and a local delivery that NOTIFY=SUCCESS asks about gets its success notice
+(``outbound/reports.DeliveredHere``, which the delivery thread runs for SMTP's messages).
+
 The work runs in a thread of its own: reading and writing files never stalls the event
 loop. Journal lines are handed to the loop.
 """
@@ -17,6 +22,7 @@ loop. Journal lines are handed to the loop.
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import pwd
 import re
@@ -32,13 +38,14 @@ from smtpkit.config import Config, ListenerRole
 from smtpkit.delivery.commit import commit_batch
 from smtpkit.delivery.spool import Spool, SpoolPool
 from smtpkit.delivery.syncer import SharedSyncer
-from smtpkit.delivery.targets import Delivery, Target
-from smtpkit.maildrop import MaildropError, leftovers, maildrop_path, pending, read
+from smtpkit.delivery.targets import Delivery, DsnRequest, Mailbox, Target
+from smtpkit.maildrop import DropEnvelope, MaildropError, leftovers, maildrop_path, pending, read
+from smtpkit.outbound.reports import DeliveredHere
 from smtpkit.policy import Accept, LocalPolicy, SessionFacts
 from smtpkit.protocol.events import RcptTo
 from smtpkit.protocol.replies import UNKNOWN_USER
 from smtpkit.server import inotify
-from smtpkit.server.checks import sign_spool
+from smtpkit.server.checks import sign_spool, signature
 
 if TYPE_CHECKING:
     from smtpkit.mailauth.signing import Signer
@@ -77,11 +84,22 @@ class Pickup:
         self._wake_r, self._wake_w = os.pipe()
         self._thread = threading.Thread(target=self._run, name="smtpkit-pickup", daemon=True)
         self._counter = 0
+        self._notices = self._delivered_here(config, signer)
 
     def reconfigure(self, config: Config, policy: LocalPolicy, signer: Signer | None) -> None:
         """A reloaded config, for the files picked up from now on (attributes are swapped
         whole: the pickup thread reads each once per file)."""
-        self.config, self.policy, self.signer = config, policy, signer
+        notices = self._delivered_here(config, signer)
+        self.config, self.policy, self.signer, self._notices = config, policy, signer, notices
+
+    def _delivered_here(self, config: Config, signer: Signer | None) -> DeliveredHere:
+        """Success notices for local delivery, posted from this thread."""
+        sign = functools.partial(signature, signer) if signer is not None else None
+
+        def journal(event: str, session: str, fields: dict[str, Any]) -> None:
+            self._journal(event, session, **fields)
+
+        return DeliveredHere(config, self.pool, self.syncer, journal, sign=sign)
 
     def start(self) -> None:
         self._thread.start()
@@ -172,7 +190,7 @@ class Pickup:
             return
         with dropped:
             sender = self._sender(dropped.uid, dropped.envelope.sender)
-            targets, accepted, refused = self._route(dropped.envelope.recipients)
+            targets, accepted, local, refused = self._route(dropped.envelope.recipients)
             for address, reply in refused:
                 self._journal("rcpt", session, to=address, sender=sender, code=reply[0],
                               text=reply[1])  # fmt: skip
@@ -194,7 +212,14 @@ class Pickup:
             # or a header field is UTF-8 (as Postfix's smtputf8_autodetect_classes does).
             addresses = (sender, *accepted)
             utf8 = head.utf8 or not all(a.isascii() for a in addresses)
-            delivery = Delivery(spool, targets, sender=sender, message_id=message_id, smtputf8=utf8)
+            delivery = Delivery(
+                spool,
+                targets,
+                sender=sender,
+                message_id=message_id,
+                dsn=_dsn_request(dropped.envelope, accepted, local),
+                smtputf8=utf8,
+            )
             commit_batch([delivery], self.syncer)
         if delivery.error is not None:
             # Stays in the maildrop: tried again at the next look.
@@ -205,6 +230,7 @@ class Pickup:
             "stored", session, id=message_id, size=spool.size, sender=sender, to=accepted,
             files=delivery.stored, uid=dropped.uid, **({"dkim_sign": signed} if signed else {}),
         )  # fmt: skip
+        self._notices([delivery])
 
     def _sender(self, uid: int, requested: str | None) -> str:
         owner = os.stat(self.config.server.directory).st_uid
@@ -219,10 +245,11 @@ class Pickup:
 
     def _route(
         self, recipients: tuple[str, ...]
-    ) -> tuple[tuple[Target, ...], list[str], list[tuple[str, tuple[int, str]]]]:
+    ) -> tuple[tuple[Target, ...], list[str], list[str], list[tuple[str, tuple[int, str]]]]:
         """Each recipient as a trusted local program's: local ones to their mailboxes,
         others to the queue. A bare name (cron's default ``MAILTO`` is the login) is a user
-        of the first local domain."""
+        of the first local domain. Returns the targets, the accepted addresses (bare names
+        qualified), those of them with a mailbox here, and the refused ones."""
         # UTF-8 addresses are taken (the message is then marked SMTPUTF8), under the rules
         # they meet in SMTP: look-alikes of a local user are refused, never mapped.
         facts = SessionFacts(
@@ -230,6 +257,7 @@ class Pickup:
         )
         targets: dict[Target, None] = {}
         accepted: list[str] = []
+        local: list[str] = []
         refused: list[tuple[str, tuple[int, str]]] = []
         for address in recipients:
             if "@" not in address:
@@ -237,12 +265,14 @@ class Pickup:
             decision = self.policy.check_rcpt(facts, RcptTo(address))
             if isinstance(decision, Accept) and decision.targets:
                 accepted.append(address)
+                if any(isinstance(t, Mailbox) for t in decision.targets):
+                    local.append(address)
                 for target in decision.targets:
                     targets[target] = None
             else:
                 reply = decision.reply if not isinstance(decision, Accept) else UNKNOWN_USER
                 refused.append((address, (reply.code, str(reply))))
-        return tuple(targets), accepted, refused
+        return tuple(targets), accepted, local, refused
 
     def _trace(self, uid: int, sender: str, message_id: str) -> bytes:
         stamp = format_datetime(datetime.now(UTC))
@@ -251,6 +281,20 @@ class Pickup:
             f"Received: by {self.config.server.hostname} (smtpkit, from userid {uid})\r\n"
             f"\tid {message_id}; {stamp}\r\n"
         ).encode("utf-8", "replace")
+
+
+def _dsn_request(
+    envelope: DropEnvelope, accepted: list[str], local: list[str]
+) -> DsnRequest | None:
+    """-N, -R and -V as the DSN request SMTP's MAIL and RCPT parameters make (a session's
+    ``_commit``): NOTIFY for each accepted recipient, by the address the policy accepted;
+    SUCCESS for one with a mailbox here is ours to report once the message is stored."""
+    if not envelope.has_dsn:
+        return None
+    rcpt = envelope.rcpt_dsn()
+    per_recipient = {address: rcpt for address in accepted} if rcpt.notify is not None else {}
+    delivered_here = tuple(a for a in local if rcpt.wants("delivered"))
+    return DsnRequest(envelope.mail_dsn(), per_recipient, delivered_here)
 
 
 def _lines(chunks: Any) -> Any:
