@@ -35,6 +35,7 @@ from smtpkit.sasl import MECHANISMS, Credentials, Exchange, SaslError
 
 __all__ = [
     "REPEAT_LINE",
+    "Deliver",
     "Inspected",
     "Inspection",
     "Inspector",
@@ -42,6 +43,7 @@ __all__ = [
     "Session",
     "TlsInfo",
     "Transport",
+    "Verdict",
     "new_session_id",
 ]
 
@@ -93,13 +95,25 @@ class Inspection:
 
 
 @dataclass(frozen=True, slots=True)
-class Inspected:
-    """What the checks decided: refuse the message with ``refusal``; otherwise deliver it
-    (its local copies into the Junk folder when ``junk``). ``fields`` go to the journal's
-    ``stored`` or ``rejected`` line. The spool may have been rewritten (headers added)."""
+class Deliver:
+    """The checks let the message through; its local copies go into the Junk folder when
+    ``junk``."""
 
-    refusal: Reply | None = None
     junk: bool = False
+
+
+#: What the checks decided, as a type the session acts on (never a reply code): deliver,
+#: refuse for good (the policy's ``Reject``, a 5xx), or for now (``Defer``, a 4xx).
+Verdict = Deliver | Reject | Defer
+
+
+@dataclass(frozen=True, slots=True)
+class Inspected:
+    """What the checks decided (``verdict``) and what they found (``fields``, for the
+    journal's ``stored`` or ``rejected`` line). The spool may have been rewritten (header
+    fields added)."""
+
+    verdict: Verdict = Deliver()
     fields: dict[str, Any] = field(default_factory=dict)
 
 
@@ -800,19 +814,23 @@ class Session:
             self.waiting = False
             return
         self._checked = result.fields
-        if result.refusal is not None:
-            spool.abort()
-            self.waiting = False
-            self._journal("rejected", size=size, code=result.refusal.code, **result.fields)
-            metrics.record.refused_for("checks")
-            self._finish(result.refusal, refused=result.refusal.code >= 500)
-            self._pump()
-            return
-        if result.junk:
-            self.targets = {
-                (Mailbox(t.path, JUNK) if isinstance(t, Mailbox) else t): None for t in self.targets
-            }
-        self._commit(spool)
+        match result.verdict:
+            case Deliver(junk=junk):
+                if junk:
+                    self.targets = {
+                        (Mailbox(t.path, JUNK) if isinstance(t, Mailbox) else t): None
+                        for t in self.targets
+                    }
+                self._commit(spool)
+            case Reject(reply=reply) | Defer(reply=reply):
+                spool.abort()
+                self.waiting = False
+                self._journal("rejected", size=size, code=reply.code, **result.fields)
+                metrics.record.refused_for("checks")
+                # Refused for good, the message counts against the error budget; deferred
+                # (greylisting, a scanner that could not be asked), it does not.
+                self._finish(reply, refused=isinstance(result.verdict, Reject))
+                self._pump()
 
     def _commit(self, spool: Spool) -> None:
         dsn = None

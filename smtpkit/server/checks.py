@@ -26,8 +26,9 @@ from typing import TYPE_CHECKING, Any
 from smtpkit.config import Config, ListenerRole
 from smtpkit.dns import make_resolver
 from smtpkit.owner import as_owner
+from smtpkit.policy import Defer, Reject
 from smtpkit.protocol import replies
-from smtpkit.session import Inspected, Inspection
+from smtpkit.session import Deliver, Inspected, Inspection
 
 if TYPE_CHECKING:
     import dns.resolver
@@ -180,7 +181,8 @@ class Checks:
             try:
                 result = future.result()
             except Exception as exc:  # noqa: BLE001 - never a 250 on a check that broke
-                result = Inspected(replies.LOCAL_ERROR, fields={"error": f"checks: {exc}"})
+                fields = {"error": f"checks: {exc}"}
+                result = Inspected(Defer(replies.LOCAL_ERROR), fields=fields)
             self._call_soon(lambda: done(result))
 
         self._submit(lambda: self._inspect(inspection), finished)
@@ -228,18 +230,19 @@ class Checks:
             fields["auth"] = verdict.journal()
             spf = verdict.spf
             if checks.spf == "reject" and spf is not None and spf.result == "fail":
-                return Inspected(replies.spf_failed(spf.domain, inspection.peer), fields=fields)
+                reply = replies.spf_failed(spf.domain, inspection.peer)
+                return Inspected(Reject(reply), fields=fields)
             junk = False
             dmarc = verdict.dmarc
             if checks.dmarc == "enforce" and dmarc is not None and dmarc.reason in _AMBIGUOUS:
                 # RFC 7489 6.6.1: with several authors no policy can be applied, which is how
                 # a p=reject domain would be forged; such a message is refused instead.
-                return Inspected(replies.SEVERAL_AUTHORS, fields=fields)
+                return Inspected(Reject(replies.SEVERAL_AUTHORS), fields=fields)
             if checks.dmarc == "enforce" and verdict.dmarc is not None:
                 action = verdict.dmarc_action()
                 if action == "reject":
                     reply = replies.dmarc_rejected(verdict.dmarc.from_domain)
-                    return Inspected(reply, fields=fields)
+                    return Inspected(Reject(reply), fields=fields)
                 if action == "quarantine":
                     fields["quarantined"] = "dmarc"
                     junk = True
@@ -256,9 +259,11 @@ class Checks:
             added += header
         if added:
             inspection.spool.rewrite(insert_fields(message, added))
-        return Inspected(junk=junk, fields=fields)
+        return Inspected(Deliver(junk), fields=fields)
 
-    def _scan(self, inspection: Inspection, fields: dict[str, Any]) -> tuple[Any, bytes]:
+    def _scan(
+        self, inspection: Inspection, fields: dict[str, Any]
+    ) -> tuple[Reject | Defer | None, bytes]:
         """Ask rspamd: a refusal, or the header field to add."""
         from smtpkit.mailauth.rspamd import ScanAction, ScanFailed, scan
 
@@ -277,12 +282,12 @@ class Checks:
         except ScanFailed as exc:
             fields["scan"] = f"failed: {exc}"
             if checks.rspamd_fail == "closed":
-                return replies.scan_deferred(None), b""
+                return Defer(replies.scan_deferred(None)), b""
             return None, b""
         fields["scan"] = verdict.rspamd_action
         fields["score"] = round(verdict.score, 2)
         if verdict.action is ScanAction.REJECT:
-            return replies.spam_rejected(verdict.smtp_message), b""
+            return Reject(replies.spam_rejected(verdict.smtp_message)), b""
         if verdict.action is ScanAction.DEFER:
-            return replies.scan_deferred(verdict.smtp_message), b""
+            return Defer(replies.scan_deferred(verdict.smtp_message)), b""
         return None, verdict.header()
