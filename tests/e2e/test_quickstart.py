@@ -7,6 +7,7 @@ Debian 12 and 13 and Ubuntu 24.04 mark their Python externally managed (PEP 668)
 
 from __future__ import annotations
 
+import configparser
 import os
 import re
 import shutil
@@ -34,6 +35,24 @@ def readme_command(section: str) -> str:
     return command
 
 
+def externally_managed(python: Path) -> Path | None:
+    """The PEP 668 marker of ``python``: ``EXTERNALLY-MANAGED`` in its standard library
+    folder, with its ``[externally-managed]`` section, or None when it has none."""
+    asked = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_path('stdlib'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    marker = Path(asked.stdout.strip()) / "EXTERNALLY-MANAGED"
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read_string(marker.read_text())
+    except (OSError, configparser.Error):
+        return None
+    return marker if parser.has_section("externally-managed") else None
+
+
 def serve_processes(group: int) -> list[int]:
     """The ``smtpkit ... serve`` processes of a process group (not the shell around them)."""
     found = []
@@ -56,13 +75,35 @@ def test_the_readme_commands_are_what_ci_runs() -> None:
     assert readme_command("Tests") in ci
 
 
+def test_the_premise_is_read_from_the_pythons_own_marker(tmp_path: Path) -> None:
+    """What makes a Python externally managed is PEP 668's marker in its standard library
+    folder, as that Python reports it; a stray file without the section is no marker."""
+    stdlib = tmp_path / "lib"
+    stdlib.mkdir()
+    python = tmp_path / "python3"
+    python.write_text(f"#!/bin/sh\necho {stdlib}\n")
+    python.chmod(0o755)
+    assert externally_managed(python) is None
+    (stdlib / "EXTERNALLY-MANAGED").write_text("not a marker\n")
+    assert externally_managed(python) is None
+    (stdlib / "EXTERNALLY-MANAGED").write_text("[externally-managed]\nError=use apt\n")
+    assert externally_managed(python) == stdlib / "EXTERNALLY-MANAGED"
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_quick_start_as_written_on_the_distributions_python(open_tmp_path: Path) -> None:
     if not SYSTEM_PYTHON.exists():
         unavailable("/usr/bin/python3 not found: install Debian's python3 and python3-venv")
-    managed = list(Path("/usr/lib").glob("python3*/EXTERNALLY-MANAGED"))
-    print(f"\nexternally managed marker: {[str(m) for m in managed] or 'none'}")
+    # The premise: a plain `pip install` is refused on this Python, as on stock Debian and
+    # Ubuntu. Without it, passing would prove nothing about those machines.
+    marker = externally_managed(SYSTEM_PYTHON)
+    if marker is None:
+        unavailable(
+            f"{SYSTEM_PYTHON} is not externally managed (no PEP 668 EXTERNALLY-MANAGED in its "
+            "standard library): run this test on stock Debian 12/13 or Ubuntu 24.04"
+        )
+    print(f"\nexternally managed: {marker}")
     checkout = open_tmp_path / "smtpkit"
     shutil.copytree(
         REPOSITORY,
