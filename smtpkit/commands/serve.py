@@ -54,8 +54,10 @@ def command(app: App, quiet: bool, workers: int | None) -> None:
     # read the certificate, then run the workers as that user (root stays, supervising).
     run_as = owner if as_root and not owner.is_root else None
     # The checks of `smtpkit check`, for the user the workers run as: only what stops mail
-    # from being stored (users' Maildirs, the spool, the journal) stops the start; the rest
-    # is said once here, as `check` would.
+    # from being stored (users' Maildirs, the spool, the journal, the queue, the maildrop)
+    # or the start itself (the pid file) stops the start, before anything is bound; the
+    # rest is said once here, as `check` would. Listen addresses that cannot all be bound
+    # never get here: the config loader refuses them.
     runs_as = None if as_root else Owner(os.geteuid(), os.getegid(), _my_name())
     problems = check_config(config, runs_as=runs_as)
     fatal = [problem.text for problem in problems if problem.fatal]
