@@ -426,3 +426,166 @@ def test_submission_refuses_cbc_ciphers_port_25_does_not(sub: Submission) -> Non
         pytest.raises(ssl.SSLError, match="handshake failure"),
     ):
         smtp.starttls(context=cbc)
+
+
+# Alice's PLAIN credentials, as an AUTH command's initial response.
+TOKEN = base64.b64encode(f"\0alice@example.org\0{PASSWORD}".encode())
+
+
+@pytest.mark.parametrize(
+    "injected",
+    [
+        b"AUTH PLAIN " + TOKEN + b"\r\n",
+        b"AUTH PLAIN " + TOKEN + b"\r\nMAIL FROM:<alice@example.org>\r\n"
+        b"RCPT TO:<friend@remote.example>\r\nDATA\r\nSubject: injected\r\n\r\nx\r\n.\r\n",
+        b"EHLO evil.test\r\nAUTH LOGIN\r\n",
+        b"NOOP\r\nNOOP\r\nNOOP\r\n",
+    ],
+    ids=["auth", "auth-and-message", "ehlo-auth-login", "noops"],
+)
+def test_commands_pipelined_after_starttls_on_submission_are_discarded(
+    sub: Submission, injected: bytes
+) -> None:
+    """CVE-2011-0411 on the STARTTLS submission listener: what comes in plaintext in the
+    same write as STARTTLS is dropped with the plaintext session, never run once TLS is up
+    (an injected AUTH would have logged the session in, an injected message been queued)."""
+    from tests.e2e.test_tls import Peer
+
+    peer = Peer(sub.server, sub.starttls)
+    try:
+        assert peer.reply().startswith(b"220 ")
+        assert peer.command(b"EHLO client.test").startswith(b"250-")
+        peer.send(b"STARTTLS\r\n" + injected)  # one write: they arrive in one read
+        assert peer.reply() == b"220 2.0.0 Ready to start TLS\r\n"
+        assert peer.quiet_for(0.2), "a reply to an injected command came in plaintext"
+        peer.starttls(sub.context())
+        # The first reply inside TLS answers our first encrypted command, nothing else.
+        ehlo = peer.command(b"EHLO client.test")
+        assert ehlo.startswith(b"250-mx.test.example Hello client.test\r\n")
+        assert b"\r\n250-AUTH PLAIN LOGIN\r\n" in ehlo and ehlo.endswith(b"250 HELP\r\n")
+        # Not logged in: no injected AUTH ran.
+        assert peer.command(b"MAIL FROM:<alice@example.org>") == (
+            b"530 5.7.0 Authentication required\r\n"
+        )
+        assert peer.command(b"AUTH PLAIN " + TOKEN) == b"235 2.7.0 Authentication successful\r\n"
+        # No MAIL FROM is in effect: the injected one was dropped with the rest.
+        assert peer.command(b"RCPT TO:<friend@remote.example>") == (
+            b"503 5.5.1 Bad sequence of commands\r\n"
+        )
+        assert peer.command(b"QUIT").startswith(b"221 ")
+        assert peer.closed_within(5) < 5 and not peer.buffer
+    finally:
+        peer.close()
+    assert sub.queue() == []
+    wait_until("the session's end", lambda: any(r["event"] == "close" for r in sub.journal()))
+    # One AUTH in the journal: ours, inside TLS.
+    auths = [r for r in sub.journal() if r["event"] == "auth"]
+    assert [(r["mechanism"], r["user"], r["result"]) for r in auths] == [
+        ("PLAIN", "alice@example.org", "ok")
+    ]
+
+
+SIZE_LIMIT = 64 * 1024  # [limits] max_message_size of the servers below
+
+
+@pytest.fixture
+def sub_small(tmp_path: Path) -> Iterator[Submission]:
+    """The submission listeners with a small ``max_message_size``."""
+    made = start_submission(tmp_path, f"\n[limits]\nmax_message_size = {SIZE_LIMIT}\n")
+    yield made
+    if made.server.process is not None:
+        made.server.stop()
+
+
+def transaction(sock: ssl.SSLSocket, reader: Any, content: bytes) -> bytes:
+    """One message from alice for a local and a remote recipient, ``content`` sent as is
+    (with the final dot); returns the reply to the final dot."""
+    sock.sendall(
+        b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.org>\r\n"
+        b"RCPT TO:<friend@remote.example>\r\nDATA\r\n"
+    )
+    replies = [reader.readline() for _ in range(4)]
+    assert [line[:4] for line in replies] == [b"250 ", b"250 ", b"250 ", b"354 "], replies
+    sock.sendall(content + b".\r\n")
+    reply: bytes = reader.readline()
+    return reply
+
+
+def nothing_left_in_the_spool(sub: Submission) -> bool:
+    """Every spool file is an empty one of the pools, made ahead of need: a refused
+    message's file was removed."""
+    for path in (sub.server.directory / "users" / ".spool").rglob("*"):
+        try:
+            if path.is_file() and path.stat().st_size:
+                return False
+        except FileNotFoundError:  # taken or removed meanwhile
+            continue
+    return True
+
+
+@pytest.mark.parametrize("implicit", [False, True], ids=["starttls", "implicit-tls"])
+def test_an_over_long_data_line_is_refused_on_submission(
+    sub_small: Submission, implicit: bool
+) -> None:
+    """RFC 5321 4.5.3.1.6: a text line is at most 1000 octets with its CRLF. One octet more,
+    after AUTH, is refused at the final dot (550 5.6.0) and stored nowhere; what followed
+    the long line in the message was never read as commands; 1000 octets are accepted."""
+    sub = sub_small
+    sock, reader = authenticated(sub, implicit)
+    with sock:
+        long_line = b"x" * 999 + b"\r\n"  # 1001 octets
+        smuggled = b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<eve@remote.example>\r\n"
+        reply = transaction(sock, reader, b"Subject: long\r\n\r\n" + long_line + smuggled)
+        assert reply == b"550 5.6.0 Message refused: text line longer than 1000 octets\r\n"
+        sock.sendall(b"NOOP\r\n")
+        assert reader.readline() == b"250 2.0.0 OK\r\n"
+        fits = b"y" * 998 + b"\r\n"  # 1000 octets
+        reply = transaction(sock, reader, b"Subject: fits\r\n\r\n" + fits)
+        assert reply.startswith(b"250 2.0.0 OK"), reply
+    # The one message stored and queued is the one that fits.
+    (queued,) = sub.queue()
+    assert [r["address"] for r in queued["recipients"]] == ["friend@remote.example"]
+    data = (sub.server.directory / "queue" / queued["id"]).read_bytes()
+    assert data.endswith(b"Subject: fits\r\n\r\n" + fits)
+    (local,) = sub.server.new_files("bob@example.org")
+    assert local.read_bytes() == data
+    wait_until("the refused message's spool file gone", lambda: nothing_left_in_the_spool(sub))
+
+
+@pytest.mark.parametrize("implicit", [False, True], ids=["starttls", "implicit-tls"])
+def test_a_message_over_the_size_limit_is_refused_on_submission(
+    sub_small: Submission, implicit: bool
+) -> None:
+    """RFC 1870: a message really over ``max_message_size``, declared with no SIZE= (or a
+    SIZE= that lies), is read to its end and refused (552 5.3.4) there; nothing of it is
+    stored or queued, and the session goes on. A message of exactly the limit is taken."""
+    sub = sub_small
+    head = b"Subject: big\r\n\r\n"
+    line = b"z" * 78 + b"\r\n"
+    body = line * ((SIZE_LIMIT - len(head)) // len(line) - 1)
+    body += b"w" * (SIZE_LIMIT - len(head) - len(body) - 2) + b"\r\n"  # 80 to 160 octets
+    exactly = head + body
+    assert len(exactly) == SIZE_LIMIT
+    sock, reader = authenticated(sub, implicit)
+    with sock:
+        too_big = b"552 5.3.4 Message size exceeds fixed maximum message size\r\n"
+        assert transaction(sock, reader, exactly + b"+\r\n") == too_big  # 3 octets over
+        assert transaction(sock, reader, exactly * 3) == too_big
+        sock.sendall(b"MAIL FROM:<alice@example.org> SIZE=1000\r\n")  # a lie, found out
+        assert reader.readline() == b"250 2.1.0 Sender OK\r\n"
+        sock.sendall(b"RCPT TO:<friend@remote.example>\r\nDATA\r\n")
+        assert [reader.readline()[:4] for _ in range(2)] == [b"250 ", b"354 "]
+        sock.sendall(exactly + b"more\r\n.\r\n")
+        assert reader.readline() == too_big
+        sock.sendall(b"NOOP\r\n")
+        assert reader.readline() == b"250 2.0.0 OK\r\n"
+        reply = transaction(sock, reader, exactly)
+        assert reply.startswith(b"250 2.0.0 OK"), reply
+    (queued,) = sub.queue()
+    data = (sub.server.directory / "queue" / queued["id"]).read_bytes()
+    assert data.endswith(b"\r\n" + exactly) and b"more\r\n" not in data
+    (local,) = sub.server.new_files("bob@example.org")
+    assert local.read_bytes() == data
+    stored = [r for r in sub.journal() if r["event"] == "stored"]
+    assert len(stored) == 1
+    wait_until("the refused messages' spool files gone", lambda: nothing_left_in_the_spool(sub))
