@@ -404,6 +404,24 @@ def test_smuggling_and_limits_hold_on_submission(
     assert sub.server.new_files("bob@example.org") == []
 
 
+@pytest.mark.timeout(300)
+def test_testssl_finds_nothing_older_than_tls_1_2_on_submission(
+    sub: Submission, tmp_path: Path
+) -> None:
+    """testssl.sh's protocol checks against the STARTTLS listener and the implicit-TLS one:
+    SSLv2, SSLv3, TLS 1.0 and 1.1 are refused there, as on port 25."""
+    from tests.e2e.test_tls import OLD_PROTOCOLS, protocols_by_testssl
+
+    for port, starttls in ((sub.starttls, True), (sub.implicit, False)):
+        report = tmp_path / f"testssl-{port}.json"
+        found = protocols_by_testssl(sub.server.host, port, report, starttls=starttls)
+        assert {k: found[k] for k in OLD_PROTOCOLS} == dict.fromkeys(
+            OLD_PROTOCOLS, "not offered"
+        ), (port, found)
+        assert found["TLS1_2"] == "offered", (port, found)
+        assert found["TLS1_3"].startswith("offered"), (port, found)
+
+
 def test_submission_refuses_cbc_ciphers_port_25_does_not(sub: Submission) -> None:
     """Passwords travel only under AEAD ciphers; opportunistic TLS on port 25 stays wide."""
     cbc = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
