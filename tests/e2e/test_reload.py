@@ -3,10 +3,12 @@ changed under it, mail in flight on another connection while it happens."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import smtplib
 import socket
+import ssl
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -58,6 +60,14 @@ class Raw:
         self.reader = self.sock.makefile("rb")
         assert self.reader.readline().startswith(b"220 ")
 
+    def starttls(self) -> str:
+        """STARTTLS, then the fingerprint of the certificate this session got."""
+        assert self.say(b"STARTTLS").startswith(b"220 ")
+        self.reader.close()
+        self.sock = unverified().wrap_socket(self.sock)
+        self.reader = self.sock.makefile("rb")
+        return fingerprint(self.sock)
+
     def say(self, line: bytes) -> bytes:
         self.sock.sendall(line + b"\r\n")
         reply = self.reader.readline()
@@ -70,15 +80,41 @@ class Raw:
         self.sock.close()
 
 
-def test_a_new_domain_user_and_limit_count_at_once_while_a_message_is_in_flight(
+def unverified() -> ssl.SSLContext:
+    """A client that takes any certificate: these tests look at which one is served."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def fingerprint(sock: ssl.SSLSocket) -> str:
+    """The SHA-256 fingerprint of the peer's certificate, as ``smtpkit tls`` prints it."""
+    der = sock.getpeercert(binary_form=True)
+    assert der is not None
+    return hashlib.sha256(der).digest().hex(":").upper()
+
+
+def rotate_certificate(server: MailServer) -> str:
+    """A new self-signed certificate and key in place of the old (same paths, as a renewal
+    does); returns its fingerprint as the command printed it."""
+    out = smtpkit("tls", "self-signed", "--force", config=server.config).stdout
+    (line,) = [line for line in out.splitlines() if line.startswith("SHA-256 fingerprint: ")]
+    return line.removeprefix("SHA-256 fingerprint: ")
+
+
+def test_a_new_domain_user_limit_and_certificate_count_at_once_while_a_message_is_in_flight(
     tmp_path: Path,
 ) -> None:
     server = make_server(tmp_path)
+    smtpkit("tls", "self-signed", config=server.config)
     server.start("--workers", "2")
     workers = 2
     wait_until("both workers", lambda: sum(r["event"] == "start" for r in journal(server)) == 2)
     inflight = Raw(server.host, server.port)
     try:
+        assert inflight.say(b"EHLO slow.test").startswith(b"250 ")
+        old = inflight.starttls()  # the in-flight message goes under the old certificate
         assert inflight.say(b"EHLO slow.test").startswith(b"250 ")
         assert inflight.say(b"MAIL FROM:<s@remote.test>").startswith(b"250 ")
         assert inflight.say(b"RCPT TO:<alice@example.org>").startswith(b"250 ")
@@ -91,11 +127,16 @@ def test_a_new_domain_user_and_limit_count_at_once_while_a_message_is_in_flight(
 
         edit(server, grow)
         smtpkit("user", "add", "carol@example.net", config=server.config)
+        new = rotate_certificate(server)
+        assert new != old
         hup(server)
         wait_until("every worker reloaded", lambda: reloads(server, True) == workers)
 
         for _ in range(2 * workers):  # whichever worker accepts
             with smtplib.SMTP(server.host, server.port, timeout=30) as client:
+                client.starttls(context=unverified())
+                assert isinstance(client.sock, ssl.SSLSocket)
+                assert fingerprint(client.sock) == new
                 client.ehlo("new.test")
                 assert client.mail("s@remote.test")[0] == 250
                 assert client.rcpt("carol@example.net")[0] == 250
@@ -104,6 +145,7 @@ def test_a_new_domain_user_and_limit_count_at_once_while_a_message_is_in_flight(
                 client.rset()
         inflight.sock.sendall(b"still the old session\r\n.\r\n")
         assert inflight.reader.readline().startswith(b"250 2.0.0 ")
+        assert isinstance(inflight.sock, ssl.SSLSocket) and fingerprint(inflight.sock) == old
     finally:
         inflight.close()
     (stored,) = server.new_files("alice@example.org")
