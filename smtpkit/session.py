@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from smtpkit import metrics
 from smtpkit.addresses import host_port
 from smtpkit.config import ListenerRole
+from smtpkit.delivery.queue import entry_name
 from smtpkit.delivery.spool import Spool
 from smtpkit.delivery.targets import JUNK, Delivery, DsnRequest, Mailbox, Target
 from smtpkit.journal import Journal
@@ -212,6 +213,7 @@ class Session:
         "_headers",
         "_last_helo",
         "_mail_dsn",
+        "_message_id",
         "_overshoot",
         "_rcpt_dsn",
         "_refused_chunks",
@@ -273,6 +275,7 @@ class Session:
         self._sasl: Exchange | None = None
         self.helo_name = ""
         self.messages = 0
+        self._message_id = ""  # the current message's (see _open_spool)
         # Journal lines in bounded space: a refusal repeated is counted, not written again
         # (reply text -> repeats not yet journaled); junk commands and repeated greetings,
         # which get no line of their own, are counted per verb. Both are journaled as
@@ -633,6 +636,10 @@ class Session:
     def _open_spool(self) -> Reply | None:
         """A new message begins (DATA, or its first chunk): its spool file, or the reply
         refusing it when that cannot be made."""
+        # One id for the message wherever an admin looks for it: the 250 reply, Received:,
+        # the journal, and the queue (its entry name, node tag and all, when it is queued;
+        # the same form when it is not, so ids stay unique across the nodes of a cluster).
+        self._message_id = entry_name(f"{self.id}.{self.messages}")
         spool = self.ctx.open_spool(self._trace_header())
         if spool.error is not None:
             self._journal("error", error=str(spool.error))
@@ -691,9 +698,6 @@ class Session:
         free = counted is not None and counted < self.ctx.limits.max_refused_chunks
         self._refuse(event.reply, counts=not free)
 
-    def _queue_id(self) -> str:
-        return f"{self.id}.{self.messages}"
-
     def _trace_header(self) -> bytes:
         """Return-Path (RFC 5321 4.4) and our Received line, prepended to the message."""
         protocol = "ESMTP" if self.conn.extended else "SMTP"
@@ -714,7 +718,7 @@ class Session:
         text = (
             f"Return-Path: <{self.sender or ''}>\r\n"
             f"Received: from {self.helo_name} ({_address_literal(self.peer_host)})\r\n"
-            f"\tby {self.ctx.hostname} (smtpkit) with {protocol} id {self._queue_id()}{tls}"
+            f"\tby {self.ctx.hostname} (smtpkit) with {protocol} id {self._message_id}{tls}"
             f"{rcpt};\r\n\t{stamp}\r\n"
         )
         if rcpt and all(isinstance(t, Mailbox) for t in self.targets):
@@ -844,7 +848,7 @@ class Session:
             spool,
             tuple(self.targets),
             sender=self.sender or "",
-            message_id=self._queue_id(),
+            message_id=self._message_id,
             dsn=dsn,
             smtputf8=self._smtputf8,
             body=self._body,
@@ -857,7 +861,7 @@ class Session:
         if error is None:
             self._journal(
                 "stored",
-                id=self._queue_id(),
+                id=self._message_id,
                 size=delivery.spool.size,
                 sender=self.sender,
                 to=self.recipients,
@@ -869,9 +873,9 @@ class Session:
             self.junk = 0
             if self.user is not None and self.ctx.auth is not None:
                 self.ctx.auth.sent(self.user)
-            self._finish(replies.stored(self._queue_id()))
+            self._finish(replies.stored(self._message_id))
         else:
-            self._journal("error", id=self._queue_id(), error=str(error))
+            self._journal("error", id=self._message_id, error=str(error))
             metrics.record.refused_for("error")
             self._finish(replies.STORAGE_FULL if error.disk_full else replies.LOCAL_ERROR)
         self._pump()

@@ -12,6 +12,7 @@ import pytest
 
 from smtpkit.config import ListenerRole
 from smtpkit.delivery.commit import commit_batch
+from smtpkit.delivery.queue import entry_name
 from smtpkit.delivery.router import Router
 from smtpkit.delivery.spool import Spool, SpoolPool
 from smtpkit.delivery.targets import Delivery
@@ -113,14 +114,16 @@ def test_a_pipelined_transaction_is_stored(h: Harness) -> None:
         b"Subject: t\r\n\r\n..dot\r\n.\r\nQUIT\r\n"
     )
     assert codes(lines) == ["250", "250", "250", "550", "550", "354", "250", "221"]
-    assert lines[-2].startswith("250 2.0.0 OK: message stored as sid.1")
+    # The message's id carries the node's tag, as a queue entry's name does.
+    message_id = entry_name("sid.1")
+    assert message_id.startswith("sid.1-")
+    assert lines[-2] == f"250 2.0.0 OK: message stored as {message_id}"
     assert h.transport.closed
     (stored,) = (h.alice / "new").iterdir()
     data = stored.read_bytes()
     assert data.startswith(b"Return-Path: <s@remote.test>\r\nReceived: from c ([192.0.2.7])\r\n")
-    assert (
-        b"\tby mx.example.org (smtpkit) with ESMTP id sid.1\r\n\tfor <alice@example.org>;" in data
-    )
+    trace = f"\tby mx.example.org (smtpkit) with ESMTP id {message_id}\r\n\tfor <alice@example.org>"
+    assert trace.encode() in data
     assert data.endswith(b"\r\nSubject: t\r\n\r\n.dot\r\n")
 
 
@@ -475,10 +478,11 @@ def test_submission_adds_date_and_message_id_and_queues_remote_mail(tmp_path: Pa
         b"RCPT TO:<friend@remote.example>\r\nDATA\r\n"
         b"From: Alice <alice@example.org>\r\nSubject: hello\r\n\r\nbody\r\n.\r\n"
     )
-    assert lines[-1].startswith("250 2.0.0 OK: message stored as sid.1")
+    message_id = entry_name("sid.1")
+    assert lines[-1] == f"250 2.0.0 OK: message stored as {message_id}"
     (stored,) = (h.bob / "new").iterdir()
     message = stored.read_bytes()
-    assert b"with ESMTPSA id sid.1 (using TLSv1.3" in message
+    assert f"with ESMTPSA id {message_id} (using TLSv1.3".encode() in message
     headers = message.split(b"\r\n\r\n", 1)[0]
     assert b"\r\nDate: " in headers and b"\r\nMessage-ID: <" in headers
     assert message.endswith(b"From: Alice <alice@example.org>\r\nSubject: hello\r\n\r\nbody\r\n")
@@ -486,6 +490,8 @@ def test_submission_adds_date_and_message_id_and_queues_remote_mail(tmp_path: Pa
     data = json.loads(envelope.read_text())
     assert data["sender"] == "alice@example.org" and data["version"] == 1
     assert [r["address"] for r in data["recipients"]] == ["friend@remote.example"]
+    # One id: the reply's, the Received: field's and the queue entry's.
+    assert data["id"] == message_id
     assert (tmp_path / "queue" / data["id"]).read_bytes() == message
     assert auth.sent_by == ["alice@example.org"]
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from smtpkit.config import ListenerRole
+from smtpkit.delivery.queue import entry_name
 from smtpkit.delivery.router import Router
 from smtpkit.limits import Limits
 from smtpkit.policy import Accept, LocalPolicy, Reject, SessionFacts, TlsInfo
@@ -49,7 +50,7 @@ def test_every_spelling_of_a_utf8_user_reaches_its_mailbox(h: Harness, recipient
     (stored,) = (box / "new").iterdir()
     data = stored.read_bytes()
     assert data.startswith("Return-Path: <s\u00e9nder@remote.test>\r\n".encode())
-    assert b"(smtpkit) with UTF8SMTP id sid.1\r\n" in data
+    assert f"(smtpkit) with UTF8SMTP id {entry_name('sid.1')}\r\n".encode() in data
     assert f"\tfor <{recipient}>;".encode() in data
     assert data.endswith("Subject: gr\u00fc\u00dfe\r\n\r\nhi\r\n".encode())
 
@@ -196,7 +197,8 @@ def test_a_user_relays_a_utf8_address_as_given(tmp_path: Path) -> None:
     data = json.loads(envelope.read_text())
     assert [r["address"] for r in data["recipients"]] == [remote]
     message = (tmp_path / "queue" / data["id"]).read_bytes()
-    assert b"with UTF8SMTPSA id sid.1 (using TLSv1.3" in message
+    assert data["id"] == entry_name("sid.1")
+    assert f"with UTF8SMTPSA id {data['id']} (using TLSv1.3".encode() in message
     # Without SMTPUTF8 an authenticated user's UTF-8 recipient is 553 5.6.7, as before.
     assert h.say(f"MAIL FROM:<alice@example.org>\r\nRCPT TO:<{remote}>\r\n".encode()) == [
         "250 2.1.0 Sender OK",

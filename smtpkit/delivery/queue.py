@@ -10,10 +10,11 @@ One entry per message, whatever the number of remote recipients:
 
 The envelope records the sender, each recipient with its own state, the arrival time,
 attempts, the next attempt and the last error: everything the queue runner needs, so the
-queue on disk is the only state. ``<id>`` is the message id of the ``250`` reply, the
-``Received:`` header and the journal (random per session), followed by a tag of this node's
-``server.hostname`` (``set_node``), so that the entries of several nodes never collide, also
-when they run on one machine (ARCHITECTURE.md, "Adding a delivery target"); one node's
+queue on disk is the only state. ``<id>`` is the message's id (random per session) followed
+by a tag of this node's ``server.hostname`` (``set_node``), so that the entries of several
+nodes never collide, also when they run on one machine (ARCHITECTURE.md, "Adding a delivery
+target"); a session names its messages so (``entry_name``), and the ``250`` reply, the
+``Received:`` header and the journal give the name ``smtpkit queue list`` shows. One node's
 entries moved into another's queue (``outbound/transfer.py``) keep their names, or get new
 ones when taken.
 """
@@ -24,6 +25,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import socket
 import time
 from collections.abc import Sequence
@@ -84,7 +86,19 @@ def set_node(hostname: str) -> None:
     _node_tag = _tag(hostname)
 
 
+# A node's tag at the end of a name: "-" and four hex digits (_tag). The ids smtpkit makes
+# (session.N, local....N, ....report) have no "-".
+_TAGGED = re.compile(r"-[0-9a-f]{4}\Z")
+
+
 def entry_name(message_id: str) -> str:
+    """The queue entry name of a message: its id with this node's tag after it. An id that
+    has a tag already (``4f1c2a9b0e3d.1-7a2c``: the session names its messages with this
+    function, so that its reply, its ``Received:`` field and its journal lines give the
+    entry's name) is kept as it is, also when the node was renamed in between (a reload
+    with another ``server.hostname``)."""
+    if _TAGGED.search(message_id):
+        return message_id
     return f"{message_id}-{_node_tag}"
 
 
