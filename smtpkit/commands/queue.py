@@ -8,13 +8,16 @@ server runs (``smtpkit.outbound.transfer``).
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
 from smtpkit.commands import App, pass_app, reports_errors
+from smtpkit.config import Config
 from smtpkit.delivery.queue import (
     QUEUE_FOLDER,
     QueueEntry,
@@ -129,6 +132,16 @@ def show(app: App, entry_id: str, as_json: bool) -> None:
             click.echo(f"  notify:       {','.join(notify)}")
 
 
+def _report_signature(config: Config) -> Callable[[bytes], bytes] | None:
+    """The DKIM signing of the reports this command posts, as a running server signs its
+    own (server/checks.py): the libraries loaded as the user who ran the command, the keys
+    read as the data folder's owner. None without keys."""
+    from smtpkit.server.checks import load_mailauth, signature
+
+    signer = load_mailauth(config)
+    return functools.partial(signature, signer) if signer is not None else None
+
+
 def _change(app: App, request: Request) -> bool:
     """Carry out ``request`` here when no server runs (True); else hand it to the running
     server's queue runner and wait (False)."""
@@ -136,12 +149,13 @@ def _change(app: App, request: Request) -> bool:
 
     folder = _folder(app)
     set_node(app.config.server.hostname)  # reports queued here are named after this node
+    sign = _report_signature(app.config) if request.operation == "bounce" else None
     # Run by root on a service user's data folder: every file written is the owner's.
     with as_owner(app.config.server.directory):
         folder.mkdir(mode=0o700, exist_ok=True)
         with queue_lock(folder) as mine:
             if mine:
-                carry_out(app.config, request)
+                carry_out(app.config, request, sign=sign)
                 return True
         send_request(folder, request)
     return False

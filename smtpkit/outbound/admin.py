@@ -20,7 +20,7 @@ from smtpkit.delivery.spool import SPOOL_FOLDER, SpoolPool
 from smtpkit.fsutil import make_dirs
 from smtpkit.journal import Journal
 from smtpkit.outbound.control import Request
-from smtpkit.outbound.inject import make_router
+from smtpkit.outbound.inject import Sign, make_router
 from smtpkit.outbound.reports import Reported, send_report
 from smtpkit.outbound.schedule import Notice, notify_allows
 
@@ -71,8 +71,10 @@ def journal_report(write: JournalWrite, entry: QueueEntry, reported: Reported) -
               report=posted.message_id, files=posted.stored)  # fmt: skip
 
 
-def carry_out(config: Config, request: Request) -> None:
-    """Do ``request`` on the files, holding the queue's lock (no runner runs)."""
+def carry_out(config: Config, request: Request, *, sign: Sign | None = None) -> None:
+    """Do ``request`` on the files, holding the queue's lock (no runner runs). ``sign``
+    gives the DKIM-Signature fields of the reports posted, as the runner's does (the
+    caller loads the keys: ARCHITECTURE.md, "Mail authentication")."""
     queue_dir = config.server.directory / QUEUE_FOLDER
     journal = Journal(config.server.journal_dir)
     try:
@@ -82,23 +84,27 @@ def carry_out(config: Config, request: Request) -> None:
             found = read_entry(queue_dir, request.entry_id)
             entries = [found] if found is not None else []
         for entry in entries:
-            apply_request(config, request.operation, entry, journal.write, _Reporter(config))
+            apply_request(config, request.operation, entry, journal.write, _Reporter(config, sign))
     finally:
         journal.close()
 
 
 class _Reporter:
-    """Posts reports from a command: spool files straight in ``users/.spool``."""
+    """Posts reports from a command: spool files straight in ``users/.spool``, signed with
+    ``sign`` when given."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, sign: Sign | None = None) -> None:
         self.config = config
+        self.sign = sign
         self.router = make_router(config)
         folder = config.server.users_dir / SPOOL_FOLDER
         make_dirs(folder, 0o700)
         self.pool = SpoolPool(folder, size=0)
 
     def __call__(self, entry: QueueEntry, failed: list[QueuedRecipient]) -> Reported:
-        return send_report(self.config, self.router, self.pool, entry, failed, "failed")
+        return send_report(
+            self.config, self.router, self.pool, entry, failed, "failed", sign=self.sign
+        )
 
 
 def apply_request(
