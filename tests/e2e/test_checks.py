@@ -17,6 +17,7 @@ bl.test             a blocklist listing 127.0.0.3, with a TXT reason
 
 from __future__ import annotations
 
+import contextlib
 import email
 import email.policy
 import http.server
@@ -24,7 +25,8 @@ import json
 import smtplib
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from smtpkit.config import update_config
 from tests.conftest import MailServer, make_server, smtpkit
 from tests.dnsserver import DnsServer, run_nsd
 from tests.e2e.test_outbound import receiving_smtpkit, wait_until
@@ -309,14 +312,31 @@ def test_rspamd_unreachable_fails_closed_when_asked(tmp_path: Path, zones: DnsSe
     assert (code, text) == (451, b"4.7.1 Message deferred, try again later")
 
 
-def test_mail_smtpkit_signs_passes_dkim_at_another_smtpkit(tmp_path: Path) -> None:
-    """The sender's key made by `smtpkit dkim keygen`, its printed record published as is;
-    the receiving smtpkit finds spf, dkim and dmarc all pass."""
-    sender = make_server(
-        tmp_path / "sender",
-        users=("alice@example.org",),
-        extra_config='\n[submission]\ntrusted_networks = ["127.0.0.0/8"]\n',
-    )
+#: The server.hostname of the signing world's sender: a name within its mail domain, so
+#: that the reports it writes (From: MAILER-DAEMON@mx.example.org) are signed by the domain's
+#: key, as a parent of theirs.
+SENDER_HOSTNAME = "mx.example.org"
+
+
+@dataclass
+class SigningWorld:
+    """A sender (``example.org``, with alice@example.org, named ``SENDER_HOSTNAME``) whose
+    key ``smtpkit dkim keygen`` made (selector s1), its printed record published as is; a
+    receiving smtpkit (``dkim.test``, with bob@dkim.test, on 127.0.0.2:25) that checks what
+    arrives from loopback. Neither is started: each test starts them when it needs them."""
+
+    sender: MailServer
+    receiver: MailServer
+    dns: DnsServer
+    record: str  # the zone-file line keygen printed
+
+
+@contextlib.contextmanager
+def signing_world(
+    root: Path, configure: Callable[[dict[str, Any]], None] | None = None
+) -> Iterator[SigningWorld]:
+    """The world of ``SigningWorld``; ``configure`` changes the sender's config further."""
+    sender = make_server(root / "sender", users=("alice@example.org",))
     made = smtpkit("dkim", "keygen", "example.org", "--selector", "s1", config=sender.config)
     record = next(line for line in made.stdout.splitlines() if " IN TXT " in line)
     head = "$TTL 60\n@ IN SOA ns hostmaster 1 3600 600 86400 60\n@ IN NS ns\nns IN A 127.0.0.1\n"
@@ -324,35 +344,55 @@ def test_mail_smtpkit_signs_passes_dkim_at_another_smtpkit(tmp_path: Path) -> No
         "example.org": head
         + '@ IN TXT "v=spf1 ip4:127.0.0.0/8 -all"\n'
         + '_dmarc IN TXT "v=DMARC1; p=reject"\n'
+        + "mx IN A 127.0.0.1\n"
+        # The HELO name's own SPF record: reports, from <>, are judged by it.
+        + 'mx IN TXT "v=spf1 ip4:127.0.0.0/8 -all"\n'
         + record + "\n",
         "dkim.test": head + "@ IN MX 10 mx\nmx IN A 127.0.0.2\n",
     }  # fmt: skip
     with run_nsd(zones) as dns:
-        with sender.config.open("a") as fh:
-            fh.write(f'\n[dns]\nnameservers = ["{dns.nameserver}"]\n')
+
+        def change(data: dict[str, Any]) -> None:
+            data["server"]["hostname"] = SENDER_HOSTNAME
+            data["dns"] = {"nameservers": [dns.nameserver]}
+            data["submission"] = {"trusted_networks": ["127.0.0.0/8"]}
+            if configure is not None:
+                configure(data)
+
+        assert update_config(sender.config, change)
         receiver = receiving_smtpkit(
-            tmp_path, "127.0.0.2", "mx.dkim.test", "dkim.test", "bob@dkim.test"
+            root, "127.0.0.2", "mx.dkim.test", "dkim.test", "bob@dkim.test"
         )
         with receiver.config.open("a") as fh:
             fh.write(
                 f'\n[dns]\nnameservers = ["{dns.nameserver}"]\n[checks]\ncheck_loopback = true\n'
             )
-        receiver.start()
-        sender.start()
+        yield SigningWorld(sender, receiver, dns, record)
+
+
+def received_at(world: SigningWorld, address: str = "bob@dkim.test") -> email.message.Message:
+    """The one message that reaches ``address`` at the receiver, once it is there."""
+    (copy,) = wait_until("the copy at the receiver", lambda: world.receiver.new_files(address))  # type: ignore[misc]
+    return email.message_from_bytes(copy.read_bytes(), policy=email.policy.compat32)
+
+
+def test_mail_smtpkit_signs_passes_dkim_at_another_smtpkit(tmp_path: Path) -> None:
+    """The sender's key made by `smtpkit dkim keygen`, its printed record published as is;
+    the receiving smtpkit finds spf, dkim and dmarc all pass."""
+    with signing_world(tmp_path) as world:
+        world.receiver.start()
+        world.sender.start()
         data = (
             b"From: Alice <alice@example.org>\r\nTo: bob@dkim.test\r\nSubject: signed\r\n"
             b"Message-ID: <signed@example.org>\r\n\r\nSigned by smtpkit.\r\n"
         )
-        with smtplib.SMTP(sender.host, sender.port, timeout=30) as client:
+        with smtplib.SMTP(world.sender.host, world.sender.port, timeout=30) as client:
             client.sendmail("alice@example.org", ["bob@dkim.test"], data)
-        (copy,) = wait_until(
-            "the copy at the receiver", lambda: receiver.new_files("bob@dkim.test")
-        )  # type: ignore[misc]
-        msg = email.message_from_bytes(copy.read_bytes(), policy=email.policy.compat32)
+        msg = received_at(world)
         assert msg["DKIM-Signature"] is not None
         assert results(msg) == [
             "mx.dkim.test; spf=pass smtp.mailfrom=alice@example.org; "
             "dkim=pass header.d=example.org header.s=s1 header.a=rsa-sha256; "
             "dmarc=pass header.from=example.org"
         ]
-        receiver.stop()
+        world.receiver.stop()
