@@ -15,6 +15,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from smtpkit.dnscheck import zone_txt
 from smtpkit.mailauth.keys import DkimKey, load_keys
 from tests.conftest import smtpkit
@@ -285,6 +287,76 @@ def test_spf_problems(tmp_path: Path) -> None:
         f'          publish: {DOMAIN}. IN TXT "v=spf1 mx -all"',
     ]
     assert code == 3
+
+
+def test_the_record_keygen_prints_is_what_the_check_accepts(tmp_path: Path) -> None:
+    # What `smtpkit dkim keygen` printed, pasted into the zone as it is (quoted strings of at
+    # most 255 bytes, on one line), not the check's own rendering of the key.
+    site = make_site(tmp_path, key_types=())
+    made = smtpkit("dkim", "keygen", DOMAIN, "--selector", "s1", config=site.config)
+    (printed,) = [line for line in made.stdout.splitlines() if " IN TXT " in line]
+    assert printed.startswith(f's1._domainkey.{DOMAIN}. IN TXT "v=DKIM1; k=rsa; p=')
+    with serve([MX, SPF, DMARC, printed]) as dns:
+        code, out = dns_check(site, dns)
+    assert out[5] == f"  DKIM    ok: s1._domainkey.{DOMAIN} publishes key s1 (rsa)"
+    assert published(out) == []
+    assert code == 0
+
+
+SPF_BY_ADDRESS = '@ IN TXT "v=spf1 ip4:127.0.0.1 -all"'  # keeps passing when the MX moves
+
+
+@pytest.mark.parametrize(
+    ("wrong", "reverse", "fixed"),
+    [
+        pytest.param(
+            [MX, DMARC, 's1._domainkey IN TXT "v=DKIM1; k=rsa; p=MIIBIjANBgkqhkiG9w0BAQEFAAOC"'],
+            [PTR],
+            f"  DKIM    ok: s1._domainkey.{DOMAIN} publishes key s1 (rsa)",
+            id="dkim",
+        ),
+        pytest.param(
+            [MX, '_dmarc IN TXT "v=DMARC1; p=rejct; rua=mailto:d@dc.test"'],
+            [PTR],
+            "  DMARC   ok: p=none",
+            id="dmarc",
+        ),
+        pytest.param(
+            ["@ IN MX 10 mx.elsewhere", "mx.elsewhere IN A 192.0.2.9", DMARC],
+            [PTR],
+            MX_OK,
+            id="mx",
+        ),
+        pytest.param([MX, DMARC], ["1 IN PTR localhost.dc.test."], PTR_OK, id="ptr"),
+    ],
+)
+def test_a_wrong_record_replaced_by_the_printed_one_passes(
+    tmp_path: Path, wrong: list[str], reverse: list[str], fixed: str
+) -> None:
+    site = make_site(tmp_path)
+    forward = [SPF_BY_ADDRESS, *wrong]
+    if not any("_domainkey" in record for record in wrong):
+        forward.append(site.key_record())
+    with serve(forward, reverse=reverse) as dns:
+        code, out = dns_check(site, dns)
+    (record,) = published(out)
+    assert fixed not in out
+    assert code == 3
+    # The printed record takes the place of the wrong one: same name, same type.
+    name, _, kind = record.split()[:3]
+    relative = name.removesuffix(f".{DOMAIN}.").removesuffix(f".{REVERSE}.")
+    relative = "@" if relative == f"{DOMAIN}." else relative
+    forward = [r for r in forward if r.split()[:3] != [relative, "IN", kind]]
+    reverse = [r for r in reverse if r.split()[:3] != [relative, "IN", kind]]
+    if name.endswith(f".{REVERSE}."):
+        reverse.append(record)
+    else:
+        forward.append(record)
+    with serve(forward, reverse=reverse) as dns:
+        code, out = dns_check(site, dns)
+    assert fixed in out
+    assert published(out) == []
+    assert code == 0
 
 
 # --- DKIM, DMARC, PTR gone wrong ---------------------------------------------------------------
