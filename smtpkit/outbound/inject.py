@@ -11,7 +11,7 @@ from pathlib import Path
 
 from smtpkit.config import Config
 from smtpkit.delivery.commit import commit_batch
-from smtpkit.delivery.queue import QUEUE_FOLDER
+from smtpkit.delivery.queue import QUEUE_FOLDER, entry_name
 from smtpkit.delivery.router import Router
 from smtpkit.delivery.spool import Spool, SpoolPool
 from smtpkit.delivery.syncer import SharedSyncer
@@ -73,7 +73,9 @@ def post(
 ) -> Posted:
     """Deliver ``message`` (a whole RFC 5322 message, CRLF line ends) from ``<>`` to
     ``recipient``, behind our trace header; ``sign`` gives the DKIM-Signature fields to put
-    in front (b"": none). Blocks until it is durable: call it off the event loop."""
+    in front (b"": none). Blocks until it is durable: call it off the event loop. The
+    message is known by its queue entry's name everywhere (``entry_name``)."""
+    message_id = entry_name(message_id)
     targets: tuple[Target, ...]
     if router.is_local_domain(recipient):
         targets = router.resolve(recipient)

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from smtpkit.config import Config, ListenerRole
 from smtpkit.delivery.commit import commit_batch
+from smtpkit.delivery.queue import entry_name
 from smtpkit.delivery.spool import Spool, SpoolPool
 from smtpkit.delivery.syncer import SharedSyncer
 from smtpkit.delivery.targets import Delivery, DsnRequest, Mailbox, Target
@@ -199,7 +200,8 @@ class Pickup:
                               error="no recipient can be delivered")  # fmt: skip
                 _remove(path)
                 return
-            message_id = f"{session}.1"
+            # Its name in the queue, the journal and Received: alike.
+            message_id = entry_name(f"{session}.1")
             spool = Spool(self._trace(dropped.uid, sender, message_id), self.pool)
             head = _HeaderScan()
             for chunk in _lines(dropped.chunks()):

@@ -332,7 +332,7 @@ GECOS_NAME = USER.pw_gecos.split(",", 1)[0].replace("&", LOGIN.capitalize())
 TRACE = re.compile(
     rb"Return-Path: <(?P<sender>[^>]*)>\r\n"
     rb"Received: by mx\.test\.example \(smtpkit, from userid (?P<uid>\d+)\)\r\n"
-    rb"\tid local[0-9a-f]+\.1; (?P<date>[^\r\n]+)\r\n"
+    rb"\tid local[0-9a-f]+\.1-[0-9a-f]{4}; (?P<date>[^\r\n]+)\r\n"
 )
 ADDED_FROM = f"From: {GECOS_NAME} <{LOGIN}@mx.test.example>"
 
