@@ -194,6 +194,7 @@ class Link:
         self._message_fd = -1
         self._streaming = False
         self._last_reason = "no address to try"
+        self._ended_here = False  # this side ended the connection: _last_reason stands
         self._no_more_jobs = False
         self._last_reply: Reply | None = None
         self._tls_version: str | None = None
@@ -210,7 +211,7 @@ class Link:
         if self.closed:
             return
         if self.engine is not None and self._phase == "smtp":
-            self._feed_eof(reason)
+            self._feed_eof(reason, ours=True)
         else:
             self._close_socket()
             self._finish()
@@ -250,7 +251,7 @@ class Link:
         else:
             waiting = self.engine.waiting_for if self.engine is not None else None
             what = waiting.value if waiting is not None else "message write"
-            self._feed_eof(f"timed out waiting for the {what} reply")
+            self._feed_eof(f"timed out waiting for the {what} reply", ours=True)
 
     @property
     def remote(self) -> str:
@@ -267,6 +268,7 @@ class Link:
             return
         self.candidate = self.candidates.pop(0)
         self.engine = None
+        self._ended_here = False
         self._tls_version = None
         candidate = self.candidate
         target: str | tuple[str, int]
@@ -467,10 +469,12 @@ class Link:
             self._write(self.engine.data_to_send())
             self._await_reply()
 
-    def _feed_eof(self, reason: str) -> None:
-        """The connection is over from our side or theirs: let the engine end what is under
-        way (a transaction gets no replies: RFC 5321 3.8, try again later)."""
+    def _feed_eof(self, reason: str, *, ours: bool = False) -> None:
+        """The connection is over from our side (``ours``: a timeout, a stop) or theirs: let
+        the engine end what is under way (a transaction gets no replies: RFC 5321 3.8, try
+        again later)."""
         self._last_reason = f"{self.remote}: {reason}"
+        self._ended_here = ours
         self._stop_streaming()
         engine = self.engine
         self._close_socket()
@@ -533,7 +537,10 @@ class Link:
             case TransactionDone(results=results):
                 self._done(results, lost)
             case ProtocolError(description=text):
-                self._last_reason = f"{self.remote}: {text}"
+                # "The connection closed while waiting for ...": the step the server left
+                # at. When this side closed it, its own reason (a timeout) says why.
+                if not self._ended_here:
+                    self._last_reason = f"{self.remote}: {text}"
             case Closed(reply=reply):
                 if reply is not None and reply.code == 421 and self.sessions == 0:
                     self._last_reason = f"{self.remote}: {_said(reply)}"
@@ -658,12 +665,12 @@ class Link:
         try:
             self._message_fd = os.open(self.job.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         except OSError as exc:
-            self._feed_eof(f"cannot read the queued message: {exc.strerror}")
+            self._feed_eof(f"cannot read the queued message: {exc.strerror}", ours=True)
             return
         try:
             _skip_return_path(self._message_fd)
         except OSError as exc:
-            self._feed_eof(f"cannot read the queued message: {exc.strerror}")
+            self._feed_eof(f"cannot read the queued message: {exc.strerror}", ours=True)
             return
         self._streaming = True
         self._stream()
@@ -675,7 +682,7 @@ class Link:
             try:
                 chunk = os.read(self._message_fd, _CHUNK)
             except OSError as exc:
-                self._feed_eof(f"cannot read the queued message: {exc.strerror}")
+                self._feed_eof(f"cannot read the queued message: {exc.strerror}", ours=True)
                 return
             if not chunk:
                 self._stop_streaming()
