@@ -11,14 +11,18 @@ from pathlib import Path
 import pytest
 
 from smtpkit.config import Config, LmtpServer, NextHop, parse_config
+from smtpkit.delivery.commit import commit_batch
+from smtpkit.delivery.queue import read_envelope
 from smtpkit.delivery.router import Router
-from smtpkit.delivery.targets import Mailbox, Remote
+from smtpkit.delivery.spool import Spool, SpoolPool
+from smtpkit.delivery.targets import Delivery, DsnRequest, Mailbox, Remote
 from smtpkit.errors import ConfigError
 from smtpkit.outbound.link import Candidate, Job
 from smtpkit.outbound.runner import QueueRunner, _outcome
 from smtpkit.outbound.schedule import Result
 from smtpkit.policy import Accept, Decision, Defer, Reject
 from smtpkit.protocol import replies
+from smtpkit.protocol.dsn import MailDsn, RcptDsn
 from smtpkit.protocol.replies import Reply
 from smtpkit.server.loop import EventLoop
 from smtpkit.server.verify import Answer, LmtpVerifier, Unreachable, ask, judge
@@ -92,6 +96,43 @@ def test_with_lmtp_local_recipients_are_queued_by_canonical_address(tmp_path: Pa
     assert router.resolve("carol@example.org") == ()
     plain = Router(users, aliases, ("example.org",))
     assert plain.resolve("alice@example.org") == (Mailbox(users.mailbox("alice@example.org")),)
+
+
+def test_with_lmtp_each_recipient_keeps_the_dsn_of_the_rcpt_it_came_from(tmp_path: Path) -> None:
+    """An alias, a subaddress or another spelling reaches a queue recipient named by its
+    mailbox: the NOTIFY and ORCPT of its RCPT go with it all the same (RFC 3461 5.2.1)."""
+    (tmp_path / "users").mkdir()
+    users = UserStore(tmp_path / "users", ("example.org",))
+    users.add("alice@example.org")
+    users.add("bob@example.org")
+    users.add("carol@example.org")
+    aliases = {"sales@example.org": ("alice@example.org", "bob@example.org")}
+    queue = tmp_path / "queue"
+    queue.mkdir()
+    router = Router(users, aliases, ("example.org",), lmtp_queue=queue, delimiters="+")
+    never = RcptDsn(frozenset({"NEVER"}))
+    success = RcptDsn(frozenset({"SUCCESS"}), ("rfc822", "Carol+News@example.org"))
+    asked = {"sales@example.org": never, "Carol+News@example.org": success}
+    targets = tuple(t for rcpt in asked for t in router.resolve(rcpt))
+    pool = SpoolPool(tmp_path / "users" / ".spool" / "0")
+    pool.folder.mkdir(parents=True)
+    delivery = Delivery(
+        Spool(b"", pool),
+        targets,
+        sender="s@example.net",
+        message_id="4f1c2a9b0e3d.1",
+        dsn=DsnRequest(MailDsn(), asked),
+    )
+    delivery.spool.write(b"Subject: x\r\n\r\nx\r\n")
+    commit_batch([delivery])
+    assert delivery.error is None
+    (envelope,) = queue.glob("*.env")
+    entry = read_envelope(envelope)
+    assert {(r.address, r.dsn) for r in entry.recipients} == {
+        ("alice@example.org", never),
+        ("bob@example.org", never),
+        ("carol@example.org", success),
+    }
 
 
 # --- the runner's outcome of an LMTP reply ------------------------------------------------------

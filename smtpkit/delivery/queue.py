@@ -127,7 +127,7 @@ class QueueStore:
                     QueuedRecipient(
                         t.address,
                         next_attempt=now,
-                        dsn=dsn.rcpt.get(t.address, RcptDsn()) if dsn else RcptDsn(),
+                        dsn=dsn.rcpt.get(t.rcpt or t.address, RcptDsn()) if dsn else RcptDsn(),
                     )
                     for t in targets
                     if isinstance(t, Remote)

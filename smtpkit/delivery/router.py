@@ -59,9 +59,13 @@ class Router:
             return f"postmaster@{self.domains[0]}"
         return self.users.normalize(address)
 
-    def resolve(self, address: str, *, utf8: bool = False) -> tuple[Target, ...]:
+    def resolve(
+        self, address: str, *, utf8: bool = False, rcpt: str | None = None
+    ) -> tuple[Target, ...]:
         """The targets a local address reaches; empty when it reaches none. ``utf8`` as for
-        ``canonical``."""
+        ``canonical``; ``rcpt``: the address as given at RCPT, when ``address`` is derived
+        from it."""
+        rcpt = address if rcpt is None else rcpt
         try:
             targets = self._targets(address, utf8)
         except UserError:
@@ -71,11 +75,11 @@ class Router:
         found = tuple(box for box in targets if os.path.isdir(box.path))
         if not found and self.delimiters:
             base = self.base_address(address, utf8=utf8)
-            return self.resolve(base, utf8=utf8) if base is not None else ()
+            return self.resolve(base, utf8=utf8, rcpt=rcpt) if base is not None else ()
         if self.lmtp_queue is not None:
             # Durable in the queue before the 250, like mail for other domains; the folder's
             # name is the user's canonical address, which the LMTP server is given.
-            return tuple(Remote(box.path.name, self.lmtp_queue) for box in found)
+            return tuple(Remote(box.path.name, self.lmtp_queue, rcpt) for box in found)
         return found
 
     def base_address(self, address: str, *, utf8: bool = False) -> str | None:

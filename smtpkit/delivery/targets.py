@@ -56,6 +56,11 @@ class Remote:
 
     address: str
     queue: Path
+    #: The recipient as given at RCPT when it differs from ``address`` (a local user's mailbox
+    #: reached through an alias, a subaddress or another spelling, queued for LMTP): the DSN
+    #: request of that RCPT is this recipient's. Not part of the identity: two RCPTs that
+    #: reach one mailbox make one queue recipient.
+    rcpt: str = field(default="", compare=False)
 
     def __str__(self) -> str:
         return self.address
