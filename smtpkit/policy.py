@@ -86,6 +86,7 @@ class SessionFacts:
     helo: str = ""
     user: str | None = None  # the authenticated user, once there is authentication
     smtputf8: bool = False  # the transaction's MAIL said SMTPUTF8 (RFC 6531 3.4)
+    listener: str = ""  # that listener's address as configured ("0.0.0.0:587")
 
 
 class Policy(Protocol):

@@ -231,6 +231,7 @@ class Session:
         "helo_name",
         "id",
         "junk",
+        "listener",
         "messages",
         "peer",
         "peer_host",
@@ -254,9 +255,11 @@ class Session:
         peer: tuple[str, int],
         session_id: str | None = None,
         role: ListenerRole = ListenerRole.RECEIVE,
+        listener: str = "",
     ) -> None:
         self.ctx = ctx
         self.role = role
+        self.listener = listener  # one string per listener, shared by its sessions
         self.transport = transport
         self.peer_host, self.peer_port = peer[0], peer[1]
         self.peer = host_port(self.peer_host, self.peer_port)
@@ -512,6 +515,7 @@ class Session:
         return SessionFacts(
             peer=self.peer_host,
             role=self.role,
+            listener=self.listener,
             tls=self.tls,
             helo=self.helo_name,
             user=self.user,

@@ -18,7 +18,8 @@ from smtpkit.delivery.spool import Spool, SpoolPool
 from smtpkit.delivery.targets import Delivery
 from smtpkit.journal import Journal
 from smtpkit.limits import BareNewline, Limits
-from smtpkit.policy import LocalPolicy, TlsInfo
+from smtpkit.policy import Decision, LocalPolicy, SessionFacts, TlsInfo
+from smtpkit.protocol.events import Hello
 from smtpkit.session import ServerContext, Session
 from smtpkit.users import UserStore
 
@@ -638,3 +639,30 @@ def test_normalize_stores_bare_lf_as_crlf(tmp_path: Path) -> None:
     assert second.read_bytes().endswith(b"\r\nx\r\ny\r\n")
     lines = h.say(b"MAIL FROM:<>\r\nRCPT TO:<bob@example.org>\r\nDATA\r\nX: a\rFrom: f\r\n.\r\n")
     assert lines[-1] == "550 5.6.0 Message refused: bare <CR> or <LF> in data"
+
+
+def test_policy_facts_name_the_listener_and_its_role(tmp_path: Path) -> None:
+    """A rule may tell listeners apart by their address as configured, not only by role."""
+    h = Harness(tmp_path, Limits())
+    seen: list[SessionFacts] = []
+    policy = h.ctx.policy
+
+    class Watching:
+        def __getattr__(self, name: str) -> object:
+            return getattr(policy, name)
+
+        def check_helo(self, facts: SessionFacts, event: Hello) -> Decision:
+            seen.append(facts)
+            return policy.check_helo(facts, event)
+
+    h.ctx.policy = Watching()  # type: ignore[assignment]
+    h.session = Session(
+        h.ctx, h.transport, ("192.0.2.7", 4000), "sid",
+        role=ListenerRole.SUBMISSION, listener="192.0.2.1:587",
+    )  # fmt: skip
+    h.session.start()
+    h.transport.take()
+    assert codes(h.say(b"EHLO client.test\r\n")) == ["250"]
+    assert [(f.peer, f.role, f.listener) for f in seen] == [
+        ("192.0.2.7", ListenerRole.SUBMISSION, "192.0.2.1:587")
+    ]

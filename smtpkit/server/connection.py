@@ -79,6 +79,7 @@ class Connection:
         on_closed: Callable[[Connection], None],
         *,
         role: ListenerRole = ListenerRole.RECEIVE,
+        listener: str = "",
     ) -> None:
         self.loop = loop
         self.sock = sock
@@ -108,7 +109,7 @@ class Connection:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         except OSError:
             pass  # not fatal: the output bound above still holds
-        self.session = Session(ctx, self, (peer[0], peer[1]), role=role)
+        self.session = Session(ctx, self, (peer[0], peer[1]), role=role, listener=listener)
         metrics.record.connection_opened()
         self._implicit = role is ListenerRole.SUBMISSIONS and tls_context is not None
 

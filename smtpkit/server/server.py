@@ -326,7 +326,7 @@ class Server:
         return added, removed
 
     def _listen(self, sock: socket.socket, address: ListenAddress) -> None:
-        accept = functools.partial(self._accept, role=address.role)
+        accept = functools.partial(self._accept, role=address.role, listener=str(address))
         listener = Listener(self.loop, sock, self._admit, accept)
         self.listeners.append(listener)
         self.listening[address] = listener
@@ -440,21 +440,29 @@ class Server:
         networks = self.config.server.proxy_protocol_from
         return bool(networks) and any(ipaddress.ip_address(ip) in n for n in networks)
 
-    def _accept(self, sock: socket.socket, peer: tuple[str, int], *, role: ListenerRole) -> None:
+    def _accept(
+        self, sock: socket.socket, peer: tuple[str, int], *, role: ListenerRole, listener: str = ""
+    ) -> None:
         if not self.counts.add(peer[0]):
             metrics.record.connection("refused_limit")
             refuse(sock, TOO_MANY)
             return
         if self._behind_proxy(peer[0]):
             # Counted under the balancer's address until the header names the client.
-            done = functools.partial(self._proxied, role=role)
+            done = functools.partial(self._proxied, role=role, listener=listener)
             timeout = self.config.limits.proxy_header_timeout
             self.awaiting.add(HeaderReader(self.loop, sock, peer, timeout, done))
             return
-        self._open(sock, peer, role)
+        self._open(sock, peer, role, listener=listener)
 
     def _proxied(
-        self, reader: HeaderReader, header: Header | None, error: str, *, role: ListenerRole
+        self,
+        reader: HeaderReader,
+        header: Header | None,
+        error: str,
+        *,
+        role: ListenerRole,
+        listener: str = "",
     ) -> None:
         """The balancer's header is read (or failed: the socket is closed, nothing was
         sent). The connection now counts under the client's address, and the limit per
@@ -480,7 +488,9 @@ class Server:
             metrics.record.connection("refused_limit")
             refuse(reader.sock, TOO_MANY)
             return
-        self._open(reader.sock, client, role, via=balancer, version=header.version)
+        self._open(
+            reader.sock, client, role, via=balancer, version=header.version, listener=listener
+        )
 
     def _open(
         self,
@@ -490,11 +500,14 @@ class Server:
         *,
         via: tuple[str, int] | None = None,
         version: int = 0,
+        listener: str = "",
     ) -> None:
-        """A counted connection from ``peer`` (the client): its session, after the
-        blocklists when they are asked."""
+        """A counted connection from ``peer`` (the client) to ``listener`` (its address as
+        configured): its session, after the blocklists when they are asked."""
         tls = self.tls.for_role(role) if self.tls is not None else None
-        conn = Connection(self.loop, sock, peer, self.ctx, tls, self._closed, role=role)
+        conn = Connection(
+            self.loop, sock, peer, self.ctx, tls, self._closed, role=role, listener=listener
+        )
         if via is not None:
             # Before the session's connect line, under its id: who passed the client on.
             session = conn.session
