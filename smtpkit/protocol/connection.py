@@ -366,32 +366,30 @@ class ServerConnection:
 
     def _parse(self, verb: Verb, argument: str) -> Event | Reply:
         """Syntax of one allowed command; a ``Reply`` means refused."""
-        if verb is Verb.HELO or verb is Verb.EHLO:
-            # RFC 5321 4.1.1.1: exactly one Domain or address-literal. The name is not checked
-            # further: real clients send bare host names; the session may judge it.
-            if not argument or " " in argument:
-                return SYNTAX_ERROR_ARGS
-            # RFC 5321 4.1.2 Domain is ASCII, and SMTPUTF8 does not change that here: the
-            # client sends EHLO before it knows the extension is offered, so RFC 6531 3.7.1
-            # has it name itself in LDH labels or A-labels only. The name goes into
-            # Received: headers and the journal.
-            if not argument.isascii():
-                return NON_ASCII_HELO
-            return Hello(argument, verb is Verb.EHLO)
-        if verb is Verb.MAIL:
-            mail = parse_mail(argument, self._extended)
-            self._mail_body = mail.body if isinstance(mail, MailFrom) else None
-            return mail
-        if verb is Verb.AUTH:
-            return parse_auth(argument)
-        if verb is Verb.RCPT:
-            return parse_rcpt(argument, self._extended)
-        if verb is Verb.VRFY:
-            return Vrfy(argument)
-        if verb is Verb.EXPN:
-            return Expn(argument)
-        if verb is Verb.HELP:
-            return Help(argument)
+        return _PARSERS.get(verb, ServerConnection._parse_no_argument)(self, verb, argument)
+
+    def _parse_hello(self, verb: Verb, argument: str) -> Event | Reply:
+        # RFC 5321 4.1.1.1: exactly one Domain or address-literal. The name is not checked
+        # further: real clients send bare host names; the session may judge it.
+        if not argument or " " in argument:
+            return SYNTAX_ERROR_ARGS
+        # RFC 5321 4.1.2 Domain is ASCII, and SMTPUTF8 does not change that here: the
+        # client sends EHLO before it knows the extension is offered, so RFC 6531 3.7.1
+        # has it name itself in LDH labels or A-labels only. The name goes into
+        # Received: headers and the journal.
+        if not argument.isascii():
+            return NON_ASCII_HELO
+        return Hello(argument, verb is Verb.EHLO)
+
+    def _parse_mail(self, verb: Verb, argument: str) -> Event | Reply:
+        mail = parse_mail(argument, self._extended)
+        self._mail_body = mail.body if isinstance(mail, MailFrom) else None
+        return mail
+
+    def _parse_rcpt(self, verb: Verb, argument: str) -> Event | Reply:
+        return parse_rcpt(argument, self._extended)
+
+    def _parse_no_argument(self, verb: Verb, argument: str) -> Event | Reply:
         # DATA, RSET, QUIT, STARTTLS take no argument (RFC 5321 4.1.1.4-5, 4.1.1.10; RFC 3207
         # 4).
         if argument:
@@ -401,6 +399,19 @@ class ServerConnection:
             # MAIL (which the table cannot see) said it comes in chunks.
             return BINARYMIME_NEEDS_BDAT
         return _NO_ARGUMENT_EVENTS[verb]
+
+
+#: The syntax of each command that takes an argument; the others take none.
+_PARSERS: Final[dict[Verb, Callable[[ServerConnection, Verb, str], Event | Reply]]] = {
+    Verb.HELO: ServerConnection._parse_hello,
+    Verb.EHLO: ServerConnection._parse_hello,
+    Verb.MAIL: ServerConnection._parse_mail,
+    Verb.RCPT: ServerConnection._parse_rcpt,
+    Verb.AUTH: lambda conn, verb, argument: parse_auth(argument),
+    Verb.VRFY: lambda conn, verb, argument: Vrfy(argument),
+    Verb.EXPN: lambda conn, verb, argument: Expn(argument),
+    Verb.HELP: lambda conn, verb, argument: Help(argument),
+}
 
 
 _NO_ARGUMENT_EVENTS: Final[dict[Verb, Event]] = {
