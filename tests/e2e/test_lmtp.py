@@ -14,8 +14,11 @@ processes) in the middle of the load and started again. Every wait is for a cond
 
 from __future__ import annotations
 
+import email
+import email.policy
 import imaplib
 import os
+import re
 import smtplib
 import subprocess
 import threading
@@ -427,10 +430,13 @@ mx1             IN A     127.0.0.2
 mx2             IN A     127.0.0.3
 """
 LOAD = 100
+FORGED = "forged.example"
 
 
-def cluster_node(root: Path, number: int, lmtp: str) -> MailServer:
-    """Node ``number`` of the cluster: port 25 of 127.0.0.(1 + number), mx<number>."""
+def cluster_node(root: Path, number: int, lmtp: str, dns: DnsServer) -> MailServer:
+    """Node ``number`` of the cluster: port 25 of 127.0.0.(1 + number), mx<number>. It
+    checks the mail it receives although the sender is on this machine (``check_loopback``),
+    asking ``dns``."""
     host = f"127.0.0.{1 + number}"
     directory = root / f"node{number}"
     smtpkit("init", str(directory), "--domain", "cluster.test",
@@ -442,7 +448,8 @@ def cluster_node(root: Path, number: int, lmtp: str) -> MailServer:
     document["queue"] = {"min_retry": 1, "max_retry": 2}
     # One authserv-id for the whole cluster (docs/deploy.md): a node removes forged
     # Authentication-Results of any node, and filters trust one name.
-    document["checks"] = {"authserv_id": "cluster.test"}
+    document["checks"] = {"authserv_id": "cluster.test", "check_loopback": True}
+    document["dns"] = {"nameservers": [dns.nameserver]}
     config.write_text(tomli_w.dumps(document))
     smtpkit("user", "add", "alice@cluster.test", config=config)
     return MailServer(directory, config, host, 25, "cluster.test")
@@ -470,7 +477,7 @@ def test_two_nodes_one_killed_under_load_lose_nothing(
 
 def run_cluster(root: Path, dovecot: Dovecot, dns: DnsServer) -> None:
     lmtp = f"127.0.0.1:{dovecot.lmtp_port}"
-    node1, node2 = cluster_node(root, 1, lmtp), cluster_node(root, 2, lmtp)
+    node1, node2 = cluster_node(root, 1, lmtp, dns), cluster_node(root, 2, lmtp, dns)
     node1.start()
     node2.start()
     sender = sending_server(root / "sender", dns)
@@ -482,6 +489,8 @@ def run_cluster(root: Path, dovecot: Dovecot, dns: DnsServer) -> None:
     def load() -> None:
         for i, message_id in enumerate(ids):
             msg = message(f"load {i}", message_id, "alice@example.org")
+            # Forged in the name of the cluster: whichever node takes it removes it.
+            msg["Authentication-Results"] = f"cluster.test; dkim=pass header.d={FORGED}"
             try:
                 submit(sender, msg, ["alice@cluster.test"], "alice@example.org")
             except (OSError, smtplib.SMTPException) as exc:
@@ -526,6 +535,25 @@ def run_cluster(root: Path, dovecot: Dovecot, dns: DnsServer) -> None:
     # the sender's sessions to node 1 (max_per_domain) and node 1's LMTP connections.
     assert sum(duplicates.values()) - len(duplicates) <= 10 + 10
     assert set(found) <= set(ids)
+    assert_one_authserv_id(dovecot.messages("alice@cluster.test"))
+
+
+def assert_one_authserv_id(stored: list[bytes]) -> None:
+    """Each message in the store has one Authentication-Results, the cluster's, whichever
+    node took it; both nodes took some."""
+    by_node: Counter[str] = Counter()
+    for raw in stored:
+        msg = email.message_from_bytes(raw, policy=email.policy.default)
+        results = [str(v) for v in msg.get_all("Authentication-Results", [])]
+        assert len(results) == 1, (msg["Message-ID"], results)
+        assert results[0].startswith("cluster.test;"), results
+        assert FORGED not in results[0]
+        assert "spf=" in results[0] and "dmarc=" in results[0], results
+        # The node's own Received line sits under the header it added.
+        node = re.search(r"by (mx[12])\.cluster\.test ", " ".join(msg.get_all("Received", [])))
+        assert node is not None, msg.get_all("Received")
+        by_node[node.group(1)] += 1
+    assert set(by_node) == {"mx1", "mx2"}, by_node
 
 
 def test_utf8_mail_into_a_dovecot_lmtp_without_smtputf8(
