@@ -52,7 +52,7 @@ from smtpkit.delivery.queue import (
 from smtpkit.delivery.router import Router
 from smtpkit.delivery.spool import SpoolPool
 from smtpkit.delivery.syncer import SharedSyncer
-from smtpkit.dns import MailHost, MailResolver, MailRoute, RouteKind, RouteOutcome
+from smtpkit.dns import HostProblem, MailHost, MailResolver, MailRoute, RouteKind, RouteOutcome
 from smtpkit.outbound import control
 from smtpkit.outbound.admin import ADMIN_BOUNCE, fail_waiting, flush_entry, journal_report
 from smtpkit.outbound.inject import Sign, make_router
@@ -814,8 +814,14 @@ def _route_problem(route: MailRoute) -> Outcome | None:
         return None
     domain = route.domain
     if outcome is RouteOutcome.DNS_FAILURE:
-        what = "timed out" if route.kind is RouteKind.TIMEOUT else "failed (SERVFAIL)"
-        return Outcome(Result.DEFERRED, "4.4.3", f"DNS lookup for {domain} {what}")
+        if route.kind in (RouteKind.SERVFAIL, RouteKind.TIMEOUT):
+            what = "timed out" if route.kind is RouteKind.TIMEOUT else "failed (SERVFAIL)"
+            return Outcome(Result.DEFERRED, "4.4.3", f"DNS lookup for {domain} {what}")
+        # The MX records came, the address lookups of their hosts failed.
+        late = any(h.problem is HostProblem.TIMEOUT for h in route.hosts)
+        what = "timed out" if late else "failed (SERVFAIL)"
+        text = f"DNS lookup for the mail hosts of {domain} {what}"
+        return Outcome(Result.DEFERRED, "4.4.3", text)
     if route.kind is RouteKind.NULL:
         return Outcome(
             Result.FAILED, STATUS_NULL_MX, f"{domain} has a null MX: it accepts no mail (RFC 7505)"

@@ -20,6 +20,7 @@ down.paths.test            A 127.0.0.9 (implicit MX; a peer appears there mid-te
 busy1/2/3.paths.test       MX 10 mx.busy (127.0.0.8): one peer counting connections
 many.paths.test            MX 10 h1 ... MX 40 h4, three addresses each (127.0.1.1-12)
 slow.paths.test            (its queries are dropped: a DNS timeout)
+slowhosts.paths.test       MX 10 mx.slow (whose address queries are dropped)
 broken.test                SERVFAIL
 =========================  ===========================================================
 
@@ -70,6 +71,7 @@ nullmx          IN MX    0 .
 noaddr          IN MX    10 host.noaddr
 noaddr          IN MX    20 gone.noaddr
 host.noaddr     IN TXT   "no address here"
+slowhosts       IN MX    10 mx.slow
 stall           IN A     127.0.0.7
 down            IN A     127.0.0.9
 busy1           IN MX    10 mx.busy
@@ -243,23 +245,27 @@ def test_dns_failures_defer_hosts_without_address_fail_stalls_time_out_and_addre
         started = time.time()
         submit(
             server,
-            (SENDER, ["x@broken.test", "y@slow.paths.test"], "dns failing"),
+            (
+                SENDER,
+                ["x@broken.test", "y@slow.paths.test", "v@slowhosts.paths.test"],
+                "dns failing",
+            ),  # fmt: skip
             (SENDER, ["z@noaddr.paths.test"], "no address"),
             (SENDER, ["w@stall.paths.test"], "stalled"),
             (SENDER, ["m@many.paths.test"], "many addresses"),
         )
-        wait_until("four outcomes", lambda: len(journal(server, "deferred"))
-                   + len(journal(server, "delivered")) >= 4)  # fmt: skip
+        wait_until("five outcomes", lambda: len(journal(server, "deferred"))
+                   + len(journal(server, "delivered")) >= 5)  # fmt: skip
         assert journal(server, "delivered") == []
         deferred = journal(server, "deferred")
 
         def waiting() -> dict[str, dict[str, object]]:
             found = {str(r["address"]): r for e in queue_entries(server)
                      for r in e["recipients"]}  # type: ignore[attr-defined]  # fmt: skip
-            done = len(found) == 4 and all(r["attempts"] == 1 for r in found.values())
+            done = len(found) == 5 and all(r["attempts"] == 1 for r in found.values())
             return found if done else {}
 
-        entries = wait_until("four recipients tried once", waiting)
+        entries = wait_until("five recipients tried once", waiting)
         assert isinstance(entries, dict)
         for line in deferred:
             assert line["attempts"] == 1
@@ -275,6 +281,10 @@ def test_dns_failures_defer_hosts_without_address_fail_stalls_time_out_and_addre
         timeout = one(deferred, to="y@slow.paths.test")
         assert timeout["status"] == "4.4.3"
         assert timeout["reason"] == "DNS lookup for slow.paths.test timed out"
+        # The MX record came, its host's address queries time out: the same.
+        hosts = one(deferred, to="v@slowhosts.paths.test")
+        assert hosts["status"] == "4.4.3"
+        assert hosts["reason"] == "DNS lookup for the mail hosts of slowhosts.paths.test timed out"
 
         # A peer that accepts the connection and never says a word: timed out, deferred.
         stall = one(deferred, to="w@stall.paths.test")
@@ -300,6 +310,7 @@ def test_dns_failures_defer_hosts_without_address_fail_stalls_time_out_and_addre
         assert (rcpt["Action"], rcpt["Status"]) == ("failed", "5.4.4")
         assert sorted(entries) == [
             "m@many.paths.test",
+            "v@slowhosts.paths.test",
             "w@stall.paths.test",
             "x@broken.test",
             "y@slow.paths.test",
