@@ -4,7 +4,8 @@ For each configured domain: its MX (does mail reach this server, decided as ``sm
 --check`` decides it), SPF (evaluated for each of this server's addresses by pyspf, through
 ``mailauth.spf.check_host``, as this server evaluates the mail it receives), a DKIM record
 for each of its keys, DMARC, and the optional MTA-STS and TLS-RPT records; for the server
-itself, the PTR records of its addresses (forward-confirmed reverse DNS). Every outcome is a
+itself, the PTR records of its addresses (forward-confirmed reverse DNS), and whether the
+reports it writes (From: MAILER-DAEMON@server.hostname) are DKIM-signed. Every outcome is a
 value, a finding: which check, why (a ``...Reason``, whose values are stable for scripts),
 the records found, and the zone-file lines that would fix it. Nothing here prints;
 ``smtpkit.commands.dns`` words the findings.
@@ -19,7 +20,7 @@ import concurrent.futures
 import enum
 import ipaddress
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, assert_never
 
@@ -35,10 +36,13 @@ from smtpkit.dns import MailHost, MailResolver, MailRoute, Nameserver, RouteKind
 from smtpkit.mailauth import dmarc
 from smtpkit.mailauth.keys import DkimKey
 from smtpkit.mailauth.results import Deadline
+from smtpkit.mailauth.signing import signing_domain
 from smtpkit.mailauth.spf import check_host
 
 __all__ = [
     "DMARC_POLICIES",
+    "BounceFinding",
+    "BounceReason",
     "Check",
     "Checker",
     "DkimFinding",
@@ -61,6 +65,7 @@ __all__ = [
     "Status",
     "ThisServer",
     "amend_spf",
+    "check_bounces",
     "check_mx",
     "dmarc_proposal",
     "parse_tags",
@@ -475,7 +480,46 @@ class OptionalFinding:
         return Status.OK if self.reason is OptionalReason.PUBLISHED else Status.INFO
 
 
-Finding = MxFinding | SpfFinding | DkimFinding | DmarcFinding | PtrFinding | OptionalFinding
+class BounceReason(enum.Enum):
+    SIGNED = "signed"  # a key of server.hostname's domain, or of a parent of it, signs them
+    NO_KEY = "no-key"  # a configured domain could sign them, but has no key
+    NO_DOMAIN = "no-domain"  # no configured domain can: server.hostname is within none
+
+
+@dataclass(frozen=True, slots=True)
+class BounceFinding:
+    """Whether the reports this server writes, From: MAILER-DAEMON@``hostname``, are
+    DKIM-signed (``mailauth/signing.signing_domain``): ``domain`` is the domain whose keys
+    sign them (``SIGNED``), the configured domain to make a key for (``NO_KEY``), or, when
+    no configured domain can sign them, one to name the server within (``NO_DOMAIN``: the
+    first with keys, ``keyed``, else the first)."""
+
+    check: ClassVar[Check] = Check.DKIM
+    reason: BounceReason
+    hostname: str
+    domain: str | None = None
+    keyed: bool = False
+    records: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.hostname
+
+    @property
+    def status(self) -> Status:
+        # Unsigned reports are worth fixing, but nothing in DNS is wrong.
+        return Status.OK if self.reason is BounceReason.SIGNED else Status.WARNING
+
+
+Finding = (
+    MxFinding
+    | SpfFinding
+    | DkimFinding
+    | DmarcFinding
+    | PtrFinding
+    | OptionalFinding
+    | BounceFinding
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -555,6 +599,27 @@ def _mx_fixes(route: MailRoute, server: ThisServer) -> tuple[tuple[str, ...], bo
         records += [_address_record(server.hostname, ip) for ip in server.listen_addresses]
         needs_address = not server.listen_addresses
     return tuple(records), needs_address
+
+
+# --- reports ------------------------------------------------------------------------------
+
+
+def check_bounces(
+    hostname: str, domains: Sequence[str], key_domains: Collection[str]
+) -> BounceFinding:
+    """Whether the reports of a server named ``hostname`` (ASCII) are signed by a key of
+    ``key_domains``, as the signer chooses it; if not, which of the configured ``domains``
+    (ASCII) would sign them once it has a key (``smtpkit dkim keygen`` makes keys for those
+    only): the closest, as the signer would choose it."""
+    signer = signing_domain(hostname, key_domains)
+    if signer is not None:
+        return BounceFinding(BounceReason.SIGNED, hostname, signer)
+    candidate = signing_domain(hostname, {d.lower() for d in domains})
+    if candidate is None:
+        keyed = [d for d in domains if d.lower() in key_domains]
+        named = keyed[0] if keyed else domains[0] if domains else None
+        return BounceFinding(BounceReason.NO_DOMAIN, hostname, named, keyed=bool(keyed))
+    return BounceFinding(BounceReason.NO_KEY, hostname, candidate)
 
 
 # --- SPF -----------------------------------------------------------------------------------

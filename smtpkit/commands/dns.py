@@ -20,7 +20,11 @@ Decisions worth knowing:
   comes back with the missing ``ip4:``/``ip6:`` terms placed before its ``all`` (or its
   first modifier).
 - A domain without a DKIM key is a warning, not a failure: nothing in DNS is wrong, and
-  ``smtpkit dkim keygen DOMAIN`` makes a key whose record the next check asks for.
+  ``smtpkit dkim keygen DOMAIN`` makes a key whose record the next check asks for. So are
+  reports (From: MAILER-DAEMON@server.hostname) that no key would sign: the signer takes
+  the key of server.hostname's domain or of a parent within its organizational domain, and
+  the warning names the domain to make one for. Signed reports need no line of their own
+  (the domain's DKIM lines tell); ``--json`` has the finding either way.
 - DMARC p=none is fine (monitoring only, and said so); a bad p= is replaced by p=none in the
   proposal, the safe start.
 - PTR records belong to whoever runs the address (the hosting provider): the proposal is the
@@ -32,8 +36,8 @@ Decisions worth knowing:
 Exit status (cron scripts may rely on it):
 
 ====  ===================================================================================
-0     every check ok; warnings (no DKIM key) and information (MTA-STS, TLS-RPT not
-      published; DMARC p=none) do not count
+0     every check ok; warnings (no DKIM key, unsigned reports) and information (MTA-STS,
+      TLS-RPT not published; DMARC p=none) do not count
 1     error: unreadable config or DKIM key, no system resolver, a [dns] nameserver whose
       name does not resolve, ...
 2     usage error: bad option, a DOMAIN that is not one of server.domains, bad --nameserver
@@ -75,6 +79,8 @@ from smtpkit.dns import (
     parse_nameserver,
 )
 from smtpkit.dnscheck import (
+    BounceFinding,
+    BounceReason,
     Check,
     Checker,
     DkimFinding,
@@ -95,6 +101,7 @@ from smtpkit.dnscheck import (
     SpfReason,
     Status,
     ThisServer,
+    check_bounces,
     parse_tags,
 )
 from smtpkit.mailauth.keys import DkimKey, load_keys
@@ -419,6 +426,30 @@ def _optional_words(f: OptionalFinding, w: _Words) -> tuple[str, list[str]]:
             assert_never(reason)
 
 
+def _bounce_words(f: BounceFinding, w: _Words) -> tuple[str, list[str]]:
+    reports = f"reports from MAILER-DAEMON@{f.hostname} (bounces)"
+    reason = f.reason
+    match reason:
+        case BounceReason.SIGNED:
+            return f"{reports} are signed with the keys of {f.domain}", []
+        case BounceReason.NO_KEY:
+            return (
+                f"{reports} are not signed: {f.domain}, whose keys would sign them, has none; "
+                f"`smtpkit dkim keygen {f.domain}` makes one",
+                [],
+            )
+        case BounceReason.NO_DOMAIN:
+            then = "whose keys then sign them" if f.keyed else f"`smtpkit dkim keygen {f.domain}`"
+            return (
+                f"{reports} are not signed: {f.hostname} is within none of server.domains, "
+                f"whose keys could sign them; name this server within one (as mail.{f.domain}), "
+                f"then {then}",
+                [],
+            )
+        case _:
+            assert_never(reason)
+
+
 def _words(finding: Finding, w: _Words) -> tuple[str, list[str]]:
     """The text after ``LABEL status:``, and the notes that follow it."""
     if isinstance(finding, MxFinding):
@@ -431,6 +462,8 @@ def _words(finding: Finding, w: _Words) -> tuple[str, list[str]]:
         return _dmarc_words(finding, w)
     if isinstance(finding, PtrFinding):
         return _ptr_words(finding, w)
+    if isinstance(finding, BounceFinding):
+        return _bounce_words(finding, w)
     return _optional_words(finding, w)
 
 
@@ -456,15 +489,18 @@ def _finding_json(finding: Finding, w: _Words) -> dict[str, Any]:
     }
 
 
-def _report_json(report: DomainReport, ptr: Sequence[PtrFinding], w: _Words) -> dict[str, Any]:
-    """One domain's object; the server's PTR findings go in every one, after DMARC, so that
-    each object tells all that decides whether the domain's mail is received and trusted."""
+def _report_json(
+    report: DomainReport, server: Sequence[PtrFinding | BounceFinding], w: _Words
+) -> dict[str, Any]:
+    """One domain's object; the server's findings (PTR, signed reports) go in every one,
+    after DMARC, so that each object tells all that decides whether the domain's mail is
+    received and trusted."""
     findings = list(report.findings)
     at = next(
         (i for i, f in enumerate(findings) if f.check in (Check.MTA_STS, Check.TLS_RPT)),
         len(findings),
     )
-    findings[at:at] = ptr
+    findings[at:at] = server
     return {"domain": report.domain, "checks": [_finding_json(f, w) for f in findings]}
 
 
@@ -624,18 +660,22 @@ def check(
     server, header = _server(config, checker, addresses)
     words = _Words(server, checker.timeout, checker.deadline)
     ptr = checker.ptr(server)
-    statuses = [f.status for f in ptr]
+    bounces = check_bounces(server.hostname, config.server.domains, keys)
+    statuses = [*(f.status for f in ptr), bounces.status]
     if not as_json:
         for line in header:
             click.echo(line)
         for ptr_finding in ptr:
             for line in _finding_lines(ptr_finding, words):
                 click.echo(line)
+        if bounces.status is not Status.OK:  # signed: each domain's DKIM lines say enough
+            for line in _finding_lines(bounces, words):
+                click.echo(line)
     for domain in chosen:
         report = checker.domain(domain, server, keys.get(domain, ()))
         statuses += [f.status for f in report.findings]
         if as_json:
-            click.echo(json.dumps(_report_json(report, ptr, words)))
+            click.echo(json.dumps(_report_json(report, (*ptr, bounces), words)))
             continue
         click.echo(f"{domain}:")
         for finding in report.findings:

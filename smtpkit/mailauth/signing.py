@@ -18,7 +18,7 @@ is given for a domain it holds a key of.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from email.headerregistry import AddressHeader, HeaderRegistry
 from pathlib import Path
@@ -30,7 +30,7 @@ from smtpkit.errors import SmtpkitError, UserError
 from smtpkit.mailauth.dmarc import organizational_domain
 from smtpkit.mailauth.keys import DkimKey, load_keys
 
-__all__ = ["SIGNED_HEADERS", "SigningError", "Signer", "from_domain"]
+__all__ = ["SIGNED_HEADERS", "SigningError", "Signer", "from_domain", "signing_domain"]
 
 #: The header fields signed when present: RFC 6376 5.4.1's list, plus List-Unsubscribe-Post,
 #: which RFC 8058 3.1 requires a one-click unsubscription to have signed. Fields a relay
@@ -137,6 +137,28 @@ def from_domain(message: bytes) -> str | None:
         return None
 
 
+def signing_domain(domain: str, candidates: Collection[str]) -> str | None:
+    """Which of ``candidates`` (lower case, ASCII) signs mail from ``domain``: ``domain``
+    itself, else its closest parent domain among them that is within its organizational
+    domain (so that DMARC's relaxed alignment passes); None when none is."""
+    name = domain.lower().rstrip(".")
+    if name in candidates:
+        return name
+    if not candidates:
+        return None
+    organizational = organizational_domain(name)
+    if name == organizational or not name.endswith("." + organizational):
+        return None  # an organizational domain (or a public suffix) has no parent to use
+    labels = name.split(".")
+    for start in range(1, len(labels)):
+        parent = ".".join(labels[start:])
+        if parent in candidates:
+            return parent
+        if parent == organizational:
+            break
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class _Key:
     """A key in the form dkimpy takes it, prepared once rather than for every message."""
@@ -202,25 +224,9 @@ class Signer:
         return bool(self._keys)
 
     def keys_for(self, domain: str) -> str | None:
-        """The domain whose keys sign mail from ``domain`` (lower case, ASCII): itself when
-        it has keys, else its closest parent domain with keys that is within its
-        organizational domain; None when there is none."""
-        name = domain.lower().rstrip(".")
-        if name in self._keys:
-            return name
-        if not self._keys:
-            return None
-        organizational = organizational_domain(name)
-        if name == organizational or not name.endswith("." + organizational):
-            return None  # an organizational domain (or a public suffix) has no parent to use
-        labels = name.split(".")
-        for start in range(1, len(labels)):
-            parent = ".".join(labels[start:])
-            if parent in self._keys:
-                return parent
-            if parent == organizational:
-                break
-        return None
+        """The domain whose keys sign mail from ``domain`` (lower case, ASCII), as
+        ``signing_domain`` chooses it among the domains with keys; None when there is none."""
+        return signing_domain(domain, self._keys)
 
     def _keys_for(self, domain: str) -> tuple[_Key, ...]:
         found = self.keys_for(domain)
@@ -230,7 +236,7 @@ class Signer:
         """The DKIM-Signature header fields to put in front of ``message`` (a whole message,
         header section and body, CRLF line ends), ending in CRLF; ``b""`` when there is no
         key for the domain of its From: address (see ``from_domain``) or a parent of it
-        (``keys_for``).
+        (``signing_domain``).
 
         One signature per key of the domain, RSA first. Each covers the fields of
         ``SIGNED_HEADERS`` that are present, with From: listed once more than it appears

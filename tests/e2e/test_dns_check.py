@@ -55,6 +55,13 @@ MONITORING = (
 )
 
 
+# The server's reports, From: MAILER-DAEMON@mail.dc.test, are signed by dc.test's keys.
+BOUNCES_UNSIGNED = (
+    f"  DKIM    warning: reports from MAILER-DAEMON@{HOST} (bounces) are not signed: "
+    f"{DOMAIN}, whose keys would sign them, has none; `smtpkit dkim keygen {DOMAIN}` makes one"
+)
+
+
 def zone(origin: str, records: Sequence[str]) -> str:
     return "\n".join(
         [
@@ -158,6 +165,7 @@ def test_optional_records_and_a_missing_key_do_not_fail(tmp_path: Path) -> None:
     assert out == [
         HEADER,
         PTR_OK,
+        BOUNCES_UNSIGNED,
         f"{DOMAIN}:",
         MX_OK,
         SPF_OK,
@@ -357,6 +365,45 @@ def test_a_wrong_record_replaced_by_the_printed_one_passes(
     assert fixed in out
     assert published(out) == []
     assert code == 0
+
+
+def test_unsigned_reports_are_a_warning_until_keygen(tmp_path: Path) -> None:
+    site = make_site(tmp_path, key_types=())
+    with serve([MX, SPF, DMARC]) as dns:
+        code, out = dns_check(site, dns)
+        assert out[:4] == [HEADER, PTR_OK, BOUNCES_UNSIGNED, f"{DOMAIN}:"]
+        assert code == 0  # a warning: nothing in DNS is wrong
+        smtpkit("dkim", "keygen", DOMAIN, "--selector", "s1", config=site.config)
+        code, out = dns_check(site, dns)
+    # The key of dc.test signs them, as mail.dc.test's parent: nothing more to say.
+    assert out[:3] == [HEADER, PTR_OK, f"{DOMAIN}:"]
+    assert BOUNCES_UNSIGNED not in out
+    assert code == 3  # the new key's record is still to publish
+
+
+def test_reports_no_configured_domain_can_sign(tmp_path: Path) -> None:
+    # server.hostname outside every configured domain: keygen makes keys for those only,
+    # and none of them is a parent of the name the reports come from.
+    directory = tmp_path / "mail"
+    smtpkit("init", str(directory), "--hostname", "mx.hosting.test", "--listen", "127.0.0.1:25",
+            "--domain", DOMAIN)  # fmt: skip
+    site = Site(directory / "smtpkit.toml", directory)
+    smtpkit("dkim", "keygen", DOMAIN, "--selector", "s1", config=site.config)
+    with serve([MX, SPF, DMARC, site.key_record()]) as dns:
+        code, out = dns_check(site, dns)
+    warning = (
+        "  DKIM    warning: reports from MAILER-DAEMON@mx.hosting.test (bounces) are not "
+        "signed: mx.hosting.test is within none of server.domains, whose keys could sign "
+        f"them; name this server within one (as mail.{DOMAIN}), then "
+    )
+    assert [line for line in out if "bounces" in line] == [f"{warning}whose keys then sign them"]
+    assert code == 3  # the PTR names mail.dc.test, not mx.hosting.test
+    (site.directory / "dkim" / DOMAIN / "s1.key").unlink()
+    with serve([MX, SPF, DMARC]) as dns:
+        code, out = dns_check(site, dns)
+    assert [line for line in out if "bounces" in line] == [
+        f"{warning}`smtpkit dkim keygen {DOMAIN}`"
+    ]
 
 
 # --- DKIM, DMARC, PTR gone wrong ---------------------------------------------------------------
@@ -592,6 +639,16 @@ def test_json(tmp_path: Path) -> None:
                 "reason": "fcrdns",
                 "name": "1.0.0.127.in-addr.arpa",
                 "detail": f"127.0.0.1 -> {HOST} -> 127.0.0.1",
+                "notes": [],
+                "records": [],
+            },
+            {
+                "check": "dkim",
+                "status": "ok",
+                "reason": "signed",
+                "name": HOST,
+                "detail": f"reports from MAILER-DAEMON@{HOST} (bounces) are signed with the "
+                f"keys of {DOMAIN}",
                 "notes": [],
                 "records": [],
             },
