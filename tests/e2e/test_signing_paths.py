@@ -12,6 +12,7 @@ domain's. The receiving smtpkit on 127.0.0.2:25 checks what arrives and says so 
 from __future__ import annotations
 
 import email.message
+import email.policy
 import json
 import os
 import smtplib
@@ -151,3 +152,33 @@ def test_a_bounce_by_smtpkit_queue_bounce_without_a_server_is_signed(tmp_path: P
         assert _is_report(report)
         assert _signer(report) == ("example.org", "s1")
         assert results(report) == [REPORT_PASSES]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_key_added_while_running_signs_after_a_reload(tmp_path: Path, workers: int) -> None:
+    """No restart: SIGHUP reads the keys again (a lone worker itself; with several, each
+    worker), and every worker signs from then on."""
+    with signing_world(tmp_path) as world:
+        sender = world.sender
+        key = sender.directory / "dkim" / "example.org" / "s1.key"
+        aside = tmp_path / "s1.key"
+        key.rename(aside)  # the server starts without a key
+        world.receiver.start()
+        sender.start("--workers", str(workers))
+        wait_until("every worker", lambda: len(journal(sender, "start")) == workers)
+        aside.rename(key)  # as `smtpkit dkim keygen` would write it now
+        smtpkit("reload", config=sender.config)
+        wait_until(
+            "every worker reloaded",
+            lambda: sum(r["ok"] is True for r in journal(sender, "reload")) == workers,
+        )
+        count = 2 * workers  # whichever worker accepts each
+        for n in range(count):
+            with smtplib.SMTP(sender.host, sender.port, timeout=30) as client:
+                client.sendmail("alice@example.org", ["bob@dkim.test"],
+                                MESSAGE.replace(b"<signed@", f"<signed{n}@".encode()))  # fmt: skip
+        wait_until("every copy", lambda: len(world.receiver.new_files("bob@dkim.test")) == count)
+        for path in world.receiver.new_files("bob@dkim.test"):
+            msg = email.message_from_bytes(path.read_bytes(), policy=email.policy.compat32)
+            assert results(msg) == [ALICE_PASSES]
