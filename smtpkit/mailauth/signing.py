@@ -194,9 +194,10 @@ class Signer:
     """Signs messages with every key of their From: domain, or of its closest parent domain
     that has keys, within the same organizational domain.
 
-    Mail from ``news.example.org`` (and the reports of ``mx.example.org``) without keys of
-    their own are signed with the keys of ``example.org``: the signature aligns under DMARC's
-    relaxed mode, the default (RFC 7489 6.3, ``adkim``), which is all DMARC asks of it. A
+    Mail from ``news.example.org`` (or the reports of ``mx.example.org``), when that domain
+    has no keys of its own, is signed with the keys of ``example.org``: the signature aligns
+    under DMARC's relaxed mode, the default (RFC 7489 6.3, ``adkim``), which is all DMARC
+    asks of it. A
     parent beyond the organizational domain never signs: ``example.org`` is not signed by a
     key of ``org``, nor ``ann.github.io`` by one of ``github.io``, a public suffix of its own
     (the organizational domain is the Public Suffix List's, as in ``mailauth/dmarc``).
