@@ -379,6 +379,11 @@ class MailResolver:
         self.max_hosts = max_hosts
         self._resolver = resolver
 
+    @property
+    def resolver(self) -> dns.resolver.Resolver:
+        """The dnspython resolver it asks, for a command's other queries: one per command."""
+        return self._resolver
+
     def resolve(self, domain: str) -> MailRoute:
         """Find where mail for ``domain`` goes, following RFC 5321 section 5.1.
 

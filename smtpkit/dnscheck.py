@@ -32,7 +32,7 @@ import dns.reversename
 from dns.rdtypes.ANY.PTR import PTR
 from dns.rdtypes.ANY.TXT import TXT
 
-from smtpkit.dns import MailHost, MailResolver, MailRoute, Nameserver, RouteKind, make_resolver
+from smtpkit.dns import MailHost, MailResolver, MailRoute, Nameserver, RouteKind
 from smtpkit.mailauth import dmarc
 from smtpkit.mailauth.keys import DkimKey
 from smtpkit.mailauth.results import Deadline
@@ -728,7 +728,7 @@ class Checker:
         self.mail = MailResolver(nameserver=nameserver, timeout=timeout, deadline=deadline)
         self.timeout = self.mail.timeout
         self.deadline = self.mail.deadline
-        self._resolver = make_resolver(nameserver, timeout)
+        self._resolver = self.mail.resolver
 
     def domain(self, domain: str, server: ThisServer, keys: Sequence[DkimKey]) -> DomainReport:
         """Every check of ``domain`` (ASCII), with its DKIM ``keys``."""
