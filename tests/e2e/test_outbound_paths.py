@@ -244,11 +244,7 @@ def test_dns_failures_defer_hosts_without_address_fail_stalls_time_out_and_addre
         started = time.time()
         submit(
             server,
-            (
-                SENDER,
-                ["x@broken.test", "y@slow.paths.test", "v@slowhosts.paths.test"],
-                "dns failing",
-            ),  # fmt: skip
+            (SENDER, ["x@broken.test", "y@slow.paths.test", "v@slowhosts.paths.test"], "dns"),
             (SENDER, ["z@noaddr.paths.test"], "no address"),
             (SENDER, ["w@stall.paths.test"], "stalled"),
             (SENDER, ["m@many.paths.test"], "many addresses"),
@@ -446,7 +442,9 @@ def burst(server: MailServer, peer: CountingPeer, recipients: list[str], limit: 
 def test_max_per_domain_and_max_connections_bound_the_sessions_at_a_peer(
     tmp_path: Path, paths_dns: FilteringNameserver
 ) -> None:
-    server = paths_server(tmp_path, paths_dns, "max_connections = 3\nmax_per_domain = 2")
+    # The sender waits for held replies as long as the peer may hold them.
+    server = paths_server(tmp_path, paths_dns, "max_connections = 3\nmax_per_domain = 2",
+                          reply_timeout=HOLD)  # fmt: skip
     domains = ("busy1", "busy2", "busy3")
     with CountingPeer("127.0.0.8", 25) as peer:
         server.start()
@@ -481,7 +479,7 @@ def test_lmtp_max_connections_bounds_the_sessions_at_the_lmtp_server(tmp_path: P
 lmtp = "127.0.0.1:{peer.port}"
 lmtp_max_connections = 2
 connect_timeout = 2
-reply_timeout = 5
+reply_timeout = {HOLD:g}
 """
         server = make_server(tmp_path, users=(SENDER, "bob@example.org"), extra_config=config)
         server.start()
