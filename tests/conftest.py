@@ -17,9 +17,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.e2e.test_submission import Submission
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -218,3 +221,15 @@ def mailserver(tmp_path: Path) -> Iterator[MailServer]:
     finally:
         if server.process is not None:
             server.stop()
+
+
+@pytest.fixture
+def sub(tmp_path: Path) -> Iterator[Submission]:
+    """A running server with the submission listeners (587 with STARTTLS, 465 with TLS) and
+    alice's password set; stopped after the test."""
+    from tests.e2e.test_submission import start_submission
+
+    made = start_submission(tmp_path)
+    yield made
+    if made.server.process is not None:
+        made.server.stop()

@@ -42,7 +42,7 @@ import pytest
 import tomli_w
 
 from tests.conftest import MailServer, free_port, make_server, need_program, smtpkit
-from tests.dnsserver import DnsServer, run_nsd
+from tests.dnsserver import DnsServer, FilteringNameserver, run_nsd
 from tests.scripted_smtp import Script, ScriptedServer, make_certificate, server_context
 
 WORLD_ZONE = """\
@@ -76,7 +76,16 @@ def world_dns() -> Iterator[DnsServer]:
         yield server
 
 
-def sending_server(root: Path, dns: DnsServer, extra: str = "", server: str = "") -> MailServer:
+def sending_server(
+    root: Path,
+    dns: DnsServer | FilteringNameserver,
+    extra: str = "",
+    server: str = "",
+    *,
+    reply_timeout: float = 5,
+) -> MailServer:
+    """A sending smtpkit on 127.0.0.1 (a trusted network: it relays without AUTH), asking
+    ``dns``; ``extra`` goes under ``[delivery]`` (and may open sections of its own)."""
     config = f"""{server}
 [submission]
 trusted_networks = ["127.0.0.0/8"]
@@ -86,7 +95,7 @@ nameservers = ["{dns.nameserver}"]
 
 [delivery]
 connect_timeout = 2
-reply_timeout = 5
+reply_timeout = {reply_timeout}
 {extra}
 """
     if "[queue]" not in extra:

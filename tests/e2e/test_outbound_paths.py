@@ -52,6 +52,7 @@ from tests.e2e.test_outbound import (
     journal,
     queue_entries,
     reports,
+    sending_server,
     status_blocks,
     wait_journal,
     wait_until,
@@ -117,23 +118,10 @@ def paths_server(
     queue: str = "min_retry = 1\nmax_retry = 2",
     reply_timeout: float = 5,
 ) -> MailServer:
-    """A sending smtpkit on 127.0.0.1 (a trusted network: it relays without AUTH)."""
-    config = f"""
-[submission]
-trusted_networks = ["127.0.0.0/8"]
-
-[dns]
-nameservers = ["{dns.nameserver}"]
-
-[delivery]
-connect_timeout = 2
-reply_timeout = {reply_timeout}
-{delivery}
-
-[queue]
-{queue}
-"""
-    return make_server(root, users=(SENDER,), extra_config=config)
+    """A sending smtpkit on 127.0.0.1, with ``delivery`` and ``queue`` settings."""
+    return sending_server(
+        root, dns, f"{delivery}\n\n[queue]\n{queue}\n", reply_timeout=reply_timeout
+    )
 
 
 def message(sender: str, recipients: list[str], subject: str) -> EmailMessage:

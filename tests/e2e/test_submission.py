@@ -71,6 +71,12 @@ def add_submission(server: MailServer, extra: str = "") -> tuple[int, int]:
     return starttls, implicit
 
 
+def set_password(server: MailServer, user: str, password: str) -> None:
+    """``smtpkit user passwd --stdin``, as a script sets a password."""
+    result = smtpkit("user", "passwd", "--stdin", user, config=server.config, input=password + "\n")
+    assert result.stdout.strip() == f"Password set for {user}"
+
+
 def start_submission(
     root: Path, extra: str = "", *, bare_newline: BareNewline | None = None
 ) -> Submission:
@@ -82,21 +88,9 @@ def start_submission(
 
         assert update_config(server.config, change)
     starttls, implicit = add_submission(server, extra)
-    result = smtpkit(
-        "user", "passwd", "--stdin", "alice@example.org", config=server.config,
-        input=PASSWORD + "\n",
-    )  # fmt: skip
-    assert result.stdout.strip() == "Password set for alice@example.org"
+    set_password(server, "alice@example.org", PASSWORD)
     server.start("--workers", "2")
     return Submission(server, starttls, implicit)
-
-
-@pytest.fixture
-def sub(tmp_path: Path) -> Iterator[Submission]:
-    made = start_submission(tmp_path)
-    yield made
-    if made.server.process is not None:
-        made.server.stop()
 
 
 def test_starttls_and_login_deliver_locally_and_queue_for_other_domains(sub: Submission) -> None:

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import base64
 import smtplib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_server, smtpkit
+from tests.conftest import make_server
 from tests.e2e.test_outbound import wait_until
-from tests.e2e.test_submission import PASSWORD, Submission, add_submission, start_submission
+from tests.e2e.test_submission import (
+    PASSWORD,
+    Submission,
+    add_submission,
+    set_password,
+)
 
 #: The longest password `smtpkit user passwd` accepts is 1024 bytes; this one is 1000, so
 #: its AUTH PLAIN initial response (1360 base64 characters) is far over a 512-octet command
@@ -20,25 +24,10 @@ from tests.e2e.test_submission import PASSWORD, Submission, add_submission, star
 LONG_PASSWORD = "".join(chr(0x21 + i % 94) for i in range(1000)).replace(":", "-")
 
 
-def set_password(sub: Submission, user: str, password: str) -> None:
-    result = smtpkit(
-        "user", "passwd", "--stdin", user, config=sub.server.config, input=password + "\n"
-    )
-    assert result.stdout.strip() == f"Password set for {user}"
-
-
-@pytest.fixture
-def sub(tmp_path: Path) -> Iterator[Submission]:
-    made = start_submission(tmp_path)
-    yield made
-    if made.server.process is not None:
-        made.server.stop()
-
-
 @pytest.mark.timeout(120)
 def test_a_1000_byte_password_logs_in_with_plain_and_login(sub: Submission) -> None:
     assert len(LONG_PASSWORD.encode()) == 1000
-    set_password(sub, "bob@example.org", LONG_PASSWORD)
+    set_password(sub.server, "bob@example.org", LONG_PASSWORD)
     # PLAIN: the whole exchange is one AUTH command line with its initial response.
     with sub.smtp() as smtp:
         assert smtp.login("bob@example.org", LONG_PASSWORD) == (
@@ -80,8 +69,8 @@ def one_worker_submission(root: Path, extra: str) -> Submission:
     server = make_server(root)
     starttls, implicit = add_submission(server, extra)
     made = Submission(server, starttls, implicit)
-    set_password(made, "alice@example.org", PASSWORD)
-    set_password(made, "bob@example.org", PASSWORD)
+    set_password(made.server, "alice@example.org", PASSWORD)
+    set_password(made.server, "bob@example.org", PASSWORD)
     server.start("--workers", "1")
     return made
 
