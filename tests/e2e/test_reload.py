@@ -4,7 +4,6 @@ changed under it, mail in flight on another connection while it happens."""
 from __future__ import annotations
 
 import hashlib
-import json
 import signal
 import smtplib
 import socket
@@ -17,19 +16,17 @@ import pytest
 import tomli_w
 
 from tests.conftest import MailServer, free_port, make_server, smtpkit, wait_for_banner
+from tests.e2e.test_delivery import journal_records
 from tests.e2e.test_outbound import wait_until
 from tests.smtpreader import read_reply
 
 
-def journal(server: MailServer) -> list[dict[str, Any]]:
-    records = []
-    for path in sorted((server.directory / "journal").iterdir()):
-        records += [json.loads(line) for line in path.read_text().splitlines()]
-    return records
+def count(server: MailServer, event: str) -> int:
+    return sum(r["event"] == event for r in journal_records(server))
 
 
 def reloads(server: MailServer, ok: bool) -> int:
-    return sum(r["event"] == "reload" and r["ok"] is ok for r in journal(server))
+    return sum(r["event"] == "reload" and r["ok"] is ok for r in journal_records(server))
 
 
 def edit(server: MailServer, change: Any) -> None:
@@ -110,7 +107,7 @@ def test_a_new_domain_user_limit_and_certificate_count_at_once_while_a_message_i
     smtpkit("tls", "self-signed", config=server.config)
     server.start("--workers", "2")
     workers = 2
-    wait_until("both workers", lambda: sum(r["event"] == "start" for r in journal(server)) == 2)
+    wait_until("both workers", lambda: count(server, "start") == 2)
     inflight = Raw(server.host, server.port)
     try:
         assert inflight.say(b"EHLO slow.test").startswith(b"250 ")
@@ -156,12 +153,12 @@ def test_a_new_domain_user_limit_and_certificate_count_at_once_while_a_message_i
 def test_a_broken_config_keeps_the_running_one(tmp_path: Path) -> None:
     server = make_server(tmp_path)
     server.start("--workers", "2")
-    wait_until("both workers", lambda: sum(r["event"] == "start" for r in journal(server)) == 2)
+    wait_until("both workers", lambda: count(server, "start") == 2)
     good = server.config.read_text()
     server.config.write_text(good + "\n[limits]\nmax_recipients = -5\n")
     hup(server)
     failed = wait_until(
-        "the refusal", lambda: [r for r in journal(server) if r["event"] == "reload"]
+        "the refusal", lambda: [r for r in journal_records(server) if r["event"] == "reload"]
     )
     assert [r["ok"] for r in failed] == [False]  # type: ignore[union-attr]
     assert "nothing changed" in failed[0]["error"]  # type: ignore[index]
@@ -191,7 +188,7 @@ def test_listeners_are_opened_and_closed(tmp_path: Path, workers: str) -> None:
         # The supervisor starts one new generation at a time: the old one must be gone.
         wait_until(
             "the first generation gone",
-            lambda: sum(r["event"] == "stop" for r in journal(server)) == 2,
+            lambda: count(server, "stop") == 2,
         )
     edit(server, listen([f"127.0.0.1:{extra}"]))
     hup(server)
@@ -208,7 +205,7 @@ def test_a_reload_while_the_last_generation_drains_waits_for_it(tmp_path: Path) 
     server = make_server(tmp_path)
     server.start("--workers", "2")
     assert server.process is not None
-    wait_until("both workers", lambda: sum(r["event"] == "start" for r in journal(server)) == 2)
+    wait_until("both workers", lambda: count(server, "start") == 2)
     old, extra = f"127.0.0.1:{server.port}", f"127.0.0.1:{free_port()}"
     inflight = Raw(server.host, server.port)
     try:
