@@ -86,8 +86,8 @@ class ReceiveBuffer:
         """Index of the last ``sub`` at or after ``start``, or -1."""
         return self._data.rfind(sub, start)
 
-    def startswith(self, prefix: bytes) -> bool:
-        """Whether the buffered bytes begin with ``prefix``."""
+    def startswith(self, prefix: bytes | tuple[bytes, ...]) -> bool:
+        """Whether the buffered bytes begin with ``prefix`` (or one of them)."""
         return self._data.startswith(prefix)
 
     def take(self, n: int) -> bytes:
