@@ -14,10 +14,11 @@ write).
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import ParamSpec, TypeVar
 
 import click
 
@@ -97,7 +98,34 @@ def config_option() -> click.Option:
     )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+#: Each subcommand's module, imported only when that command runs (or is listed by
+#: ``--help``): a cron job's ``smtpkit user list`` does not load the server, DNS and mail
+#: authentication code of every other command.
+_SUBCOMMANDS: dict[str, str] = {
+    name: f"smtpkit.commands.{name}"
+    for name in (
+        "init", "user", "serve", "status", "reload", "journal", "mx", "dns", "tls", "dkim",
+        "check", "queue", "sendmail",
+    )
+}  # fmt: skip
+
+
+class _LazyGroup(click.Group):
+    """The root group: finds a subcommand's module by its name and imports it then."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *_SUBCOMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in _SUBCOMMANDS:
+            module = importlib.import_module(_SUBCOMMANDS[cmd_name])
+            command: click.Command = module.command
+            _with_config_option(command)
+            self.add_command(command, cmd_name)
+        return self.commands.get(cmd_name)
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "-c",
     "--config",
@@ -124,46 +152,6 @@ def _with_config_option(command: click.Command) -> None:
     if isinstance(command, click.Group):
         for sub in command.commands.values():
             _with_config_option(sub)
-
-
-def _register() -> None:
-    from smtpkit.commands import (
-        check,
-        dkim,
-        dns,
-        init,
-        journal,
-        mx,
-        queue,
-        reload,
-        sendmail,
-        serve,
-        status,
-        tls,
-        user,
-    )
-
-    for module in (
-        init,
-        user,
-        serve,
-        status,
-        reload,
-        journal,
-        mx,
-        dns,
-        tls,
-        dkim,
-        check,
-        queue,
-        sendmail,
-    ):
-        command: Any = module.command
-        _with_config_option(command)
-        cli.add_command(command)
-
-
-_register()
 
 
 def main() -> None:

@@ -23,8 +23,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from smtpkit import maildrop
-from smtpkit.commands import App, cli
-from smtpkit.commands.sendmail import command
+from smtpkit.commands import cli
 from smtpkit.maildrop import DropEnvelope, ensure_maildrop, pending, read
 from smtpkit.sendmail_main import Invocation, UsageError, parse_arguments
 from tests.conftest import unavailable
@@ -105,12 +104,8 @@ def as_user(name: str) -> dict[str, Any]:
 
 
 def subcommand(config: Path, *args: str, stdin: bytes = b"") -> Result:
-    """``smtpkit -c CONFIG sendmail ARGS``: through the root group once the command is
-    registered there, else the command itself with the App the group would give it."""
-    runner = CliRunner()
-    if "sendmail" in cli.commands:
-        return runner.invoke(cli, ["-c", str(config), "sendmail", *args], input=stdin)
-    return runner.invoke(command, list(args), input=stdin, obj=App(config))
+    """``smtpkit -c CONFIG sendmail ARGS``, through the root group."""
+    return CliRunner().invoke(cli, ["-c", str(config), "sendmail", *args], input=stdin)
 
 
 def headers(message: bytes) -> dict[str, list[str]]:
