@@ -235,8 +235,12 @@ def test_an_auth_flood_beyond_the_pool_is_refused_at_once_and_stalls_nothing(
             assert await asyncio.wait_for(other, 10) == "served"
             assert len(answers) == flood - MAX_PENDING
             release.set()
-            while len(answers) < flood:
-                await asyncio.sleep(0.01)
+
+            async def all_answered() -> None:
+                while len(answers) < flood:
+                    await asyncio.sleep(0.01)
+
+            await asyncio.wait_for(all_answered(), 60)
             assert [answers[i] for i in range(MAX_PENDING)] == [ALICE] * MAX_PENDING
             # The places are given back: a check after the flood is checked again.
             after = loop.create_future()
