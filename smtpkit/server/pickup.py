@@ -13,7 +13,8 @@ to the queue. The file is removed once the message is durable, or when it is ref
 sendmail's -N, -R and -V become the ``DsnRequest`` a session builds from SMTP's NOTIFY, RET
 and ENVID (the same NOTIFY on every recipient), so the queue keeps them in its envelope as it
 does for SMTP, and a local delivery that NOTIFY=SUCCESS asks about gets its success notice
-(``outbound/reports.DeliveredHere``, which the delivery thread runs for SMTP's messages).
+(the server's ``outbound/reports.DeliveredHere``, which its delivery thread runs for SMTP's
+messages and this thread after its own commits).
 
 The work runs in a thread of its own: reading and writing files never stalls the event
 loop. Journal lines are handed to the loop.
@@ -22,7 +23,6 @@ loop. Journal lines are handed to the loop.
 from __future__ import annotations
 
 import fcntl
-import functools
 import os
 import pwd
 import re
@@ -41,12 +41,11 @@ from smtpkit.delivery.spool import Spool, SpoolPool
 from smtpkit.delivery.syncer import SharedSyncer
 from smtpkit.delivery.targets import Delivery, DsnRequest, Mailbox, Target
 from smtpkit.maildrop import DropEnvelope, MaildropError, leftovers, maildrop_path, pending, read
-from smtpkit.outbound.reports import DeliveredHere
 from smtpkit.policy import Accept, LocalPolicy, SessionFacts
 from smtpkit.protocol.events import RcptTo
 from smtpkit.protocol.replies import UNKNOWN_USER
 from smtpkit.server import inotify
-from smtpkit.server.checks import sign_spool, signature
+from smtpkit.server.checks import sign_spool
 
 if TYPE_CHECKING:
     from smtpkit.mailauth.signing import Signer
@@ -58,6 +57,10 @@ _MAX_LINE = 998  # RFC 5321 4.5.3.1.6 without its CRLF
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 
 Journal = Callable[..., None]
+
+
+def _no_notices(deliveries: list[Delivery]) -> None:
+    """No success notices (a pickup without a server's, as in tests)."""
 
 
 class Pickup:
@@ -72,6 +75,7 @@ class Pickup:
         journal: Callable[[Callable[[], None]], None],
         write_journal: Journal,
         signer: Signer | None = None,
+        notices: Callable[[list[Delivery]], None] | None = None,
     ) -> None:
         self.config = config
         self.signer = signer  # DKIM: what local programs send leaves signed
@@ -85,22 +89,20 @@ class Pickup:
         self._wake_r, self._wake_w = os.pipe()
         self._thread = threading.Thread(target=self._run, name="smtpkit-pickup", daemon=True)
         self._counter = 0
-        self._notices = self._delivered_here(config, signer)
+        # Success notices for local delivery: the server's, which its delivery thread runs.
+        self._notices = notices if notices is not None else _no_notices
 
-    def reconfigure(self, config: Config, policy: LocalPolicy, signer: Signer | None) -> None:
+    def reconfigure(
+        self,
+        config: Config,
+        policy: LocalPolicy,
+        signer: Signer | None,
+        notices: Callable[[list[Delivery]], None] | None = None,
+    ) -> None:
         """A reloaded config, for the files picked up from now on (attributes are swapped
         whole: the pickup thread reads each once per file)."""
-        notices = self._delivered_here(config, signer)
+        notices = notices if notices is not None else _no_notices
         self.config, self.policy, self.signer, self._notices = config, policy, signer, notices
-
-    def _delivered_here(self, config: Config, signer: Signer | None) -> DeliveredHere:
-        """Success notices for local delivery, posted from this thread."""
-        sign = functools.partial(signature, signer) if signer is not None else None
-
-        def journal(event: str, session: str, fields: dict[str, Any]) -> None:
-            self._journal(event, session, **fields)
-
-        return DeliveredHere(config, self.pool, self.syncer, journal, sign=sign)
 
     def start(self) -> None:
         self._thread.start()

@@ -231,9 +231,10 @@ class Server:
                 self.loop.call_soon_threadsafe,
                 self.journal.write,
                 signer=signer,
+                notices=self.delivery.after,
             )
         else:
-            self.pickup.reconfigure(config, self.policy, signer)
+            self.pickup.reconfigure(config, self.policy, signer, self.delivery.after)
         # Sends the queue to other servers, in the one worker holding the queue's lock.
         if self.runner is not None and not config.queue.hold:
             self.runner.reconfigure(config, sign)
