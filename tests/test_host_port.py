@@ -14,6 +14,7 @@ import pytest
 
 from smtpkit.mailauth.rspamd import ScanFailed, scan
 from smtpkit.outbound.link import Candidate
+from tests.conftest import unavailable
 
 
 @pytest.mark.timeout(10)
@@ -59,7 +60,7 @@ def rspamd_v6() -> Iterator[tuple[type[_Answer], int]]:
     try:
         httpd = _V6Server(("::1", 0), Handler)
     except OSError as exc:  # pragma: no cover - a machine without IPv6 loopback
-        pytest.skip(f"no IPv6 loopback: {exc}")
+        unavailable(f"no IPv6 loopback: {exc}")
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02})
     thread.start()
     try:
