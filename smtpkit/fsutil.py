@@ -89,17 +89,18 @@ def host_part() -> str:
 
 
 _HOST = host_part()
-#: (pid, random hex) of this process: drawn again in a forked child (see _random_part).
-_RANDOM: tuple[int, str] = (-1, "")
+#: This process's id and eight random hex digits, drawn again in a forked child: a name
+#: is made for every message, and asking the kernel for the pid each time costs a call.
+_PROCESS: tuple[int, str] = (-1, "")
 
 
-def _random_part() -> str:
-    """Eight random hex digits, drawn once per process (again after a fork)."""
-    global _RANDOM
-    pid = os.getpid()
-    if _RANDOM[0] != pid:
-        _RANDOM = (pid, os.urandom(4).hex())
-    return _RANDOM[1]
+def _draw_process() -> None:
+    global _PROCESS
+    _PROCESS = (os.getpid(), os.urandom(4).hex())
+
+
+_draw_process()
+os.register_at_fork(after_in_child=_draw_process)
 
 
 def unique_name() -> str:
@@ -113,7 +114,8 @@ def unique_name() -> str:
     now = time.time()
     sec = int(now)
     usec = int((now - sec) * 1_000_000)
-    return f"{sec}.M{usec}P{os.getpid()}Q{next(_counter)}R{_random_part()}.{_HOST}"
+    pid, random_part = _PROCESS
+    return f"{sec}.M{usec}P{pid}Q{next(_counter)}R{random_part}.{_HOST}"
 
 
 def write_all(fd: int, data: bytes | memoryview) -> None:

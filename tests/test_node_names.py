@@ -40,4 +40,7 @@ def test_names_differ_between_nodes_on_one_machine() -> None:
         return found.group(1)
 
     assert random_part(child) != random_part(unique_name())
+    # The pid is drawn once per process too, and again in the child.
+    assert f"P{pid}Q" in child
+    assert f"P{os.getpid()}Q" in unique_name()
     assert random_part(unique_name()) == random_part(unique_name())  # one per process
