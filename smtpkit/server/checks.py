@@ -107,6 +107,10 @@ def insert_fields(message: bytes, fields: bytes) -> bytes:
     return fields + message
 
 
+#: How many client addresses ``Checks._ours`` remembers.
+OURS_REMEMBERED = 4096
+
+
 class Checks:
     """One per worker process; ``close()`` at the end."""
 
@@ -115,6 +119,8 @@ class Checks:
         self.checks = config.checks
         self.authserv_id = self.checks.authserv_id or config.server.hostname
         self.trusted = config.submission.trusted_networks
+        #: ``_ours`` of recent clients: parsing an address costs more than the rest of it.
+        self._ours_known: dict[str, bool] = {}
         self.signer = signer if signer else None
         self._call_soon = call_soon_threadsafe
         self._pool = concurrent.futures.ThreadPoolExecutor(THREADS, "smtpkit-checks")
@@ -137,6 +143,14 @@ class Checks:
     def _ours(self, peer: str) -> bool:
         """A client whose mail is ours: a trusted network, or (unless check_loopback) this
         machine itself."""
+        known = self._ours_known.get(peer)
+        if known is None:
+            if len(self._ours_known) >= OURS_REMEMBERED:
+                self._ours_known.clear()  # bounded: many clients cannot fill memory
+            known = self._ours_known[peer] = self._judge_ours(peer)
+        return known
+
+    def _judge_ours(self, peer: str) -> bool:
         try:
             address = ipaddress.ip_address(peer)
         except ValueError:

@@ -18,6 +18,7 @@ Memory is bounded by the connection cap: each row holds twice ``max_connections`
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import mmap
 import os
@@ -34,9 +35,11 @@ _MASK64 = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15  # Fibonacci hashing multiplier (2^64 / golden ratio)
 
 
+@functools.lru_cache(maxsize=4096)
 def address_key(ip: str) -> tuple[int, int]:
     """(tag, key) of a client address: IPv4 as itself, IPv6 by its /64 network (an
-    IPv4-mapped IPv6 address counts as the IPv4 address)."""
+    IPv4-mapped IPv6 address counts as the IPv4 address). Remembered for the most recent
+    addresses: each connection asks three times (counted, limited, released)."""
     address = ipaddress.ip_address(ip.partition("%")[0])
     if isinstance(address, ipaddress.IPv6Address):
         mapped = address.ipv4_mapped
