@@ -90,7 +90,7 @@ def _sync_data(deliveries: Sequence[Delivery], syncfs: Callable[[int], None] | N
     """Make the data of every spool durable, recording per-message errors. One syncfs(2)
     per filesystem covers a whole batch: one journal commit instead of one per file. Should
     it fail, per-file fsync tells which message the error belongs to."""
-    for group in _by_device(deliveries, lambda d: os.fstat(d.spool.fd).st_dev):
+    for group in _by_device(deliveries, lambda d: d.spool.pool.device):
         if syncfs is not None and len(group) > 1:
             try:
                 syncfs(group[0].spool.fd)

@@ -55,6 +55,14 @@ class SpoolPool:
         self.folder = folder
         self.size = size
         self._ready: deque[tuple[int, Path]] = deque()
+        self._device = -1
+
+    @property
+    def device(self) -> int:
+        """The filesystem of the folder, so of every spool file made in it (read once)."""
+        if self._device < 0:
+            self._device = os.stat(self.folder).st_dev
+        return self._device
 
     def take(self) -> tuple[int, Path] | None:
         try:
@@ -89,11 +97,12 @@ class Spool:
     error is reported once at the final dot.
     """
 
-    __slots__ = ("error", "fd", "name", "path", "size")
+    __slots__ = ("error", "fd", "name", "path", "pool", "size")
 
     def __init__(self, header: bytes, pool: SpoolPool) -> None:
         self.size = 0
         self.error: DeliveryError | None = None
+        self.pool = pool  # its file stays in the pool's folder, rewritten or not
         ready = pool.take()
         if ready is not None:
             self.fd, self.path = ready
