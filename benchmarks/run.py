@@ -6,13 +6,16 @@ as a relay against Postfix.
                              [--idle 10000] [--big] [--no-throughput] [--no-relay]
                              [--profile [TOOL]] [--metrics] [--dir DIR] [--keep]
 
-Each server runs alone, on a fresh port and a fresh data folder, and is driven by Postfix's
-``smtp-source`` at the shapes below. A round is the wall time of one ``smtp-source`` run;
-after each round the Maildir is counted: every message sent must be a file in ``new/``, else
-the run fails (exit 1). The table gives the median of the rounds (min-max), the ratios, a disk
-probe (the storage ceiling) and the peak RSS of each server's process tree; the same goes to
-JSON. The relay row sends the same load through smtpkit and through a throwaway Postfix,
-each delivering to an ``smtp-sink``: messages relayed end to end per second, and their ratio.
+The servers are started together, each on a fresh port and a fresh data folder, and driven
+by Postfix's ``smtp-source`` at the shapes below, one server at a time: for each shape, round
+by round, every server runs its round, in an order reversed every round. A round is the wall
+time of one ``smtp-source`` run; after each round the Maildir is counted: every message sent
+must be a file in ``new/``, else the run fails (exit 1). The table gives the median of the
+rounds (min-max), the ratios, a disk probe (the storage ceiling) and the peak RSS of each
+server's process tree; the line under it gives smtpkit/aiosmtpd round by round (paired:
+round i of each ran seconds apart); the same goes to JSON. The relay row sends the same load
+through smtpkit and through a throwaway Postfix, each delivering to an ``smtp-sink``: messages
+relayed end to end per second, and their ratio.
 ``--idle N`` and ``--big`` add the memory checks, ``--profile`` where smtpkit's time goes,
 ``--metrics`` runs smtpkit with its Prometheus endpoint on (what counting costs).
 Needs ``smtp-source``, ``smtp-sink`` and, for the relay row, Postfix itself and root (Debian:
@@ -49,6 +52,8 @@ from benchmarks.report import (  # noqa: E402
     idle_line,
     machine_info,
     machine_line,
+    paired_line,
+    paired_ratios,
     profile_lines,
     relay_lines,
     table,
@@ -65,7 +70,7 @@ from benchmarks.servers import (  # noqa: E402
     raise_open_files_limit,
     smtpkit_accepts_workers,
 )
-from benchmarks.shapes import QUICK_DIVISOR, SHAPES, measure_server  # noqa: E402
+from benchmarks.shapes import QUICK_DIVISOR, SHAPES, measure_servers  # noqa: E402
 
 DEFAULT_JSON = ROOT / "benchmarks" / "results" / "latest.json"
 
@@ -191,11 +196,13 @@ def run(args: argparse.Namespace, base: Path, report: dict[str, Any]) -> None:
             "aiosmtpd": lambda: make_aiosmtpd(base),
             "smtp-sink": lambda: make_sink(base),
         }
-        for name in args.server_list:
-            server = factories[name]()
-            report["servers"][name] = measure_server(
-                server, args.shape_list, args.rounds, source, args.timeout, profiler=spy
+        servers = [factories[name]() for name in args.server_list]
+        report["servers"].update(
+            measure_servers(
+                servers, args.shape_list, args.rounds, source, args.timeout, profiler=spy
             )
+        )
+        report["paired"] = paired_ratios(report["servers"])
         run_probe(base, args.probe_seconds, report, "after")
         if profile:
             if spy is not None and spy.files:
@@ -215,6 +222,9 @@ def run(args: argparse.Namespace, base: Path, report: dict[str, Any]) -> None:
     if throughput:
         print(table(report, args.shape_list))
         report["table"] = table(report, args.shape_list)
+        paired = paired_line(report["paired"])
+        if paired is not None:
+            print(paired)
     if relay:
         lines = relay_lines(report["relay"])
         report["relay"]["table"] = "\n".join(lines[:3])

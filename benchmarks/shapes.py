@@ -3,6 +3,10 @@
 A round is the wall time of one ``smtp-source`` run. After each round the Maildir is counted:
 every message ``smtp-source`` saw accepted must already be a file in ``new/`` (a ``250`` means
 durable), and ``tmp/`` must be empty; else the run fails.
+
+The servers compared run side by side and take turns, round by round (``measure_servers``):
+on a shared machine whose speed drifts from one minute to the next, round i of each server
+ran under about the same conditions, and their ratio round by round is what can be compared.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import contextlib
 import os
 import statistics
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Sequence
@@ -27,7 +32,7 @@ __all__ = [
     "RoundProfiler",
     "Shape",
     "count_new",
-    "measure_server",
+    "measure_servers",
     "unmeasured_round",
 ]
 
@@ -137,84 +142,142 @@ def unmeasured_round(server: Server, shape: Shape, source: str, timeout: float) 
     return shape.messages / elapsed
 
 
-def measure_server(
-    server: Server,
+def _one_round(server: Server, shape: Shape, source: str, timeout: float) -> tuple[float, int, int]:
+    """One measured round of ``shape`` on ``server``: its wall time (s), its peak RSS (kB) and
+    the messages found stored; its writeback is synced before the next round, whichever
+    server runs that."""
+    assert server.sampler is not None
+    server.check_alive()
+    server.sampler.window()
+    elapsed = drive(source, shape, server.port, timeout)
+    window_kb = server.sampler.window()
+    server.check_alive()
+    stored = verify_stored(server, shape)
+    os.sync()
+    return elapsed, window_kb, stored
+
+
+def _measure_shape(
+    servers: Sequence[Server], shape: Shape, rounds: int, source: str, timeout: float
+) -> dict[str, dict[str, Any]]:
+    """``rounds`` rounds of ``shape``: in each, every server runs once, seconds apart, the
+    order reversed from one round to the next (the first server of round 1 runs last in round
+    2), so that round i of two servers ran under the same conditions of the machine."""
+    seconds: dict[str, list[float]] = {server.name: [] for server in servers}
+    peak_kb = dict.fromkeys(seconds, 0)
+    stored = dict.fromkeys(seconds, 0)
+    for number in range(1, rounds + 1):
+        for server in servers if number % 2 else reversed(servers):
+            elapsed, window_kb, found = _one_round(server, shape, source, timeout)
+            stored[server.name] += found
+            seconds[server.name].append(elapsed)
+            peak_kb[server.name] = max(peak_kb[server.name], window_kb)
+            rate = shape.messages / elapsed
+            print(
+                f"  {server.name:<9} {shape.name:<8} round {number}/{rounds}: "
+                f"{rate:>8,.0f} msgs/s ({elapsed:.2f} s), RSS {mb(window_kb)} MB",
+                flush=True,
+            )
+    results: dict[str, dict[str, Any]] = {}
+    for server in servers:
+        rates = [shape.messages / s for s in seconds[server.name]]
+        results[server.name] = {
+            "messages": shape.messages,
+            "sessions": shape.sessions,
+            "length": shape.length,
+            "rounds": [round(r, 1) for r in rates],
+            "seconds": [round(s, 3) for s in seconds[server.name]],
+            "median": round(statistics.median(rates), 1),
+            "min": round(min(rates), 1),
+            "max": round(max(rates), 1),
+            "peak_rss_mb": mb(peak_kb[server.name]),
+            "stored": stored[server.name] if server.maildir is not None else None,
+            "sent": shape.messages * rounds,
+        }
+    return results
+
+
+def _stop_servers(servers: Sequence[Server], results: dict[str, dict[str, Any]]) -> list[str]:
+    """Stop every server, even when stopping one fails; record each one's exit status, syncfs
+    calls and log problems in ``results``; return what went wrong (stragglers, an exit that
+    was not clean, a server that did not stop)."""
+    problems: list[str] = []
+    for server in servers:
+        try:
+            code = server.stop()
+        except BenchError as exc:
+            problems.append(str(exc))
+            code = None
+        result = results[server.name]
+        result["exit_status"] = code
+        syncs = server.syncs()
+        if syncs is not None:
+            result["syncfs"] = syncs
+        logged = server.log_problems()
+        if logged:
+            result["log_problems"] = logged
+        if server.stragglers:
+            problems.append(
+                f"{server.name}: {server.stragglers} process(es) outlived the server "
+                f"(exit status {code}) and had to be killed"
+            )
+        elif server.expect_clean_exit and code not in (0, None):
+            problems.append(
+                f"{server.name} exited with status {code} on SIGTERM\n{server.log_tail()}"
+            )
+    return problems
+
+
+def measure_servers(
+    servers: Sequence[Server],
     shapes: Sequence[Shape],
     rounds: int,
     source: str,
     timeout: float,
     profiler: RoundProfiler | None = None,
-) -> dict[str, Any]:
-    """Start ``server``, run every shape ``rounds`` times, stop it; results per shape.
+) -> dict[str, dict[str, Any]]:
+    """Start every server, run every shape ``rounds`` times on each, stop them all; results
+    per server, then per shape.
+
+    The servers run side by side, each on its own port and data folder, but only one at a
+    time takes load: for each shape, round by round, every server runs its round, in an order
+    reversed every round (see ``_measure_shape``). Round i of two servers therefore ran
+    seconds apart, and their ratio leaves out most of the drift of a shared machine's speed.
 
     With a ``profiler`` that wants a shape, one more round of it runs under the profiler after
     the measured ones: the profiler's cost stays out of the table.
     """
-    os.sync()  # leave the previous server's writeback out of this one's rounds
-    server.start()
-    assert server.sampler is not None
-    results: dict[str, Any] = {"shapes": {}}
+    os.sync()  # leave earlier writeback (the disk probe's) out of the rounds
+    results: dict[str, dict[str, Any]] = {server.name: {"shapes": {}} for server in servers}
+    started: list[Server] = []
     try:
+        for server in servers:
+            server.start()  # a server that fails to start stops itself
+            started.append(server)
         for shape in shapes:
-            rates: list[float] = []
-            seconds: list[float] = []
-            peak_kb = 0
-            stored = 0
-            for number in range(1, rounds + 1):
-                server.check_alive()
-                server.sampler.window()
-                elapsed = drive(source, shape, server.port, timeout)
-                window_kb = server.sampler.window()
-                server.check_alive()
-                stored += verify_stored(server, shape)
-                peak_kb = max(peak_kb, window_kb)
-                rates.append(shape.messages / elapsed)
-                seconds.append(elapsed)
-                print(
-                    f"  {server.name:<9} {shape.name:<8} round {number}/{rounds}: "
-                    f"{rates[-1]:>8,.0f} msgs/s ({elapsed:.2f} s), RSS {mb(window_kb)} MB",
-                    flush=True,
-                )
-                os.sync()
-            results["shapes"][shape.name] = {
-                "messages": shape.messages,
-                "sessions": shape.sessions,
-                "length": shape.length,
-                "rounds": [round(r, 1) for r in rates],
-                "seconds": [round(s, 3) for s in seconds],
-                "median": round(statistics.median(rates), 1),
-                "min": round(min(rates), 1),
-                "max": round(max(rates), 1),
-                "peak_rss_mb": mb(peak_kb),
-                "stored": stored if server.maildir is not None else None,
-                "sent": shape.messages * rounds,
-            }
-            if profiler is not None and profiler.wants(server, shape):
-                with profiler.recording(server, shape):
-                    rate = unmeasured_round(server, shape, source, timeout)
-                print(
-                    f"  {server.name:<9} {shape.name:<8} profiled round: "
-                    f"{rate:>8,.0f} msgs/s (not in the table)",
-                    flush=True,
-                )
-                os.sync()
-        results["peak_rss_mb"] = mb(server.sampler.peak_kb)
-        results["max_processes"] = server.sampler.max_processes
-        results["peak_pss_mb"] = mb(server.sampler.peak_pss_kb)
-    finally:
-        code = server.stop()
-    results["exit_status"] = code
-    syncs = server.syncs()
-    if syncs is not None:
-        results["syncfs"] = syncs
-    problems = server.log_problems()
+            for name, result in _measure_shape(started, shape, rounds, source, timeout).items():
+                results[name]["shapes"][shape.name] = result
+            for server in started:
+                if profiler is not None and profiler.wants(server, shape):
+                    with profiler.recording(server, shape):
+                        rate = unmeasured_round(server, shape, source, timeout)
+                    print(
+                        f"  {server.name:<9} {shape.name:<8} profiled round: "
+                        f"{rate:>8,.0f} msgs/s (not in the table)",
+                        flush=True,
+                    )
+                    os.sync()
+        for server in started:
+            assert server.sampler is not None
+            results[server.name]["peak_rss_mb"] = mb(server.sampler.peak_kb)
+            results[server.name]["max_processes"] = server.sampler.max_processes
+            results[server.name]["peak_pss_mb"] = mb(server.sampler.peak_pss_kb)
+    except BaseException:
+        # The failure is the news; what stopping the servers then found goes with it.
+        for problem in _stop_servers(started, results):
+            print(f"while stopping the servers: {problem}", file=sys.stderr, flush=True)
+        raise
+    problems = _stop_servers(started, results)
     if problems:
-        results["log_problems"] = problems
-    if server.stragglers:
-        raise BenchError(
-            f"{server.name}: {server.stragglers} process(es) outlived the server "
-            f"(exit status {code}) and had to be killed"
-        )
-    if server.expect_clean_exit and code != 0:
-        raise BenchError(f"{server.name} exited with status {code} on SIGTERM\n{server.log_tail()}")
+        raise BenchError("\n".join(problems))
     return results

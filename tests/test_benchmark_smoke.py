@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.relay import sink_count
-from benchmarks.report import relay_lines
+from benchmarks.report import paired_line, paired_ratios, relay_lines
 from benchmarks.servers import Server
 from tests.conftest import IN_CI, need_program
 
@@ -92,6 +92,17 @@ def test_quick_benchmark_counts_every_message_stored(tmp_path: Path) -> None:
     assert report["big"]["reply_code"] == 552
     assert report["big"]["stored_files"] == 0
     assert "| shape |" in done.stdout
+    if "aiosmtpd" in servers:
+        # smtpkit's round i against aiosmtpd's round i: one ratio per round, each shape.
+        assert set(report["paired"]) == set(shapes)
+        for shape_name, entry in report["paired"].items():
+            ours = report["servers"]["smtpkit"]["shapes"][shape_name]["rounds"][0]
+            theirs = report["servers"]["aiosmtpd"]["shapes"][shape_name]["rounds"][0]
+            assert entry["smtpkit/aiosmtpd"] == [round(ours / theirs, 3)]
+            assert entry["min"] == entry["median"] == entry["smtpkit/aiosmtpd"][0]
+        line = paired_line(report["paired"])
+        assert line is not None and line in done.stdout.splitlines()
+        assert line.startswith("paired rounds smtpkit/aiosmtpd (round i against round i")
     if relay:
         row = report["relay"]
         assert row["messages"] == 100
@@ -104,6 +115,62 @@ def test_quick_benchmark_counts_every_message_stored(tmp_path: Path) -> None:
     assert "machine: " in done.stdout
     # Nothing left behind: the data folders are removed unless --keep.
     assert list((tmp_path / "data").iterdir()) == []
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_servers_take_turns_in_an_order_reversed_every_round(tmp_path: Path) -> None:
+    servers = servers_available()
+    if "aiosmtpd" not in servers:
+        pytest.skip("aiosmtpd not installed: install the bench extra (pip install -e '.[bench]')")
+    results = tmp_path / "results.json"
+    command = [sys.executable, "-m", "benchmarks.run", "--quick", "--rounds", "3"]
+    command += ["--shapes", "1x1KB,20x1KB", "--servers", ",".join(servers), "--no-relay"]
+    command += ["--probe-seconds", "0.1", "--dir", str(tmp_path / "data")]
+    command += ["--json", str(results)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=80)
+    assert done.returncode == 0, done.stdout + done.stderr
+    turns = [
+        (words[1], words[0], words[3])  # shape, server, round
+        for words in (line.split() for line in done.stdout.splitlines())
+        if len(words) > 3 and words[2] == "round"
+    ]
+    expected = []
+    for shape in ("1x1KB", "20x1KB"):
+        for number, order in enumerate((servers, servers[::-1], servers), start=1):
+            expected += [(shape, name, f"{number}/3:") for name in order]
+    assert turns == expected
+    report = json.loads(results.read_text())
+    for shape in ("1x1KB", "20x1KB"):
+        ours = report["servers"]["smtpkit"]["shapes"][shape]["rounds"]
+        theirs = report["servers"]["aiosmtpd"]["shapes"][shape]["rounds"]
+        ratios = report["paired"][shape]["smtpkit/aiosmtpd"]
+        assert ratios == [round(a / b, 3) for a, b in zip(ours, theirs, strict=True)]
+    assert paired_line(report["paired"]) in done.stdout.splitlines()
+
+
+def test_paired_ratios_pair_round_i_with_round_i() -> None:
+    def rounds(*rates: float) -> dict[str, object]:
+        return {"rounds": list(rates)}
+
+    servers = {
+        "smtpkit": {"shapes": {"20x1KB": rounds(2600, 1300, 2000), "20x1MB": rounds(90)}},
+        "aiosmtpd": {"shapes": {"20x1KB": rounds(1000, 500, 1000), "20x1MB": rounds(100)}},
+        "smtp-sink": {"shapes": {"20x1KB": rounds(9000, 9000, 9000)}},
+    }
+    paired = paired_ratios(servers)
+    assert paired == {
+        # Not the ratio of the medians (2000 / 1000): round i against round i.
+        "20x1KB": {"smtpkit/aiosmtpd": [2.6, 2.6, 2.0], "min": 2.0, "median": 2.6},
+        "20x1MB": {"smtpkit/aiosmtpd": [0.9], "min": 0.9, "median": 0.9},
+    }
+    assert paired_line(paired) == (
+        "paired rounds smtpkit/aiosmtpd (round i against round i, run seconds apart): "
+        "20x1KB 2.60x (worst 2.00x), 20x1MB 0.90x"
+    )
+    del servers["aiosmtpd"]
+    assert paired_ratios(servers) == {}
+    assert paired_line({}) is None
 
 
 def test_sink_count_reads_the_last_whole_counter(tmp_path: Path) -> None:
