@@ -140,26 +140,6 @@ def test_worker_completes_through_call_soon(boxes: list[Mailbox], pool: SpoolPoo
     assert list(pool.folder.iterdir()) == []  # closing drains the pool
 
 
-def test_the_delivery_thread_does_not_preempt_the_loop(
-    boxes: list[Mailbox], pool: SpoolPool
-) -> None:
-    """The delivery thread runs under SCHED_BATCH (no wake-up preemption of the event
-    loop); the thread that made it keeps the default policy."""
-    if not hasattr(os, "SCHED_BATCH"):
-        unavailable("SCHED_BATCH (Linux only)")
-    done = threading.Event()
-    worker = DeliveryWorker(lambda fn: fn(), pool=pool)
-    try:
-        worker.submit(Delivery(Spool(b"x", pool), (boxes[0],)), lambda d: done.set())
-        assert done.wait(10)
-        thread = worker._thread.native_id
-        assert thread is not None
-        assert os.sched_getscheduler(thread) == os.SCHED_BATCH
-        assert os.sched_getscheduler(0) == os.SCHED_OTHER
-    finally:
-        worker.close()
-
-
 def test_pool_files_are_made_ahead_and_renamed_into_new(
     boxes: list[Mailbox], pool: SpoolPool
 ) -> None:

@@ -12,7 +12,6 @@ sender's retry would duplicate.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import functools
 import os
@@ -181,24 +180,6 @@ def commit(spool: Spool, targets: Sequence[Target]) -> Delivery:
 Completion = Callable[[Delivery], None]
 
 
-def _yield_on_wake() -> None:
-    """Let the calling thread stop preempting its process's event loop when it wakes.
-
-    The delivery thread wakes each time the disk finishes a sync. Under Linux's default
-    policy a waking thread preempts the one running, here usually its own event loop, which
-    holds the interpreter lock: the delivery thread then only waits for the lock, and both
-    threads pay two context switches for nothing. ``SCHED_BATCH`` (sched(7)) keeps the
-    thread's share of the CPU and its nice value but gives up that preemption, so it runs
-    when the loop waits or on the other core. Unprivileged; where it is unavailable (not
-    Linux, a sandbox that refuses it) the thread keeps the default policy.
-    """
-    policy = getattr(os, "SCHED_BATCH", None)
-    if policy is None:
-        return
-    with contextlib.suppress(OSError):  # the default policy: correct, slower under load
-        os.sched_setscheduler(0, policy, os.sched_param(0))
-
-
 def _complete(pairs: list[tuple[Completion, Delivery]]) -> None:
     for done, delivery in pairs:
         done(delivery)
@@ -239,7 +220,6 @@ class DeliveryWorker:
         self._thread.join()
 
     def _run(self) -> None:
-        _yield_on_wake()
         pool = self.pool
         if pool is not None:
             pool.fill()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import _RUNNING, make_server, need_program
+from tests.conftest import _RUNNING, make_server, need_program, unavailable
 
 
 def worker_pids(master: int) -> list[int]:
@@ -59,6 +59,30 @@ def test_a_dead_worker_is_replaced_and_sigterm_drains_all(tmp_path: Path) -> Non
     finally:
         assert server.stop(signal.SIGTERM) == 0
     assert worker_pids(master) == []
+
+
+@pytest.mark.timeout(60)
+def test_workers_run_under_sched_batch_and_the_supervisor_does_not(tmp_path: Path) -> None:
+    """Every thread of every worker (event loop, delivery, pickup) runs under SCHED_BATCH,
+    so none preempts the others when it wakes; the supervisor keeps the default policy."""
+    if not hasattr(os, "SCHED_BATCH"):
+        unavailable("SCHED_BATCH (Linux only)")
+    server = make_server(tmp_path)
+    server.start("--workers", "2")
+    assert server.process is not None
+    master = server.process.pid
+    try:
+        workers = wait_for_workers(master, 2)
+        for i in range(4):  # the delivery threads have committed something
+            send(server.host, server.port, "alice@example.org", f"m{i}")
+        assert len(server.new_files("alice@example.org")) == 4
+        for pid in workers:
+            threads = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
+            assert len(threads) >= 2, threads  # the loop and the delivery thread at least
+            assert {os.sched_getscheduler(t) for t in threads} == {os.SCHED_BATCH}
+        assert os.sched_getscheduler(master) == os.SCHED_OTHER
+    finally:
+        assert server.stop(signal.SIGTERM) == 0
 
 
 @pytest.mark.timeout(60)
