@@ -210,25 +210,28 @@ def throughput_notes(report: dict[str, Any]) -> list[str]:
 PAIR = ("smtpkit", "aiosmtpd")
 
 
-def paired_ratios(servers: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Per shape run by both smtpkit and aiosmtpd, the ratio of their rates round by round
-    (round i against round i: they ran seconds apart, under the same conditions of the
-    machine), with the smallest and the median of those ratios."""
-    ours, theirs = (servers.get(name, {}).get("shapes", {}) for name in PAIR)
+def paired_ratios(
+    servers: dict[str, Any], pair: tuple[str, str] = PAIR
+) -> dict[str, dict[str, Any]]:
+    """Per shape run by both servers of ``pair`` (smtpkit and aiosmtpd unless told), the
+    ratio of their rates round by round (round i against round i: they ran seconds apart,
+    under the same conditions of the machine), with the smallest and the median of those
+    ratios."""
+    ours, theirs = (servers.get(name, {}).get("shapes", {}) for name in pair)
     paired: dict[str, dict[str, Any]] = {}
     for shape, entry in ours.items():
         if shape not in theirs:
             continue
         ratios = [a / b for a, b in zip(entry["rounds"], theirs[shape]["rounds"], strict=True)]
         paired[shape] = {
-            "/".join(PAIR): [round(r, 3) for r in ratios],
+            "/".join(pair): [round(r, 3) for r in ratios],
             "min": round(min(ratios), 3),
             "median": round(statistics.median(ratios), 3),
         }
     return paired
 
 
-def paired_line(paired: dict[str, dict[str, Any]]) -> str | None:
+def paired_line(paired: dict[str, dict[str, Any]], pair: tuple[str, str] = PAIR) -> str | None:
     """The line under the table for ``paired_ratios``: per shape the median ratio of the
     rounds and, with more than one round, the smallest."""
     if not paired:
@@ -236,11 +239,11 @@ def paired_line(paired: dict[str, dict[str, Any]]) -> str | None:
     parts = []
     for shape, entry in paired.items():
         part = f"{shape} {entry['median']:.2f}x"
-        if len(entry["/".join(PAIR)]) > 1:
+        if len(entry["/".join(pair)]) > 1:
             part += f" (worst {entry['min']:.2f}x)"
         parts.append(part)
     return (
-        f"paired rounds {'/'.join(PAIR)} (round i against round i, run seconds apart): "
+        f"paired rounds {'/'.join(pair)} (round i against round i, run seconds apart): "
         + ", ".join(parts)
     )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -218,3 +219,45 @@ def test_unknown_shape_is_a_usage_error() -> None:
     )
     assert done.returncode == 2
     assert "unknown shape '7x7KB'" in done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_compare_runs_two_versions_side_by_side(tmp_path: Path) -> None:
+    """``benchmarks.compare REV``: this tree and REV's code (from a temporary worktree, which
+    is removed again), rounds taking turns, a row per shape and the paired line."""
+    need_program("smtp-source", "postfix")
+    need_program("git", "git")
+    command = [sys.executable, "-m", "benchmarks.compare", "HEAD", "--quick"]
+    command += ["--rounds", "2", "--shapes", "20x1KB", "--dir", str(tmp_path)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=140)
+    assert done.returncode == 0, done.stdout + done.stderr
+    head = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    other = f"HEAD ({head[:7]})"
+    lines = done.stdout.splitlines()
+    # Two rounds of each version, taking turns: this tree, HEAD, then HEAD, this tree.
+    turns = [re.match(r"\s+(.+?) 20x1KB\s+round (\d)/2: ", line) for line in lines]
+    assert [(m.group(1), m.group(2)) for m in turns if m] == [
+        ("this tree", "1"),
+        (other, "1"),
+        (other, "2"),
+        ("this tree", "2"),
+    ]
+    header = lines.index(
+        f"| shape | this tree msgs/s | {other} msgs/s "
+        f"| this tree/{other} (median of rounds) | worst round |"
+    )
+    assert lines[header + 1] == "|---|---|---|---|---|"
+    cells = [cell.strip() for cell in lines[header + 2].split("|")[1:-1]]
+    assert cells[0] == "20x1KB"
+    assert float(cells[1].replace(",", "")) > 0 and float(cells[2].replace(",", "")) > 0
+    assert 0 < float(cells[4]) <= float(cells[3])
+    paired = f"paired rounds this tree/{other} (round i against round i, run seconds apart): "
+    assert lines[header + 3].startswith(paired + "20x1KB ")
+    worktrees = subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "list"], capture_output=True, text=True, check=True
+    ).stdout
+    assert str(tmp_path) not in worktrees
+    assert list(tmp_path.iterdir()) == []
