@@ -91,7 +91,7 @@ def host_part() -> str:
 _HOST = host_part()
 #: This process's id and eight random hex digits, drawn again in a forked child: a name
 #: is made for every message, and asking the kernel for the pid each time costs a call.
-_PROCESS: tuple[int, str] = (-1, "")
+_PROCESS: tuple[int, str]
 
 
 def _draw_process() -> None:

@@ -19,6 +19,7 @@ from loopback addresses (programs on this machine), unless ``check_loopback``.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import ipaddress
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -107,8 +108,23 @@ def insert_fields(message: bytes, fields: bytes) -> bytes:
     return fields + message
 
 
-#: How many client addresses ``Checks._ours`` remembers.
-OURS_REMEMBERED = 4096
+@functools.lru_cache(maxsize=4096)
+def _is_ours(
+    peer: str,
+    trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...],
+    check_loopback: bool,
+) -> bool:
+    """``Checks._ours``, remembered for the most recent clients: parsing an address costs
+    more than the rest of a connection's checks."""
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if any(address in network for network in trusted):
+        return True
+    return address.is_loopback and not check_loopback
 
 
 class Checks:
@@ -119,8 +135,6 @@ class Checks:
         self.checks = config.checks
         self.authserv_id = self.checks.authserv_id or config.server.hostname
         self.trusted = config.submission.trusted_networks
-        #: ``_ours`` of recent clients: parsing an address costs more than the rest of it.
-        self._ours_known: dict[str, bool] = {}
         self.signer = signer if signer else None
         self._call_soon = call_soon_threadsafe
         self._pool = concurrent.futures.ThreadPoolExecutor(THREADS, "smtpkit-checks")
@@ -143,23 +157,7 @@ class Checks:
     def _ours(self, peer: str) -> bool:
         """A client whose mail is ours: a trusted network, or (unless check_loopback) this
         machine itself."""
-        known = self._ours_known.get(peer)
-        if known is None:
-            if len(self._ours_known) >= OURS_REMEMBERED:
-                self._ours_known.clear()  # bounded: many clients cannot fill memory
-            known = self._ours_known[peer] = self._judge_ours(peer)
-        return known
-
-    def _judge_ours(self, peer: str) -> bool:
-        try:
-            address = ipaddress.ip_address(peer)
-        except ValueError:
-            return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        if any(address in network for network in self.trusted):
-            return True
-        return address.is_loopback and not self.checks.check_loopback
+        return _is_ours(peer, self.trusted, self.checks.check_loopback)
 
     def screens(self, role: ListenerRole, peer: str) -> bool:
         """Whether a new client of this listener is looked up in the blocklists."""
