@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,12 +25,12 @@ if not __package__:  # run as `python benchmarks/compare.py`: make `benchmarks` 
 
 from benchmarks.common import ROOT, BenchError  # noqa: E402
 from benchmarks.report import paired_line, paired_ratios  # noqa: E402
+from benchmarks.run import work_folder  # noqa: E402
 from benchmarks.servers import find_program, make_smtpkit, raise_open_files_limit  # noqa: E402
-from benchmarks.shapes import SHAPES, Shape, measure_servers  # noqa: E402
+from benchmarks.shapes import QUICK_DIVISOR, SHAPES, Shape, measure_servers, pick_shapes  # noqa: E402
 
 __all__ = ["main"]
 
-QUICK_DIVISOR = 20
 THIS = "this tree"
 
 
@@ -44,17 +42,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--shapes", default="1x1KB,20x1KB,100x1KB", help=f"comma-separated, from {names}"
     )
     parser.add_argument("--rounds", type=int, default=6, help="rounds per shape and version")
-    parser.add_argument("--quick", action="store_true", help="message counts / 20")
+    parser.add_argument("--quick", action="store_true", help=f"counts / {QUICK_DIVISOR}")
     parser.add_argument("--dir", type=Path, default=None, help="parent of the data folders")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per round")
     args = parser.parse_args(argv)
-    wanted = [name.strip() for name in args.shapes.split(",") if name.strip()]
-    unknown = [name for name in wanted if name not in {shape.name for shape in SHAPES}]
-    if unknown:
-        parser.error(f"unknown shape {unknown[0]!r}; choose from {names}")
+    try:
+        shapes = pick_shapes(args.shapes)
+    except ValueError as exc:
+        parser.error(str(exc))
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
-    shapes = [shape for shape in SHAPES if shape.name in wanted]
     args.shape_list = [s.reduced(QUICK_DIVISOR) for s in shapes] if args.quick else shapes
     return args
 
@@ -110,16 +107,12 @@ def report(results: dict[str, Any], pair: tuple[str, str]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.dir is not None:
-        args.dir.mkdir(parents=True, exist_ok=True)
-    base = Path(tempfile.mkdtemp(prefix="smtpkit-compare-", dir=args.dir))
-    try:
-        print(compare(args.shape_list, args.rev, args.rounds, base, args.timeout))
-    except BenchError as exc:
-        print(f"compare: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+    with work_folder(args.dir, keep=False) as base:
+        try:
+            print(compare(args.shape_list, args.rev, args.rounds, base, args.timeout))
+        except BenchError as exc:
+            print(f"compare: {exc}", file=sys.stderr)
+            return 1
     return 0
 
 

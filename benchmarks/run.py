@@ -70,7 +70,7 @@ from benchmarks.servers import (  # noqa: E402
     raise_open_files_limit,
     smtpkit_accepts_workers,
 )
-from benchmarks.shapes import QUICK_DIVISOR, SHAPES, measure_servers  # noqa: E402
+from benchmarks.shapes import QUICK_DIVISOR, SHAPES, measure_servers, pick_shapes  # noqa: E402
 
 DEFAULT_JSON = ROOT / "benchmarks" / "results" / "latest.json"
 
@@ -112,11 +112,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the data folders")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="results file")
     args = parser.parse_args(argv)
-    wanted = [n.strip() for n in args.shapes.split(",") if n.strip()]
-    unknown = [n for n in wanted if n not in {s.name for s in SHAPES}]
-    if unknown:
-        parser.error(f"unknown shape {unknown[0]!r}; choose from {names}")
-    args.shape_list = [s for s in SHAPES if s.name in wanted]
+    try:
+        args.shape_list = pick_shapes(args.shapes)
+    except ValueError as exc:
+        parser.error(str(exc))
     args.relay_shape = RELAY_SHAPE
     if args.quick:
         args.shape_list = [s.reduced(QUICK_DIVISOR) for s in args.shape_list]

@@ -33,6 +33,7 @@ __all__ = [
     "Shape",
     "count_new",
     "measure_servers",
+    "pick_shapes",
     "unmeasured_round",
 ]
 
@@ -66,6 +67,18 @@ SHAPES = (
     Shape("100x1KB", 100, 10000, 1024),
     Shape("20x1MB", 20, 500, 1_000_000),
 )
+
+
+def pick_shapes(text: str) -> list[Shape]:
+    """The shapes named in ``text`` (comma-separated), in table order; ValueError naming
+    the first unknown one."""
+    wanted = [name.strip() for name in text.split(",") if name.strip()]
+    known = {shape.name for shape in SHAPES}
+    unknown = [name for name in wanted if name not in known]
+    if unknown:
+        names = ",".join(shape.name for shape in SHAPES)
+        raise ValueError(f"unknown shape {unknown[0]!r}; choose from {names}")
+    return [shape for shape in SHAPES if shape.name in wanted]
 
 
 class RoundProfiler(Protocol):
