@@ -19,7 +19,7 @@ import pytest
 from benchmarks.relay import sink_count
 from benchmarks.report import paired_line, paired_ratios, relay_lines
 from benchmarks.servers import Server
-from tests.conftest import IN_CI, need_program
+from tests.conftest import IN_CI, need_program, unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -123,7 +123,7 @@ def test_quick_benchmark_counts_every_message_stored(tmp_path: Path) -> None:
 def test_servers_take_turns_in_an_order_reversed_every_round(tmp_path: Path) -> None:
     servers = servers_available()
     if "aiosmtpd" not in servers:
-        pytest.skip("aiosmtpd not installed: install the bench extra (pip install -e '.[bench]')")
+        unavailable("aiosmtpd not installed: install the bench extra (pip install -e '.[bench]')")
     results = tmp_path / "results.json"
     command = [sys.executable, "-m", "benchmarks.run", "--quick", "--rounds", "3"]
     command += ["--shapes", "1x1KB,20x1KB", "--servers", ",".join(servers), "--no-relay"]
