@@ -53,6 +53,25 @@ def _is_hour_file(name: str) -> bool:
     return len(parts) == 4 and all(p.isdigit() for p in parts) and len(name) == 13
 
 
+def _line_encoder() -> Callable[[Mapping[str, Any]], str]:
+    """JSON for one line, compact. ensure_ascii makes every character outside printable
+    ASCII (DEL included) a \\uXXXX escape: no client byte reaches a terminal showing the
+    file. It costs nothing: the C encoder is as fast with it as without, and faster than
+    scanning the output. ``JSONEncoder.encode`` builds that C encoder anew for every call,
+    which costs as much as the encoding of a short line: here it is built once."""
+    fallback = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # an interpreter without the C accelerator
+        return fallback.encode
+    # The arguments of JSONEncoder.iterencode's own call, without its cycle check: a line
+    # is a flat dict of strings, numbers and lists of strings.
+    encode = make(
+        None, fallback.default, json.encoder.encode_basestring_ascii, None, ":", ",",
+        False, False, True,
+    )  # fmt: skip
+    return lambda record: "".join(encode(record, 0))
+
+
 class Journal:
     """Appends events to the hour files under ``directory``; optionally echoes them readably."""
 
@@ -67,10 +86,7 @@ class Journal:
         # Formatting a date costs more than the rest of an event: do it once per second.
         self._second = -1
         self._stamp = ""
-        # ensure_ascii makes every character outside printable ASCII (DEL included) a \uXXXX
-        # escape: no client byte reaches a terminal showing the file. It costs nothing: the
-        # C encoder is as fast with it as without, and faster than scanning the output.
-        self._encode = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
+        self._encode = _line_encoder()
 
     def _now(self) -> str:
         now = time.time()

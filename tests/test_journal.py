@@ -44,6 +44,27 @@ def test_write_and_flush_appends_json_lines(tmp_path: Path) -> None:
     assert datetime.fromisoformat(lines[0]["time"].replace("Z", "+00:00")).tzinfo is not None
 
 
+def test_a_line_is_what_the_json_module_writes_compact(tmp_path: Path) -> None:
+    # The encoder is made once per journal, not per line: the lines are still exactly the
+    # json module's compact, ASCII-only form, and what JSON cannot hold is still refused.
+    journal = Journal(tmp_path)
+    fields: dict[str, Any] = {
+        "text": "\u00e9\x1b[31m\u2028\"\\", "none": None, "yes": True, "count": 3,
+        "ratio": 0.5, "to": ["a@example.org", "b@example.org"], "nested": {"k": [1, "v"]},
+    }  # fmt: skip
+    journal.write("stored", "s1", "127.0.0.1:5000", **fields)
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        journal.write("stored", "s1", "127.0.0.1:5000", path=tmp_path)
+    journal.close()
+    (line,) = (tmp_path / hour_name(datetime.now(UTC))).read_text().splitlines()
+    record = json.loads(line)
+    assert record == {
+        "time": record["time"], "session": "s1", "peer": "127.0.0.1:5000", "event": "stored",
+        **fields,
+    }  # fmt: skip
+    assert line == json.dumps(record, ensure_ascii=True, separators=(",", ":"))
+
+
 # --- what a client sends never reaches a terminal raw --------------------------------------------
 
 HOSTILE = "a\x9b31m\u2028b\x85c\x1b[31md\u2002code=250 \x7f\u00fc\U000e0001"
