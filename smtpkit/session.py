@@ -177,8 +177,29 @@ class ServerContext:
     verifier: RecipientVerifier | None = None
 
 
+# Session ids are cut from random bytes drawn in blocks: one getrandom(2) per 256 sessions
+# rather than one each. A forked worker starts with an empty block of its own, or two
+# processes would hand out the same ids.
+_ID_BYTES = 6
+_id_block = b""
+_id_next = 0
+
+
+def _new_id_block() -> None:
+    global _id_block, _id_next
+    _id_block, _id_next = b"", 0
+
+
+os.register_at_fork(after_in_child=_new_id_block)
+
+
 def new_session_id() -> str:
-    return os.urandom(6).hex()
+    global _id_block, _id_next
+    start = _id_next
+    if start >= len(_id_block):
+        _id_block, start = os.urandom(_ID_BYTES * 256), 0
+    _id_next = start + _ID_BYTES
+    return _id_block[start : start + _ID_BYTES].hex()
 
 
 _date_cache: tuple[int, str] = (-1, "")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import functools
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from smtpkit.journal import Journal
 from smtpkit.limits import BareNewline, Limits
 from smtpkit.policy import Decision, LocalPolicy, SessionFacts, TlsInfo
 from smtpkit.protocol.events import Hello
-from smtpkit.session import ServerContext, Session
+from smtpkit.session import ServerContext, Session, new_session_id
 from smtpkit.users import UserStore
 
 
@@ -666,3 +667,25 @@ def test_policy_facts_name_the_listener_and_its_role(tmp_path: Path) -> None:
     assert [(f.peer, f.role, f.listener) for f in seen] == [
         ("192.0.2.7", ListenerRole.SUBMISSION, "192.0.2.1:587")
     ]
+
+
+def test_session_ids_are_unique_and_a_forked_worker_draws_its_own() -> None:
+    # Ids are cut from blocks of random bytes; a worker forked mid-block must not hand out
+    # the ids its parent hands out next (they name queue entries and journal sessions).
+    ids = [new_session_id() for _ in range(1000)]
+    assert len(set(ids)) == 1000
+    assert all(len(i) == 12 and int(i, 16) >= 0 for i in ids)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids, to the parent
+        try:
+            os.write(write, " ".join(new_session_id() for _ in range(300)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    mine = {new_session_id() for _ in range(300)}
+    with os.fdopen(read) as pipe:
+        theirs = set(pipe.read().split())
+    assert os.waitpid(pid, 0)[1] == 0
+    assert len(theirs) == 300
+    assert not mine & theirs
