@@ -7,7 +7,8 @@ response and HELP, where RFC 2034 section 3 says none is used. Replies that need
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, field
 
 __all__ = [
     "AUTH_UNAVAILABLE",
@@ -90,6 +91,17 @@ class Reply:
     code: int
     enhanced: str | None
     lines: tuple[str, ...]
+    # The bytes on the wire, made once: most replies are constants sent again and again.
+    _wire: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        out = []
+        last = len(self.lines) - 1
+        for i, line in enumerate(self.lines):
+            sep = " " if i == last else "-"
+            text = f"{self.enhanced} {line}" if self.enhanced else line
+            out.append(f"{self.code}{sep}{text}\r\n" if text else f"{self.code}{sep}\r\n")
+        object.__setattr__(self, "_wire", "".join(out).encode("utf-8", "replace"))
 
     @property
     def text(self) -> str:
@@ -106,13 +118,7 @@ class Reply:
         return self.code == 421
 
     def to_bytes(self) -> bytes:
-        out = []
-        last = len(self.lines) - 1
-        for i, line in enumerate(self.lines):
-            sep = " " if i == last else "-"
-            text = f"{self.enhanced} {line}" if self.enhanced else line
-            out.append(f"{self.code}{sep}{text}\r\n" if text else f"{self.code}{sep}\r\n")
-        return "".join(out).encode("utf-8", "replace")
+        return self._wire
 
     def __str__(self) -> str:
         return self.to_bytes().decode("utf-8", "replace").rstrip("\r\n").replace("\r\n", " | ")
@@ -211,6 +217,9 @@ SEVERAL_AUTHORS = _r(550, "5.7.1", "Several From: domains: DMARC cannot be appli
 
 
 # --- replies with values -------------------------------------------------------------------
+# The replies below that depend only on the server's name, or on it and the client's, are
+# made once and kept (a few hundred): every session sends them.
+@functools.lru_cache(maxsize=16)
 def greeting(hostname: str) -> Reply:
     """RFC 5321 4.2: ``220 <domain> ESMTP``; no enhanced code before EHLO (RFC 2034 3)."""
     return _r(220, None, f"{hostname} ESMTP smtpkit")
@@ -259,15 +268,18 @@ def _hello_line(hostname: str, client: str) -> str:
     return f"{hostname} Hello {client[: max(0, room)]}"
 
 
+@functools.lru_cache(maxsize=256)
 def ehlo(hostname: str, client: str, extensions: tuple[str, ...]) -> Reply:
     """RFC 5321 4.1.1.1: first line greets, one extension keyword per following line."""
     return _r(250, None, _hello_line(hostname, client), *extensions)
 
 
+@functools.lru_cache(maxsize=256)
 def helo(hostname: str, client: str) -> Reply:
     return _r(250, None, _hello_line(hostname, client))
 
 
+@functools.lru_cache(maxsize=16)
 def closing(hostname: str) -> Reply:
     return _r(221, "2.0.0", f"{hostname} Service closing transmission channel")
 

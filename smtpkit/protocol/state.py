@@ -34,6 +34,11 @@ __all__ = [
 class State(Enum):
     """Where the SMTP dialogue is (RFC 5321 3.3 and 4.1.4)."""
 
+    # Every command looks its (state, verb) pair up in the tables below: hash by identity,
+    # in C, rather than by Enum's hash of the name, a Python call each time. Members are
+    # singletons and compare by identity, so the two agree.
+    __hash__ = object.__hash__
+
     #: Connected; the greeting has not been sent yet. Commands wait in the buffer.
     INITIAL = "initial"
     #: Greeting sent (or STARTTLS completed, RFC 3207 4.2): HELO or EHLO is needed.
