@@ -96,7 +96,7 @@ def test_limit_errors_name_the_key(
 def test_delivery_sections(tmp_path: Path) -> None:
     config = load(
         tmp_path,
-        server={"dsn_on_receive": True},
+        server={"dsn_on_receive": True, "pin_workers": False},
         delivery={
             "max_connections": 7,
             "max_per_domain": 2,
@@ -109,6 +109,7 @@ def test_delivery_sections(tmp_path: Path) -> None:
         queue={"min_retry": 1, "max_retry": 2, "max_age": 3, "delay_warning": 0, "hold": True},
     )
     assert config.server.dsn_on_receive is True
+    assert config.server.pin_workers is False
     assert config.delivery == DeliveryConfig(
         max_connections=7,
         max_per_domain=2,
@@ -132,6 +133,7 @@ def test_delivery_defaults(tmp_path: Path) -> None:
     assert config.relay is None
     assert config.queue == QueueConfig(300.0, 3600.0, 432000.0, 14400.0, False)
     assert config.server.dsn_on_receive is False
+    assert config.server.pin_workers is True
 
 
 @pytest.mark.parametrize(
@@ -166,6 +168,8 @@ def test_delivery_defaults(tmp_path: Path) -> None:
          "queue -> delay_warning: must be a number of seconds (0: never), got -1"),
         ({"server": {"dsn_on_receive": "yes"}},
          "server -> dsn_on_receive: must be true or false, got 'yes'"),
+        ({"server": {"pin_workers": 1}},
+         "server -> pin_workers: must be true or false, got 1"),
     ],
 )  # fmt: skip
 def test_delivery_errors_name_the_key(

@@ -58,6 +58,7 @@ from smtpkit.server.listener import (
 from smtpkit.server.loop import EventLoop
 from smtpkit.server.metrics_http import start_endpoint
 from smtpkit.server.pickup import Pickup
+from smtpkit.server.placement import Placement
 from smtpkit.server.proxy import HeaderReader
 from smtpkit.server.verify import LmtpVerifier
 from smtpkit.server.workers import Supervisor
@@ -142,8 +143,11 @@ class Server:
         syncer: SharedSyncer | None = None,
         signer: Signer | None = None,
         standalone: bool = False,
+        placement: Placement | None = None,
     ) -> None:
         self.worker = worker
+        #: Which CPU this worker's threads run on while the server is busy (several workers).
+        self.placement = placement
         self.tmp_cleaned = tmp_cleaned
         self.sockets = sockets
         self.loop = EventLoop()
@@ -449,6 +453,10 @@ class Server:
             metrics.record.connection("refused_limit")
             refuse(sock, TOO_MANY)
             return
+        placement = self.placement
+        if placement is not None and not placement.pinned:
+            # Fixed as soon as the server gets busy; set free by the sweep, not in a hurry.
+            placement.update(self.counts.total(), enabled=self.config.server.pin_workers)
         if self._behind_proxy(peer[0]):
             # Counted under the balancer's address until the header names the client.
             done = functools.partial(self._proxied, role=role, listener=listener)
@@ -554,6 +562,8 @@ class Server:
         now = time.monotonic()
         for conn in list(self.connections):
             conn.check_deadline(now)
+        if self.placement is not None:
+            self.placement.update(self.counts.total(), enabled=self.config.server.pin_workers)
         self.loop.call_later(SWEEP, self._sweep)
 
 
@@ -639,6 +649,7 @@ def serve(
             syncer=syncer,
             signer=now.signer,
             standalone=workers == 1 and run_as is None,
+            placement=Placement(slot, workers) if workers > 1 else None,
         )
         server.run()
 

@@ -108,6 +108,64 @@ def test_workers_run_under_sched_batch_and_the_supervisor_does_not(tmp_path: Pat
         assert server.stop(signal.SIGTERM) == 0
 
 
+def thread_cpus(pids: list[int]) -> dict[int, set[frozenset[int]]]:
+    """For each process, the CPU sets its threads may run on (one set: all alike)."""
+    found: dict[int, set[frozenset[int]]] = {}
+    for pid in pids:
+        found[pid] = {
+            frozenset(os.sched_getaffinity(int(t))) for t in os.listdir(f"/proc/{pid}/task")
+        }
+    return found
+
+
+def wait_for_cpus(
+    pids: list[int], want: dict[int, set[frozenset[int]]], timeout: float = 15
+) -> None:
+    deadline = time.monotonic() + timeout
+    while (seen := thread_cpus(pids)) != want:
+        assert time.monotonic() < deadline, f"threads on {seen}, expected {want}"
+        time.sleep(0.05)
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("pin", [True, False])
+def test_a_busy_server_runs_each_worker_on_a_cpu_of_its_own(tmp_path: Path, pin: bool) -> None:
+    """With two connections per worker or more, every thread of worker i is fixed to the
+    i-th CPU; once fewer connections than workers remain, they are free again. The
+    supervisor is never fixed. ``server.pin_workers = false`` leaves them free throughout."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        unavailable("fixing workers to CPUs needs a machine with two CPUs or more")
+    every = frozenset(cpus)
+    server = make_server(tmp_path, extra_config=f"\npin_workers = {str(pin).lower()}\n")
+    server.start("--workers", "2")
+    assert server.process is not None
+    master = server.process.pid
+    held: list[socket.socket] = []
+    try:
+        workers = wait_for_workers(master, 2)
+        free = {pid: {every} for pid in workers}
+        wait_for_cpus(workers, free)
+        for _ in range(6):  # busy: three per worker
+            s = socket.create_connection((server.host, server.port), timeout=10)
+            assert s.recv(1024).startswith(b"220 ")
+            held.append(s)
+        # Fixed at once, or by the next sweep (each second) for a worker that got none.
+        # Worker processes are started in slot order, and pids grow.
+        busy = {pid: {frozenset({cpus[i]})} for i, pid in enumerate(workers)} if pin else free
+        wait_for_cpus(workers, busy)
+        assert thread_cpus([master]) == {master: {every}}
+        for s in held[1:]:
+            s.close()
+        wait_for_cpus(workers, free)
+        send(server.host, server.port, "alice@example.org", "after")
+        assert len(server.new_files("alice@example.org")) == 1
+    finally:
+        for s in held:
+            s.close()
+        assert server.stop(signal.SIGTERM) == 0
+
+
 @pytest.mark.timeout(60)
 def test_per_ip_limit_is_global_across_workers(tmp_path: Path) -> None:
     server = make_server(tmp_path, extra_config="\n[limits]\nmax_connections_per_ip = 4\n")
