@@ -278,7 +278,9 @@ class Connection:
         if self._want_tls:
             self._begin_tls()
             return
-        self._set_events(self._read_interest())
+        if self._events != _READ:
+            # Reading again, if it had stopped (only _read stops it for a full buffer).
+            self._set_events(self._read_interest())
         if self.session.stalled:
             self.session.resume()
             self._time_message()
