@@ -88,9 +88,9 @@ class ServerConfig:
     directory: Path
     domains: tuple[str, ...]
     workers: int = 1
-    #: With several workers, each runs on one CPU of its own (worker i on the i-th CPU the
-    #: server may use): a worker's event loop and delivery thread hand the interpreter lock
-    #: to each other all the time, and on one CPU that costs no cross-CPU wake-up.
+    #: With several workers, while the server is busy, each worker's threads run on one CPU
+    #: of their own (server/placement.py): its event loop and delivery thread hand the
+    #: interpreter lock to each other all the time, and on one CPU that wakes no other CPU.
     pin_workers: bool = True
     #: Offer DSN (RFC 3461) on the receive listeners too; off by default: success notices
     #: asked for by an unauthenticated client would mail whatever it sends to whomever it

@@ -179,7 +179,8 @@ class ServerContext:
 
 # Session ids are cut from random bytes drawn in blocks: one getrandom(2) per 256 sessions
 # rather than one each. A forked worker starts with an empty block of its own, or two
-# processes would hand out the same ids.
+# processes would hand out the same ids. Only the event loop's thread makes sessions: there
+# is no lock.
 _ID_BYTES = 6
 _id_block = b""
 _id_next = 0
