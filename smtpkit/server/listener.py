@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import selectors
 import socket
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -89,7 +90,7 @@ class Listener:
         self.sock = sock
         self._admit = admit
         self._on_accept = on_accept
-        loop.register_shared(sock, self._on_ready)
+        loop.register(sock, selectors.EVENT_READ, self._on_ready)
 
     def _on_ready(self, mask: int) -> None:
         # Accept a bounded batch per turn so a flood cannot starve established sessions.
@@ -115,7 +116,7 @@ class Listener:
 
     def _resume(self) -> None:
         if self.sock.fileno() >= 0:
-            self.loop.register_shared(self.sock, self._on_ready)
+            self.loop.register(self.sock, selectors.EVENT_READ, self._on_ready)
 
     def close(self) -> None:
         self.loop.unregister(self.sock)

@@ -11,7 +11,6 @@ import contextlib
 import heapq
 import itertools
 import os
-import select
 import selectors
 import signal
 import time
@@ -58,24 +57,6 @@ class EventLoop:
     # --- registration ---------------------------------------------------------------------
     def register(self, fileobj: Any, events: int, handler: Handler) -> None:
         self.selector.register(fileobj, events, handler)
-
-    def register_shared(self, fileobj: Any, handler: Handler) -> None:
-        """Watch for reading a socket that other processes' loops watch too (a listening
-        socket shared by the workers). With epoll, only one waiting loop is woken for it
-        (``EPOLLEXCLUSIVE``, Linux 4.5): else every worker wakes for each connection, and
-        all but one find nothing to accept."""
-        self.selector.register(fileobj, selectors.EVENT_READ, handler)
-        exclusive = getattr(select, "EPOLLEXCLUSIVE", 0)
-        epoll = getattr(self.selector, "_selector", None)
-        if not exclusive or not isinstance(epoll, select.epoll):
-            return
-        fd = self.selector.get_key(fileobj).fd
-        # The flag is only taken when a descriptor is added: add it again, with the flag.
-        epoll.unregister(fd)
-        try:
-            epoll.register(fd, select.EPOLLIN | exclusive)
-        except OSError:
-            epoll.register(fd, select.EPOLLIN)  # a kernel without it: plain wake-ups
 
     def modify(self, fileobj: Any, events: int, handler: Handler) -> None:
         self.selector.modify(fileobj, events, handler)
