@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import _RUNNING, make_server, need_program, unavailable
+from tests.conftest import _RUNNING, MailServer, make_server, need_program, unavailable
 
 
 def worker_pids(master: int) -> list[int]:
@@ -38,6 +38,13 @@ def wait_for_workers(
     raise AssertionError(f"expected {count} workers, found {worker_pids(master)}")
 
 
+def start_workers(server: MailServer, count: int, *args: str) -> int:
+    """Start ``server`` with ``count`` workers; returns the supervisor's pid."""
+    server.start("--workers", str(count), *args)
+    assert server.process is not None
+    return server.process.pid
+
+
 def send(host: str, port: int, to: str, subject: str) -> None:
     with smtplib.SMTP(host, port, timeout=10) as smtp:
         smtp.sendmail("s@remote.test", [to], f"Subject: {subject}\r\n\r\nbody\r\n")
@@ -46,9 +53,7 @@ def send(host: str, port: int, to: str, subject: str) -> None:
 @pytest.mark.timeout(60)
 def test_a_dead_worker_is_replaced_and_sigterm_drains_all(tmp_path: Path) -> None:
     server = make_server(tmp_path)
-    server.start("--workers", "3")
-    assert server.process is not None
-    master = server.process.pid
+    master = start_workers(server, 3)
     try:
         first = wait_for_workers(master, 3)
         os.kill(first[0], signal.SIGKILL)
@@ -92,9 +97,7 @@ def test_workers_run_under_sched_batch_and_the_supervisor_does_not(tmp_path: Pat
         # The server then keeps the default policy, as it should; CI's machine allows it.
         unavailable("this kernel or sandbox refuses SCHED_BATCH to a thread")
     server = make_server(tmp_path)
-    server.start("--workers", "2")
-    assert server.process is not None
-    master = server.process.pid
+    master = start_workers(server, 2)
     try:
         workers = wait_for_workers(master, 2)
         for i in range(4):  # the delivery threads have committed something
@@ -141,9 +144,7 @@ def test_a_busy_server_runs_each_worker_on_a_cpu_of_its_own(tmp_path: Path, pin:
         unavailable("fixing workers to CPUs needs a machine with two CPUs or more")
     every = frozenset(cpus)
     server = make_server(tmp_path, extra_config=f"\npin_workers = {str(pin).lower()}\n")
-    server.start("--workers", "2")
-    assert server.process is not None
-    master = server.process.pid
+    master = start_workers(server, 2)
     held: list[socket.socket] = []
     try:
         workers = wait_for_workers(master, 2)
@@ -249,9 +250,7 @@ def test_journal_lines_stay_whole_with_parallel_workers(tmp_path: Path) -> None:
 @pytest.mark.timeout(60)
 def test_workers_do_not_outlive_a_killed_supervisor(tmp_path: Path) -> None:
     server = make_server(tmp_path)
-    server.start("--workers", "2", "--quiet")
-    assert server.process is not None
-    master = server.process.pid
+    master = start_workers(server, 2, "--quiet")
     workers = wait_for_workers(master, 2)
     server.process.kill()  # SIGKILL: the supervisor cannot clean up
     server.process.wait(timeout=10)
@@ -268,9 +267,7 @@ def test_workers_do_not_outlive_a_killed_supervisor(tmp_path: Path) -> None:
 @pytest.mark.timeout(60)
 def test_workers_that_keep_dying_stop_the_server_with_an_error(tmp_path: Path) -> None:
     server = make_server(tmp_path)
-    server.start("--workers", "2", "--quiet")
-    assert server.process is not None
-    master = server.process.pid
+    master = start_workers(server, 2, "--quiet")
     killed: set[int] = set()
     # More deaths within the restart window than the supervisor tolerates (a crash loop).
     while server.process.poll() is None and len(killed) < 12:
@@ -349,9 +346,7 @@ def test_sighup_from_the_first_moment_of_start_up_is_not_fatal(
 @pytest.mark.timeout(60)
 def test_sighup_burst_while_a_replacement_worker_starts_is_not_fatal(tmp_path: Path) -> None:
     server = make_server(tmp_path)
-    server.start("--workers", "2")
-    assert server.process is not None
-    master = server.process.pid
+    master = start_workers(server, 2)
     first = wait_for_workers(master, 2)
     os.kill(first[0], signal.SIGKILL)
     # Hangups at the supervisor, which forwards each one to its workers, while the
