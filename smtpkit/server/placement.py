@@ -16,32 +16,39 @@ import os
 
 __all__ = ["Placement"]
 
-#: Fixed from this many connections per worker (in all workers) ...
+#: Fixed from this many connections per worker, counted in all workers; set free below one.
 BUSY_PER_WORKER = 2
 
 
 class Placement:
-    """The CPU of worker ``slot`` of ``workers`` (the ``slot``-th of the CPUs this process
-    may use, round the list), and whether its threads are fixed to it now. ``update`` is
-    given the connections of every worker (``ConnectionCounts.total``) now and then."""
+    """Where the threads of one of ``workers`` worker processes run: on ``cpu`` while fixed,
+    on ``allowed`` when free; ``pinned`` says which it is now. ``update`` is given the
+    connections of every worker (``ConnectionCounts.total``) now and then."""
 
-    def __init__(self, slot: int, workers: int) -> None:
+    def __init__(self, cpu: int, allowed: set[int], workers: int) -> None:
+        self.cpu = cpu
+        self.allowed = allowed
         self.workers = workers
         self.pinned = False
-        self.cpu: int | None = None
-        self.allowed: set[int] = set()
+
+    @classmethod
+    def of_worker(cls, slot: int, workers: int) -> Placement | None:
+        """Worker ``slot`` on the ``slot``-th of the CPUs this process may use, round the
+        list; None where nothing is to be fixed: one worker, one CPU, or no affinity calls
+        (not Linux, a sandbox), and the kernel places the threads."""
+        if workers < 2:
+            return None
         try:
-            self.allowed = os.sched_getaffinity(0)
+            allowed = os.sched_getaffinity(0)
         except (AttributeError, OSError):
-            return  # no affinity calls here (not Linux, a sandbox): the kernel places them
-        if workers > 1 and len(self.allowed) > 1:
-            self.cpu = sorted(self.allowed)[slot % len(self.allowed)]
+            return None
+        if len(allowed) < 2:
+            return None
+        return cls(sorted(allowed)[slot % len(allowed)], allowed, workers)
 
     def update(self, connections: int, *, enabled: bool = True) -> None:
         """``enabled``: ``server.pin_workers``, which a reload may turn off (the threads are
         then set free) or on."""
-        if self.cpu is None:
-            return
         if not enabled:
             connections = 0
         if not self.pinned and connections >= BUSY_PER_WORKER * self.workers:

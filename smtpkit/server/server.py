@@ -453,10 +453,8 @@ class Server:
             metrics.record.connection("refused_limit")
             refuse(sock, TOO_MANY)
             return
-        placement = self.placement
-        if placement is not None and not placement.pinned:
-            # Fixed as soon as the server gets busy; set free by the sweep, not in a hurry.
-            placement.update(self.counts.total(), enabled=self.config.server.pin_workers)
+        if self.placement is not None and not self.placement.pinned:
+            self._place()  # fixed as soon as the server gets busy; set free by the sweep
         if self._behind_proxy(peer[0]):
             # Counted under the balancer's address until the header names the client.
             done = functools.partial(self._proxied, role=role, listener=listener)
@@ -563,8 +561,14 @@ class Server:
         for conn in list(self.connections):
             conn.check_deadline(now)
         if self.placement is not None:
-            self.placement.update(self.counts.total(), enabled=self.config.server.pin_workers)
+            self._place()
         self.loop.call_later(SWEEP, self._sweep)
+
+    def _place(self) -> None:
+        """Fix this worker's threads to its CPU, or set them free, by how busy the server
+        is (server/placement.py)."""
+        assert self.placement is not None
+        self.placement.update(self.counts.total(), enabled=self.config.server.pin_workers)
 
 
 def batch_scheduling() -> None:
@@ -649,7 +653,7 @@ def serve(
             syncer=syncer,
             signer=now.signer,
             standalone=workers == 1 and run_as is None,
-            placement=Placement(slot, workers) if workers > 1 else None,
+            placement=Placement.of_worker(slot, workers),
         )
         server.run()
 
