@@ -117,9 +117,11 @@ def thread_cpus(pids: list[int]) -> dict[int, set[frozenset[int]]]:
     """For each process, the CPU sets its threads may run on (one set: all alike)."""
     found: dict[int, set[frozenset[int]]] = {}
     for pid in pids:
-        found[pid] = {
-            frozenset(os.sched_getaffinity(int(t))) for t in os.listdir(f"/proc/{pid}/task")
-        }
+        found[pid] = set()
+        for task in os.listdir(f"/proc/{pid}/task"):
+            # A thread that ended since the listing has no CPUs left to check.
+            with contextlib.suppress(ProcessLookupError):
+                found[pid].add(frozenset(os.sched_getaffinity(int(task))))
     return found
 
 
