@@ -6,6 +6,7 @@ A peer missing from the machine skips its test on a developer's machine but fail
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -17,7 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 
@@ -49,6 +50,18 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def read_journal(folder: Path) -> list[dict[str, Any]]:
+    """Every event in a journal folder's hour files, oldest file first. A running server may
+    be in the middle of an append, and a reader can see its first part: a last line without
+    its newline is not whole yet and waits for the next look (as ``smtpkit journal`` does).
+    Any other line that is not JSON fails the test."""
+    records: list[dict[str, Any]] = []
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        text = path.read_text()
+        records += [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines()]
+    return records
 
 
 def smtpkit(

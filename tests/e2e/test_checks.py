@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from smtpkit.config import update_config
-from tests.conftest import MailServer, make_server, smtpkit
+from tests.conftest import MailServer, make_server, read_journal, smtpkit
 from tests.dnsserver import DnsServer, run_nsd
 from tests.e2e.test_outbound import receiving_smtpkit, wait_until
 
@@ -143,9 +143,7 @@ def results(msg: email.message.Message) -> list[str]:
 
 
 def journal(server: MailServer, event: str) -> list[dict[str, Any]]:
-    records = []
-    for path in sorted((server.directory / "journal").iterdir()):
-        records += [json.loads(line) for line in path.read_text().splitlines()]
+    records = read_journal(server.directory / "journal")
     return [r for r in records if r["event"] == event]
 
 

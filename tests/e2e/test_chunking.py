@@ -7,7 +7,6 @@ big pipelined message refused for its size. What is stored is compared byte for 
 
 from __future__ import annotations
 
-import json
 import selectors
 import socket
 import time
@@ -17,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import MailServer, make_server
+from tests.conftest import MailServer, make_server, read_journal
 from tests.e2e.rawclient import RawClient
 from tests.e2e.test_exhaustion import Memory, server_pids
 
@@ -56,9 +55,7 @@ def journal(server: MailServer, event: str, count: int = 1) -> list[dict[str, An
     """The journal's ``event`` lines once there are ``count`` (written every 20 ms)."""
     deadline = time.monotonic() + 10
     while True:
-        records = []
-        for path in sorted((server.directory / "journal").iterdir()):
-            records += [json.loads(line) for line in path.read_text().splitlines()]
+        records = read_journal(server.directory / "journal")
         found = [r for r in records if r.get("event") == event]
         if len(found) >= count:
             return found

@@ -14,7 +14,6 @@ a missing one fails the test (``need_program``).
 
 from __future__ import annotations
 
-import json
 import socket
 import subprocess
 import time
@@ -24,7 +23,14 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import MailServer, free_port, make_server, need_program, unavailable
+from tests.conftest import (
+    MailServer,
+    free_port,
+    make_server,
+    need_program,
+    read_journal,
+    unavailable,
+)
 from tests.postfix import start_postfix
 from tests.smtpreader import read_reply
 
@@ -57,9 +63,7 @@ def stored_line(server: MailServer, timeout: float = 60) -> dict[str, Any]:
     """The journal's one ``stored`` line, once it is there."""
     deadline = time.monotonic() + timeout
     while True:
-        records = []
-        for path in sorted((server.directory / "journal").iterdir()):
-            records += [json.loads(line) for line in path.read_text().splitlines()]
+        records = read_journal(server.directory / "journal")
         stored = [r for r in records if r.get("event") == "stored"]
         if stored:
             assert len(stored) == 1, stored

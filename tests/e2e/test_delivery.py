@@ -22,6 +22,7 @@ from tests.conftest import (
     free_port,
     make_server,
     need_program,
+    read_journal,
     smtpkit,
     unavailable,
     wait_for_banner,
@@ -29,11 +30,7 @@ from tests.conftest import (
 
 
 def journal_records(server: MailServer) -> list[dict[str, object]]:
-    records = []
-    for path in sorted((server.directory / "journal").iterdir()):
-        for line in path.read_text().splitlines():
-            records.append(json.loads(line))
-    return records
+    return read_journal(server.directory / "journal")
 
 
 def wait_for(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]

@@ -8,7 +8,6 @@ before, so a short spike between two samples cannot hide.
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import selectors
@@ -22,7 +21,7 @@ from typing import Any
 import pytest
 
 from smtpkit.server.connection import SEND_BUFFER
-from tests.conftest import MailServer, make_server
+from tests.conftest import MailServer, make_server, read_journal
 from tests.e2e.rawclient import RawClient
 
 MB = 1024 * 1024
@@ -37,8 +36,11 @@ def server_pids(server: MailServer) -> list[int]:
     pids = [server.process.pid]
     for pid in pids:  # grows while walking: breadth first
         for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as fh:
-                pids.extend(int(p) for p in fh.read().split())
+            try:
+                with open(f"/proc/{pid}/task/{task}/children") as fh:
+                    pids.extend(int(p) for p in fh.read().split())
+            except (FileNotFoundError, ProcessLookupError):
+                continue  # ended since the listing; its children pass to a sibling thread
     return pids
 
 
@@ -130,9 +132,7 @@ def journal_records(
     """The journal's events once ``until(events)`` holds (workers append every 20 ms)."""
     deadline = time.monotonic() + timeout
     while True:
-        records: list[dict[str, Any]] = []
-        for path in sorted((server.directory / "journal").iterdir()):
-            records += [json.loads(line) for line in path.read_text().splitlines()]
+        records = read_journal(server.directory / "journal")
         if until(records):
             return records
         assert time.monotonic() < deadline, f"journal never got there: {records[-5:]}"

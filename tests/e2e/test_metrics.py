@@ -4,7 +4,6 @@ no ``[metrics]`` nothing more listens."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import smtplib
@@ -23,7 +22,7 @@ import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import MailServer, free_port, make_server
+from tests.conftest import MailServer, free_port, make_server, read_journal
 
 SIZE_LIMIT = 20_000
 MESSAGE = "Subject: counted\r\n\r\nbody\r\n"
@@ -89,13 +88,7 @@ def send(server: MailServer, to: str, body: str = MESSAGE) -> None:
 
 
 def events(server: MailServer, name: str) -> list[dict[str, object]]:
-    found = []
-    for path in sorted((server.directory / "journal").iterdir()):
-        for line in path.read_text().splitlines():
-            record = json.loads(line)
-            if record["event"] == name:
-                found.append(record)
-    return found
+    return [r for r in read_journal(server.directory / "journal") if r["event"] == name]
 
 
 def stored_sizes(server: MailServer) -> list[int]:

@@ -19,7 +19,14 @@ from typing import Any
 import pytest
 import tomli_w
 
-from tests.conftest import MailServer, free_port, make_server, smtpkit, wait_for_banner
+from tests.conftest import (
+    MailServer,
+    free_port,
+    make_server,
+    read_journal,
+    smtpkit,
+    wait_for_banner,
+)
 
 TIMEOUT = 20.0
 
@@ -44,11 +51,7 @@ def status_json(server: MailServer) -> dict[str, Any]:
 
 
 def journal(server: MailServer) -> list[dict[str, Any]]:
-    records = []
-    folder = server.directory / "journal"
-    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
-        records += [json.loads(line) for line in path.read_text().splitlines() if line]
-    return records
+    return read_journal(server.directory / "journal")
 
 
 def events(server: MailServer, *names: str) -> int:

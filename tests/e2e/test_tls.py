@@ -21,7 +21,7 @@ import pytest
 import tomli_w
 
 from smtpkit.config import load_config
-from tests.conftest import MailServer, make_server, need_program, smtpkit, unavailable
+from tests.conftest import MailServer, make_server, need_program, read_journal, smtpkit, unavailable
 from tests.smtpreader import read_reply
 
 HOSTNAME = "mx.test.example"  # server.hostname of make_server(), so the certificate's name
@@ -31,10 +31,7 @@ HOSTNAME = "mx.test.example"  # server.hostname of make_server(), so the certifi
 
 
 def journal(server: MailServer) -> list[dict[str, Any]]:
-    records = []
-    for path in sorted((server.directory / "journal").iterdir()):
-        records.extend(json.loads(line) for line in path.read_text().splitlines())
-    return records
+    return read_journal(server.directory / "journal")
 
 
 def wait_for(predicate: Any, timeout: float = 10.0) -> None:
