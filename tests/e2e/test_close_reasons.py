@@ -4,21 +4,17 @@ so that "who hangs up on us" is one query on the journal."""
 
 from __future__ import annotations
 
-import json
 import socket
 from typing import Any
 
 import pytest
 
-from tests.conftest import MailServer
+from tests.conftest import MailServer, read_journal
 from tests.e2e.test_outbound import wait_until
 
 
 def records(server: MailServer) -> list[dict[str, Any]]:
-    found = []
-    for path in sorted((server.directory / "journal").iterdir()):
-        found += [json.loads(line) for line in path.read_text().splitlines()]
-    return found
+    return read_journal(server.directory / "journal")
 
 
 def closed_session(server: MailServer, greeting: str) -> dict[str, Any] | None:
