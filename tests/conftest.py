@@ -52,18 +52,6 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def read_journal(folder: Path) -> list[dict[str, Any]]:
-    """Every event in a journal folder's hour files, oldest file first. A running server may
-    be in the middle of an append, and a reader can see its first part: a last line without
-    its newline is not whole yet and waits for the next look (as ``smtpkit journal`` does).
-    Any other line that is not JSON fails the test."""
-    records: list[dict[str, Any]] = []
-    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
-        text = path.read_text()
-        records += [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines()]
-    return records
-
-
 def smtpkit(
     *args: str, config: Path | None = None, check: bool = True, input: str | None = None
 ) -> subprocess.CompletedProcess[str]:
@@ -96,6 +84,18 @@ class MailServer:
 
     def new_files(self, address: str) -> list[Path]:
         return sorted((self.maildir(address) / "new").iterdir())
+
+    def journal(self) -> list[dict[str, Any]]:
+        """Every event in the journal's hour files, oldest file first. A running server may
+        be in the middle of an append, and a reader can see its first part: a last line
+        without its newline is not whole yet and waits for the next look (as ``smtpkit
+        journal`` does). Any other line that is not JSON fails the test."""
+        folder = self.directory / "journal"
+        records: list[dict[str, Any]] = []
+        for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+            text = path.read_text()
+            records += [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines()]
+        return records
 
     def start(self, *extra: str) -> None:
         _RUNNING.append(self)

@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from smtpkit.config import update_config
-from tests.conftest import MailServer, make_server, read_journal, smtpkit
+from tests.conftest import MailServer, make_server, smtpkit
 from tests.dnsserver import DnsServer, run_nsd
 from tests.e2e.test_outbound import receiving_smtpkit, wait_until
 
@@ -143,7 +143,7 @@ def results(msg: email.message.Message) -> list[str]:
 
 
 def journal(server: MailServer, event: str) -> list[dict[str, Any]]:
-    records = read_journal(server.directory / "journal")
+    records = server.journal()
     return [r for r in records if r["event"] == event]
 
 

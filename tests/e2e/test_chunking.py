@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import MailServer, make_server, read_journal
+from tests.conftest import MailServer, make_server
 from tests.e2e.rawclient import RawClient
 from tests.e2e.test_exhaustion import Memory, server_pids
 
@@ -55,7 +55,7 @@ def journal(server: MailServer, event: str, count: int = 1) -> list[dict[str, An
     """The journal's ``event`` lines once there are ``count`` (written every 20 ms)."""
     deadline = time.monotonic() + 10
     while True:
-        records = read_journal(server.directory / "journal")
+        records = server.journal()
         found = [r for r in records if r.get("event") == event]
         if len(found) >= count:
             return found

@@ -28,7 +28,6 @@ from tests.conftest import (
     free_port,
     make_server,
     need_program,
-    read_journal,
     unavailable,
 )
 from tests.postfix import start_postfix
@@ -63,7 +62,7 @@ def stored_line(server: MailServer, timeout: float = 60) -> dict[str, Any]:
     """The journal's one ``stored`` line, once it is there."""
     deadline = time.monotonic() + timeout
     while True:
-        records = read_journal(server.directory / "journal")
+        records = server.journal()
         stored = [r for r in records if r.get("event") == "stored"]
         if stored:
             assert len(stored) == 1, stored

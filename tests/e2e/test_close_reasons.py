@@ -9,17 +9,13 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import MailServer, read_journal
+from tests.conftest import MailServer
 from tests.e2e.test_outbound import wait_until
-
-
-def records(server: MailServer) -> list[dict[str, Any]]:
-    return read_journal(server.directory / "journal")
 
 
 def closed_session(server: MailServer, greeting: str) -> dict[str, Any] | None:
     """The ``close`` line of the session that said ``EHLO greeting``, once it is written."""
-    lines = records(server)
+    lines = server.journal()
     ids = {r["session"] for r in lines if r["event"] == "helo" and r["name"] == greeting}
     closes = [r for r in lines if r["event"] == "close" and r["session"] in ids]
     return closes[0] if closes else None

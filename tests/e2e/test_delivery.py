@@ -22,15 +22,10 @@ from tests.conftest import (
     free_port,
     make_server,
     need_program,
-    read_journal,
     smtpkit,
     unavailable,
     wait_for_banner,
 )
-
-
-def journal_records(server: MailServer) -> list[dict[str, object]]:
-    return read_journal(server.directory / "journal")
 
 
 def wait_for(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
@@ -176,8 +171,8 @@ def test_smtp_source_1000_messages_10_sessions(mailserver: MailServer) -> None:
         assert msg["Return-Path"] == "<load@remote.test>"
         assert msg["Received"] is not None
     # The journal is appended every few milliseconds.
-    wait_for(lambda: sum(r["event"] == "stored" for r in journal_records(mailserver)) >= 1000)
-    stored = [r for r in journal_records(mailserver) if r["event"] == "stored"]
+    wait_for(lambda: sum(r["event"] == "stored" for r in mailserver.journal()) >= 1000)
+    stored = [r for r in mailserver.journal() if r["event"] == "stored"]
     assert len(stored) == 1000
 
 
@@ -187,10 +182,8 @@ def test_journal_records_and_tail(mailserver: MailServer) -> None:
         smtp.sendmail("s@remote.test", ["alice@example.org"], "Subject: j\r\n\r\nx\r\n")
 
     def ours() -> list[dict[str, object]]:
-        helo = [r for r in journal_records(mailserver) if r.get("name") == "client.test"]
-        return [
-            r for r in journal_records(mailserver) if helo and r["session"] == helo[0]["session"]
-        ]
+        helo = [r for r in mailserver.journal() if r.get("name") == "client.test"]
+        return [r for r in mailserver.journal() if helo and r["session"] == helo[0]["session"]]
 
     wait_for(lambda: any(r["event"] == "close" for r in ours()))
     records = ours()
@@ -209,10 +202,10 @@ def test_journal_records_and_tail(mailserver: MailServer) -> None:
     def tails_match() -> bool:
         """``journal tail`` shows the journal's last lines. Another worker's lines (its
         start, on a slow machine) may still arrive: compare only while nothing did."""
-        last = journal_records(mailserver)[-3:]
+        last = mailserver.journal()[-3:]
         out = smtpkit("journal", "tail", "-n", "3", "--json", config=mailserver.config).stdout
         readable = smtpkit("journal", "tail", "-n", "1", config=mailserver.config).stdout
-        if journal_records(mailserver)[-3:] != last:
+        if mailserver.journal()[-3:] != last:
             return False
         assert [json.loads(line) for line in out.splitlines()] == last
         assert readable.count("\n") == 1

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from smtpkit.server.connection import SEND_BUFFER
-from tests.conftest import MailServer, make_server, read_journal
+from tests.conftest import MailServer, make_server
 from tests.e2e.rawclient import RawClient
 
 MB = 1024 * 1024
@@ -132,7 +132,7 @@ def journal_records(
     """The journal's events once ``until(events)`` holds (workers append every 20 ms)."""
     deadline = time.monotonic() + timeout
     while True:
-        records = read_journal(server.directory / "journal")
+        records = server.journal()
         if until(records):
             return records
         assert time.monotonic() < deadline, f"journal never got there: {records[-5:]}"

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import MailServer, free_port, make_server, smtpkit
-from tests.e2e.test_delivery import journal_records
 from tests.e2e.test_outbound import wait_until
 
 ID = re.compile(r"[0-9a-f]{12}\.1-[0-9a-f]{4}")
@@ -67,11 +66,11 @@ def test_a_queued_message_has_one_id_everywhere(tmp_path: Path) -> None:
         assert received_id(queued) == message_id
         wait_until(
             "the runner's deferral",
-            lambda: any(r["event"] == "deferred" for r in journal_records(server)),
+            lambda: any(r["event"] == "deferred" for r in server.journal()),
         )
     finally:
         assert server.stop() == 0
-    lines = journal_records(server)
+    lines = server.journal()
     named = [r for r in lines if "id" in r]
     assert {r["event"] for r in named} >= {"stored", "queued", "deferred"}
     assert {r["id"] for r in named} == {message_id}
@@ -90,7 +89,7 @@ def test_a_local_message_has_an_id_of_the_same_form(tmp_path: Path) -> None:
         assert received_id(stored.read_bytes()) == message_id
         stored_lines = wait_until(
             "the stored line",
-            lambda: [r for r in journal_records(server) if r["event"] == "stored"],
+            lambda: [r for r in server.journal() if r["event"] == "stored"],
         )
     finally:
         assert server.stop() == 0

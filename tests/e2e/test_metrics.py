@@ -22,7 +22,7 @@ import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import MailServer, free_port, make_server, read_journal
+from tests.conftest import MailServer, free_port, make_server
 
 SIZE_LIMIT = 20_000
 MESSAGE = "Subject: counted\r\n\r\nbody\r\n"
@@ -88,7 +88,7 @@ def send(server: MailServer, to: str, body: str = MESSAGE) -> None:
 
 
 def events(server: MailServer, name: str) -> list[dict[str, object]]:
-    return [r for r in read_journal(server.directory / "journal") if r["event"] == name]
+    return [r for r in server.journal() if r["event"] == name]
 
 
 def stored_sizes(server: MailServer) -> list[int]:

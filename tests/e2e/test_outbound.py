@@ -41,7 +41,7 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from tests.conftest import MailServer, free_port, make_server, need_program, read_journal, smtpkit
+from tests.conftest import MailServer, free_port, make_server, need_program, smtpkit
 from tests.dnsserver import DnsServer, FilteringNameserver, run_nsd
 from tests.scripted_smtp import Script, ScriptedServer, make_certificate, server_context
 
@@ -133,7 +133,7 @@ def wait_until(what: str, check: Callable[[], object], timeout: float = 60.0) ->
 
 
 def journal(server: MailServer, event: str) -> list[dict[str, object]]:
-    return [r for r in read_journal(server.directory / "journal") if r.get("event") == event]
+    return [r for r in server.journal() if r.get("event") == event]
 
 
 def wait_journal(server: MailServer, event: str, count: int = 1) -> list[dict[str, object]]:

@@ -25,7 +25,7 @@ import tomli_w
 from smtpkit.config import Config, load_config
 from smtpkit.errors import ConfigError
 from smtpkit.protocol.proxy import V2_SIGNATURE
-from tests.conftest import MailServer, free_port, make_server, need_program, read_journal, smtpkit
+from tests.conftest import MailServer, free_port, make_server, need_program, smtpkit
 from tests.smtpreader import read_reply
 
 BALANCER = "127.0.0.1"
@@ -122,7 +122,7 @@ def journal(
     """The journal's events once ``until(events)`` holds (workers append every 20 ms)."""
     deadline = time.monotonic() + 10
     while True:
-        records: list[dict[str, Any]] = read_journal(server.directory / "journal")
+        records = server.journal()
         if until(records):
             return records
         assert time.monotonic() < deadline, f"journal never got there: {records[-5:]}"

@@ -11,14 +11,14 @@ from typing import Any
 import pytest
 
 from smtpkit.delivery.queue import ENVELOPE_SUFFIX
-from tests.conftest import MailServer, make_server, read_journal, smtpkit
+from tests.conftest import MailServer, make_server, smtpkit
 from tests.e2e.test_outbound import wait_until
 from tests.test_queue_clean import BODY, KEPT, REWRITTEN, complete_names, stage_leftovers
 
 
 def starts(server: MailServer) -> list[dict[str, Any]]:
     """The journal's start lines, one per worker."""
-    return [r for r in read_journal(server.directory / "journal") if r["event"] == "start"]
+    return [r for r in server.journal() if r["event"] == "start"]
 
 
 @pytest.mark.timeout(60)

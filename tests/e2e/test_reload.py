@@ -16,17 +16,16 @@ import pytest
 import tomli_w
 
 from tests.conftest import MailServer, free_port, make_server, smtpkit, wait_for_banner
-from tests.e2e.test_delivery import journal_records
 from tests.e2e.test_outbound import wait_until
 from tests.smtpreader import read_reply
 
 
 def count(server: MailServer, event: str) -> int:
-    return sum(r["event"] == event for r in journal_records(server))
+    return sum(r["event"] == event for r in server.journal())
 
 
 def reloads(server: MailServer, ok: bool) -> int:
-    return sum(r["event"] == "reload" and r["ok"] is ok for r in journal_records(server))
+    return sum(r["event"] == "reload" and r["ok"] is ok for r in server.journal())
 
 
 def edit(server: MailServer, change: Any) -> None:
@@ -158,7 +157,7 @@ def test_a_broken_config_keeps_the_running_one(tmp_path: Path) -> None:
     server.config.write_text(good + "\n[limits]\nmax_recipients = -5\n")
     hup(server)
     failed = wait_until(
-        "the refusal", lambda: [r for r in journal_records(server) if r["event"] == "reload"]
+        "the refusal", lambda: [r for r in server.journal() if r["event"] == "reload"]
     )
     assert [r["ok"] for r in failed] == [False]  # type: ignore[union-attr]
     assert "nothing changed" in failed[0]["error"]  # type: ignore[index]

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import MailServer, free_port, make_server, read_journal, smtpkit, unavailable
+from tests.conftest import MailServer, free_port, make_server, smtpkit, unavailable
 from tests.scripted_smtp import Script, ScriptedServer
 
 NOBODY = pwd.getpwnam("nobody")
@@ -36,7 +36,7 @@ def sendmail(
 
 
 def journal(server: MailServer) -> list[dict[str, Any]]:
-    records = read_journal(server.directory / "journal")
+    records = server.journal()
     return records
 
 

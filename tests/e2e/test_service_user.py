@@ -34,7 +34,7 @@ from tests.conftest import (
     unavailable,
     wait_for_banner,
 )
-from tests.e2e.test_tls import SMTPTo, client_context, journal, served_certificate, wait_for
+from tests.e2e.test_tls import SMTPTo, client_context, served_certificate, wait_for
 
 
 @pytest.fixture
@@ -193,7 +193,7 @@ def test_a_root_only_key_is_read_by_the_supervisor_and_reloaded_on_sighup(
         second = (keys / "cert.pem").read_text()
         assert second != first
         server.process.send_signal(signal.SIGHUP)
-        wait_for(lambda: any(r["event"] == "tls_reload" and r["ok"] for r in journal(server)))
+        wait_for(lambda: any(r["event"] == "tls_reload" and r["ok"] for r in server.journal()))
         new = wait_children(
             master, 2, without=frozenset(old)
         )  # the old generation drained and left
@@ -204,7 +204,7 @@ def test_a_root_only_key_is_read_by_the_supervisor_and_reloaded_on_sighup(
         # A broken renewal keeps the workers and the certificate.
         (keys / "cert.pem").write_text("-----BEGIN CERTIFICATE-----\nbroken\n")
         server.process.send_signal(signal.SIGHUP)
-        wait_for(lambda: any(r["event"] == "tls_reload" and not r["ok"] for r in journal(server)))
+        wait_for(lambda: any(r["event"] == "tls_reload" and not r["ok"] for r in server.journal()))
         assert children(master) == new
         assert served_certificate(server, second) == ssl.PEM_cert_to_DER_cert(second)
         with SMTPTo(server) as smtp:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import MailServer, make_server
-from tests.e2e.test_delivery import journal_records, wait_for
+from tests.e2e.test_delivery import wait_for
 
 NFC = "m\u00fcller@example.org"
 NFD = "mu\u0308ller@example.org"
@@ -93,9 +93,7 @@ def test_without_smtputf8_utf8_addresses_are_refused(server: MailServer) -> None
     assert server.new_files(NFC) == []
 
     def refused() -> list[object]:
-        return [
-            r.get("to", r.get("sender")) for r in journal_records(server) if r.get("code") == 553
-        ]
+        return [r.get("to", r.get("sender")) for r in server.journal() if r.get("code") == 553]
 
     wait_for(lambda: len(refused()) == 3)
     assert refused() == ["j\u00fcrgen@remote.test", NFC, "m\u00fcller@elsewhere.test"]

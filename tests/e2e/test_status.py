@@ -23,7 +23,6 @@ from tests.conftest import (
     MailServer,
     free_port,
     make_server,
-    read_journal,
     smtpkit,
     wait_for_banner,
 )
@@ -50,12 +49,8 @@ def status_json(server: MailServer) -> dict[str, Any]:
     return data
 
 
-def journal(server: MailServer) -> list[dict[str, Any]]:
-    return read_journal(server.directory / "journal")
-
-
 def events(server: MailServer, *names: str) -> int:
-    return sum(r["event"] in names for r in journal(server))
+    return sum(r["event"] in names for r in server.journal())
 
 
 def pid_file(server: MailServer) -> Path:
@@ -280,7 +275,7 @@ def test_reload_sends_sighup_to_the_running_server(tmp_path: Path) -> None:
     assert (result.returncode, result.stderr) == (0, "")
     assert result.stdout == f"Sent SIGHUP to smtpkit serve (pid {running_pid(server)})\n"
     wait_for(lambda: events(server, "reload", "tls_reload") > 0, "a reload in the journal")
-    reloaded = [r for r in journal(server) if r["event"] in ("reload", "tls_reload")]
+    reloaded = [r for r in server.journal() if r["event"] in ("reload", "tls_reload")]
     assert all(r["ok"] is True for r in reloaded), reloaded
     assert server.process is not None and server.process.poll() is None
     assert server.stop() == 0

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from smtpkit.delivery.spool import clean_spools
-from tests.conftest import MailServer, make_server, need_program, read_journal, smtpkit, unavailable
+from tests.conftest import MailServer, make_server, need_program, smtpkit, unavailable
 from tests.e2e.faultclient import (
     Reply,
     SmtpClient,
@@ -319,8 +319,7 @@ def test_a_symlink_in_a_maildir_is_refused_never_followed(
         # The journal says which folder and why (workers append every 20 ms: wait for it).
         deadline = time.monotonic() + 10
         while True:
-            errors = read_journal(storage.server.directory / "journal")
-            errors = [e["error"] for e in errors if e["event"] == "error"]
+            errors = [e["error"] for e in storage.server.journal() if e["event"] == "error"]
             if errors or time.monotonic() > deadline:
                 break
             time.sleep(0.05)

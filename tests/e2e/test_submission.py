@@ -20,7 +20,7 @@ import pytest
 
 from smtpkit.config import update_config
 from smtpkit.limits import BareNewline
-from tests.conftest import MailServer, free_port, make_server, need_program, read_journal, smtpkit
+from tests.conftest import MailServer, free_port, make_server, need_program, smtpkit
 from tests.e2e.test_outbound import wait_until
 
 PASSWORD = "correct horse battery staple"
@@ -45,7 +45,7 @@ class Submission:
         return smtp
 
     def journal(self) -> list[dict[str, Any]]:
-        records = read_journal(self.server.directory / "journal")
+        records = self.server.journal()
         return records
 
     def queue(self) -> list[dict[str, Any]]:

@@ -21,17 +21,13 @@ import pytest
 import tomli_w
 
 from smtpkit.config import load_config
-from tests.conftest import MailServer, make_server, need_program, read_journal, smtpkit, unavailable
+from tests.conftest import MailServer, make_server, need_program, smtpkit, unavailable
 from tests.smtpreader import read_reply
 
 HOSTNAME = "mx.test.example"  # server.hostname of make_server(), so the certificate's name
 
 
 # --- helpers -----------------------------------------------------------------------------------
-
-
-def journal(server: MailServer) -> list[dict[str, Any]]:
-    return read_journal(server.directory / "journal")
 
 
 def wait_for(predicate: Any, timeout: float = 10.0) -> None:
@@ -197,9 +193,9 @@ def test_smtplib_starttls_delivers_and_says_esmtps(
     assert (used, used_cipher) == (name, cipher[0])
     # The journal is appended every few milliseconds: wait for the session's close.
     wait_for(
-        lambda: any(r["session"] == session and r["event"] == "close" for r in journal(server))
+        lambda: any(r["session"] == session and r["event"] == "close" for r in server.journal())
     )
-    events = [r for r in journal(server) if r["session"] == session]
+    events = [r for r in server.journal() if r["session"] == session]
     tls = [r for r in events if r["event"] == "tls"]
     assert [(r["version"], r["cipher"]) for r in tls] == [(name, cipher[0])]
     assert [r["event"] for r in events].index("tls") < [r["event"] for r in events].index("stored")
@@ -376,7 +372,7 @@ def test_commands_pipelined_after_starttls_are_never_executed(
     assert peer.command(b"QUIT").startswith(b"221 ")
     assert peer.closed_within(5) < 5 and not peer.buffer
     peer.close()
-    assert not [r for r in journal(tls_mailserver) if r.get("sender") == "x@injected.test"]
+    assert not [r for r in tls_mailserver.journal() if r.get("sender") == "x@injected.test"]
 
 
 def test_plaintext_sent_after_the_220_does_not_reach_the_session(
@@ -391,7 +387,7 @@ def test_plaintext_sent_after_the_220_does_not_reach_the_session(
     assert peer.closed_within(5) < 5
     assert not peer.buffer.startswith(b"250")
     peer.close()
-    assert not [r for r in journal(tls_mailserver) if r.get("sender") == "x@injected.test"]
+    assert not [r for r in tls_mailserver.journal() if r.get("sender") == "x@injected.test"]
 
 
 # --- stalled and broken handshakes ---------------------------------------------------------------
@@ -426,7 +422,7 @@ def test_stalled_handshakes_cost_one_session_not_the_loop(tmp_path: Path) -> Non
             lambda: (
                 sum(
                     1
-                    for r in journal(server)
+                    for r in server.journal()
                     if r["event"] == "close" and r["reason"] == "tls handshake timeout"
                 )
                 == 2
@@ -434,7 +430,7 @@ def test_stalled_handshakes_cost_one_session_not_the_loop(tmp_path: Path) -> Non
         )
         failed = [
             r
-            for r in journal(server)
+            for r in server.journal()
             if r["event"] == "close" and r["reason"].startswith("tls handshake failed")
         ]
         assert len(failed) == 1
@@ -456,7 +452,7 @@ def test_sigterm_does_not_wait_for_a_stalled_handshake(tmp_path: Path) -> None:
         if server.process is not None:
             server.process.kill()
             server.process.wait()
-    reasons = [r["reason"] for r in journal(server) if r["event"] == "close"]
+    reasons = [r["reason"] for r in server.journal() if r["event"] == "close"]
     assert "shutdown during tls handshake" in reasons
 
 
@@ -484,12 +480,12 @@ def test_sighup_reloads_the_certificate_and_survives_a_broken_one(tmp_path: Path
     workers = load_config(server.config).server.workers
     server.start()
     try:
-        wait_for(lambda: sum(r["event"] == "start" for r in journal(server)) == workers)
+        wait_for(lambda: sum(r["event"] == "start" for r in server.journal()) == workers)
         first = certificate_path(server).read_text()
         assert served_certificate(server, first) == ssl.PEM_cert_to_DER_cert(first)
 
         def reloads(ok: bool) -> int:
-            return sum(r["event"] == "tls_reload" and r["ok"] is ok for r in journal(server))
+            return sum(r["event"] == "tls_reload" and r["ok"] is ok for r in server.journal())
 
         # A renewal: new key (RSA now), new serial, same name, same paths.
         smtpkit("tls", "self-signed", "--force", "--key-type", "rsa", config=server.config)
@@ -507,7 +503,7 @@ def test_sighup_reloads_the_certificate_and_survives_a_broken_one(tmp_path: Path
         assert server.process.poll() is None
         for _ in range(2 * workers):  # the last good certificate stays in use
             assert served_certificate(server, second) == ssl.PEM_cert_to_DER_cert(second)
-        failed = [r for r in journal(server) if r["event"] == "tls_reload" and not r["ok"]]
+        failed = [r for r in server.journal() if r["event"] == "tls_reload" and not r["ok"]]
         assert str(certificate_path(server)) in failed[0]["error"]
         assert "keeping the old certificate" in server.stderr()  # echoed journal line
         with SMTPTo(server) as smtp:
