@@ -35,11 +35,6 @@ def sendmail(
     )
 
 
-def journal(server: MailServer) -> list[dict[str, Any]]:
-    records = server.journal()
-    return records
-
-
 def wait_for(what: str, predicate: Any, timeout: float = 20) -> Any:
     deadline = time.monotonic() + timeout
     while not (found := predicate()):
@@ -107,7 +102,7 @@ def test_an_ordinary_users_mail_reaches_a_running_server_as_that_user(
         (queued,) = [json.loads(line) for line in out.splitlines()]
         assert queued["sender"] == "nobody@mx.test.example"
         assert [r["address"] for r in queued["recipients"]] == ["friend@remote.example"]
-        stored_events = [r for r in journal(server) if r["event"] == "stored" and "uid" in r]
+        stored_events = [r for r in server.journal() if r["event"] == "stored" and "uid" in r]
         assert stored_events[0]["uid"] == NOBODY.pw_uid
         assert stored_events[0]["to"] == ["alice@example.org", "friend@remote.example"]
     finally:
@@ -126,7 +121,7 @@ def test_unknown_local_recipients_are_journaled_and_the_rest_delivered(tmp_path:
         wait_for("delivery", lambda: stored_for(server, "bob@example.org"))
 
         def refused() -> list[dict[str, Any]]:
-            return [r for r in journal(server) if r["event"] == "rcpt" and r["code"] == 550]
+            return [r for r in server.journal() if r["event"] == "rcpt" and r["code"] == 550]
 
         lines = wait_for("the refusals in the journal", lambda: len(refused()) == 2 and refused())
         assert [r["to"] for r in lines] == ["nobody-here@example.org", "root@example.org"]
@@ -162,7 +157,7 @@ def test_utf8_addresses_and_header_fields_from_a_local_program(tmp_path: Path) -
         assert [r["address"] for r in data["recipients"]] == ["j\u00f6rg@remote.example"]
         refused = wait_for(
             "the look-alike's refusal",
-            lambda: [r for r in journal(server) if r["event"] == "rcpt" and r.get("code")],
+            lambda: [r for r in server.journal() if r["event"] == "rcpt" and r.get("code")],
         )
         assert [(r["to"], r["code"]) for r in refused] == [("\u212aelvin@example.org", 501)]
     finally:
@@ -234,7 +229,7 @@ def test_n_success_to_a_local_recipient_gets_a_delivered_report(tmp_path: Path) 
         assert len(stored_for(server, "bob@example.org")) == 2
         (line,) = wait_for(
             "the report's journal line",
-            lambda: [r for r in journal(server) if r["event"] == "report"],
+            lambda: [r for r in server.journal() if r["event"] == "report"],
         )
         assert (line["action"], line["to"], line["sender"]) == (
             "delivered", ["bob@example.org"], SENDER,
@@ -297,7 +292,7 @@ def test_n_never_suppresses_the_bounce_of_a_failed_remote_recipient(tmp_path: Pa
             bounced = wait_for(
                 "both failures",
                 lambda: (
-                    len(lines := [r for r in journal(server) if r["event"] == "bounced"]) == 2
+                    len(lines := [r for r in server.journal() if r["event"] == "bounced"]) == 2
                     and lines
                 ),
             )

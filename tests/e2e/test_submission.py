@@ -45,8 +45,7 @@ class Submission:
         return smtp
 
     def journal(self) -> list[dict[str, Any]]:
-        records = self.server.journal()
-        return records
+        return self.server.journal()
 
     def queue(self) -> list[dict[str, Any]]:
         out = smtpkit("queue", "list", "--json", config=self.server.config).stdout
